@@ -1,0 +1,51 @@
+"""The Backend protocol: the few model primitives every ranking method is built from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class BackendStats:
+    """Running totals a backend keeps, for docs/s and tokens/s reports."""
+
+    forward_calls: int = 0
+    sequences: int = 0
+    tokens: int = 0  # real (non-padding) tokens fed to the model
+    padded_tokens: int = 0  # tokens including padding
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(vars(self))
+
+    def since(self, before: dict[str, int]) -> dict[str, int]:
+        return {k: v - before.get(k, 0) for k, v in vars(self).items()}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Model primitives over token-id sequences. Results come back in input order, whatever the batching.
+
+    ``grad=False`` runs under ``torch.inference_mode`` in length-sorted batches; ``grad=True`` runs the given
+    sequences as one batch with autograd on (for training).
+    """
+
+    tokenizer: Any
+    stats: BackendStats
+
+    def last_logits(self, sequences: Sequence[Sequence[int]], grad: bool = False) -> torch.Tensor:
+        """Next-token logits at the last position of each sequence: float ``[n, vocab]``."""
+        ...
+
+    def target_logprobs(
+        self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], grad: bool = False
+    ) -> list[torch.Tensor]:
+        """Teacher-forced log P(target token_t | prompt, target_<t) for each pair: a ``[len(target)]`` tensor each."""
+        ...
+
+    def last_hidden(self, sequences: Sequence[Sequence[int]], grad: bool = False) -> torch.Tensor:
+        """The final hidden state at the last position of each sequence: ``[n, hidden]``."""
+        ...

@@ -1,0 +1,191 @@
+"""Reranking a whole TREC run: the top k of each query reranked, the rest kept below, resumable."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import format_run_lines, load_run
+from .rankers.base import Ranker
+from .types import Document
+
+Run = Mapping[str, Sequence[tuple[str, float]]]
+
+
+def chain_scores(head_scores: Sequence[float], n_tail: int) -> list[float]:
+    """Scores to write for a reranked head followed by an unchanged tail: strictly decreasing down the list.
+
+    The head keeps its own scores where they already decrease strictly; a tie (or a rise, which a ranking
+    never has) is nudged down to the next float below its predecessor. The tail's scores continue below the
+    head's last score one unit apart, so rank-by-score tools (trec_eval, ir_measures) agree with the ranks and a
+    later stage's head always stays above an earlier stage's tail.
+    """
+    out: list[float] = []
+    prev = math.inf
+    for s in head_scores:
+        if not math.isfinite(s):
+            raise ValueError(f"cannot write a non-finite score ({s})")
+        s = min(float(s), math.nextafter(prev, -math.inf))
+        out.append(s)
+        prev = s
+    if prev == math.inf:
+        prev = 1.0  # no head: the tail starts at 0.0
+    for _ in range(n_tail):
+        prev = min(prev - 1.0, math.nextafter(prev, -math.inf))
+        out.append(prev)
+    return out
+
+
+@dataclass
+class RerankReport:
+    """What a run did, for the console and the JSON sidecar."""
+
+    queries: int = 0
+    queries_skipped_resume: int = 0
+    queries_without_text: list[str] = field(default_factory=list)
+    documents: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.documents / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["docs_per_second"] = round(self.docs_per_second, 3)
+        d["tokens_per_second"] = round(self.tokens_per_second, 1)
+        return d
+
+    def summary(self) -> str:
+        return (
+            f"{self.queries} queries, {self.documents} documents in {self.seconds:.1f} s: "
+            f"{self.docs_per_second:.2f} docs/s, {self.tokens_per_second:.0f} tokens/s"
+            + (f"; {self.truncated} documents truncated" if self.truncated else "")
+            + (f"; {self.queries_skipped_resume} queries already done (resume)" if self.queries_skipped_resume else "")
+        )
+
+
+def sidecar_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def _completed_queries(out: Path, run: Run) -> dict[str, str]:
+    """Queries fully written in an existing output (the line count matches the input list), with their text.
+
+    A query cut short by a crash is not complete and will be redone.
+    """
+    if not out.exists():
+        return {}
+    existing = load_run(out)
+    lines: dict[str, list[str]] = {}
+    for line in out.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            lines.setdefault(line.split()[0], []).append(line)
+    return {
+        qid: "\n".join(lines[qid]) + "\n"
+        for qid, items in existing.items()
+        if qid in run and len(items) == len(run[qid])
+    }
+
+
+def rerank_run(
+    ranker: Ranker,
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Document],
+    run: Run,
+    out: str | Path,
+    top_k: int = 100,
+    resume: bool = False,
+    tag: str | None = None,
+    queries_per_batch: int = 1,
+    progress: bool = True,
+    sidecar: Mapping[str, Any] | None = None,
+) -> RerankReport:
+    """Rerank the top ``top_k`` of each query in ``run`` with ``ranker`` and write a TREC run to ``out``.
+
+    The documents below ``top_k`` follow in their input order, and the written scores strictly decrease down
+    each list (:func:`chain_scores`). Queries of ``run`` that are not in ``queries`` (another split) are left out.
+    With ``resume``, queries already complete in ``out`` are kept and skipped. Writes a JSON sidecar next to
+    ``out`` describing the model, method, prompt, options and timings.
+    """
+    from tqdm.auto import tqdm
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if queries_per_batch < 1:
+        raise ValueError(f"queries_per_batch must be at least 1, got {queries_per_batch}")
+    out = Path(out)
+    tag = tag or f"llmrerank-{ranker.method}"
+    qids = [q for q in run if q in queries]
+    if not qids:
+        raise ValueError("no query of the run is among the loaded queries (wrong --split or --run?)")
+    report = RerankReport()
+    done = _completed_queries(out, run) if resume else {}
+    report.queries_skipped_resume = sum(q in done for q in qids)
+    todo = [q for q in qids if q not in done]
+    for qid in todo:
+        missing = [d for d, _ in list(run[qid])[:top_k] if d not in corpus]
+        if missing:
+            raise KeyError(f"query {qid}: {len(missing)} candidate(s) have no text in the corpus, e.g. {missing[0]!r}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats = getattr(getattr(ranker, "backend", None), "stats", None)
+    before = stats.snapshot() if stats else {}
+    start = time.perf_counter()
+    with open(out, "w", encoding="utf-8") as f:
+        for qid in qids:  # keep completed queries, in run order
+            if qid in done:
+                f.write(done[qid])
+        f.flush()
+        bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
+        for b in range(0, len(todo), queries_per_batch):
+            chunk = todo[b : b + queries_per_batch]
+            heads = [list(run[q])[:top_k] for q in chunk]
+            docs = [[_with_id(corpus[d], d) for d, _ in head] for head in heads]
+            rankings = ranker.rank_many([queries[q] for q in chunk], docs)
+            for qid, head, ranking in zip(chunk, heads, rankings):
+                tail = list(run[qid])[top_k:]
+                order = [head[i][0] for i in ranking.indices] + [d for d, _ in tail]
+                scores = chain_scores(ranking.scores, len(tail))
+                f.write(format_run_lines(qid, list(zip(order, scores)), tag))
+                report.documents += len(head)
+                report.tokens += int(ranking.metadata.get("tokens", 0))
+                report.truncated += int(ranking.metadata.get("truncated", 0))
+            f.flush()
+            bar.update(len(chunk))
+            if stats is None:
+                bar.set_postfix(docs=report.documents)
+            else:
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(docs_s=f"{report.documents / elapsed:.1f}", tok_s=f"{report.tokens / elapsed:.0f}")
+        bar.close()
+    report.queries = len(todo)
+    report.seconds = time.perf_counter() - start
+    meta = {
+        "run": str(out),
+        "ranker": ranker.describe(),
+        "top_k": top_k,
+        "queries_per_batch": queries_per_batch,
+        "report": report.to_dict(),
+        "backend_stats": stats.since(before) if stats else None,
+        **(dict(sidecar) if sidecar else {}),
+    }
+    sidecar_path(out).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _with_id(doc: Document, docid: str) -> Document:
+    return doc if doc.id == docid else Document(text=doc.text, id=docid, title=doc.title)

@@ -1,0 +1,7 @@
+"""Ranking methods. Each is its own module; :mod:`llmrerank.registry` maps names to them."""
+
+from .base import Ranker
+from .likelihood import LikelihoodRanker
+from .pointwise import PointwiseRanker
+
+__all__ = ["LikelihoodRanker", "PointwiseRanker", "Ranker"]
