@@ -51,18 +51,18 @@ def _ranker_from_args(args: argparse.Namespace) -> Any:
         "device": args.device,
         "threads": args.threads,
     }
-    method_specific = {
-        "template": args.prompt_file,
-        "tokens": _parse_tokens(args.tokens),
-        "normalisation": args.normalisation,
-        "reduction": args.reduction,
+    method_specific = {  # option name -> (flag, value)
+        "template": ("--prompt-file", args.prompt_file),
+        "tokens": ("--tokens", _parse_tokens(args.tokens)),
+        "normalisation": ("--normalisation", args.normalisation),
+        "reduction": ("--reduction", args.reduction),
     }
     accepted = method_options(args.method)
-    for name, value in method_specific.items():
+    for name, (flag, value) in method_specific.items():
         if value is None:
             continue
         if name not in accepted:
-            raise SystemExit(f"error: --{name.replace('_', '-')} does not apply to --method {args.method}")
+            raise ValueError(f"{flag} does not apply to --method {args.method}")
         options[name] = value
     if options["threads"] is None:
         del options["threads"]

@@ -1,0 +1,117 @@
+"""Tiny random causal LMs built from a config, with a word-level tokenizer: fast, offline, exact."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "tiny"
+
+SPECIALS = ["<pad>", "<eos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+WORDS = (
+    "yes no true false query document passage relevant judge search answer reply with or is the to of a "
+    "and does please write question based on this you are relevance : ? . , \n how do honey bees make why "
+    "volcano erupt sourdough bread rise flower nectar store it in wax combs cat sat mat title "
+    "Query Document Passage Does Is Reply Answer Please True You"
+).split(" ")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def make_tokenizer(chat: bool = True):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(SPECIALS + [w for w in WORDS if w.strip()]))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIALS[3:],
+    )
+    if chat:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def make_model(vocab_size: int, arch: str = "qwen2", seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    # Random init is small: scale the output layer so token scores differ clearly.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session", params=["qwen2", "llama"])
+def backend(request, tokenizer):
+    from llmrerank.backends.hf import HFBackend
+
+    return HFBackend(make_model(len(tokenizer), request.param), tokenizer, batch_size=4, name=f"tiny-{request.param}")
+
+
+@pytest.fixture(scope="session")
+def qwen_backend(tokenizer):
+    from llmrerank.backends.hf import HFBackend
+
+    return HFBackend(make_model(len(tokenizer)), tokenizer, batch_size=4, name="tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """The tiny model saved as a Hugging Face folder, for the CLI.
+
+    Llama, not Qwen2: transformers 5 rebuilds a saved tokenizer as Qwen2Tokenizer (byte-level BPE) from a
+    qwen2 config, which would not read our word-level vocabulary back.
+    """
+    folder = tmp_path_factory.mktemp("tiny-model")
+    make_model(len(tokenizer), "llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def require_preset(name: str) -> None:
+    """Skip a real-model test when its package is absent, unless CI demands the models."""
+    from llmrerank.models import PRESETS, ModelNotInstalledError, preset_files
+
+    try:
+        preset_files(PRESETS[name])
+    except ModelNotInstalledError as e:
+        if os.environ.get("LLMRERANK_REQUIRE_MODELS"):
+            raise
+        pytest.skip(str(e))
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None

@@ -1,0 +1,80 @@
+"""The CLI end to end on the tiny fixture with a tiny model saved as a Hugging Face folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY
+from llmrerank.cli import main
+from llmrerank.data import load_run
+
+
+def test_retrieve_rerank_evaluate(tmp_path, tiny_model_dir, capsys):
+    bm25 = tmp_path / "bm25.trec"
+    assert main(["retrieve", "--data", str(TINY), "--top-k", "5", "--out", str(bm25)]) == 0
+    run = load_run(bm25)
+    assert len(run) == 3 and all(len(v) == 5 for v in run.values())
+
+    out = tmp_path / "ql.trec"
+    args = ["rerank", "--data", str(TINY), "--run", str(bm25), "--top-k", "3", "--method", "likelihood"]
+    args += ["--model", str(tiny_model_dir), "--max-length", "128", "--batch-size", "2", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    reranked = load_run(out)
+    for qid, items in run.items():
+        assert {d for d, _ in reranked[qid][:3]} == {d for d, _ in items[:3]}
+        assert [d for d, _ in reranked[qid][3:]] == [d for d, _ in items[3:]]
+    assert "docs/s" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "ql.trec.json").read_text())
+    assert meta["ranker"]["max_length"] == 128 and meta["input_run"] == str(bm25)
+
+    assert main(["evaluate", "--data", str(TINY), "--json", str(bm25), str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runs"] == ["bm25.trec", "ql.trec"] and result["baseline"] == "bm25.trec"
+    assert result["num_queries"] == 3 and 0.0 <= result["aggregate"]["ql.trec"]["nDCG@10"] <= 1.0
+    assert result["p_values"]["bm25.trec"]["nDCG@10"] is None
+    assert main(["evaluate", "--data", str(TINY), "--metrics", "nDCG@10", "P@2", "--", str(bm25)]) == 0
+    table = capsys.readouterr().out
+    assert "nDCG@10" in table and "P" in table
+
+
+def test_pointwise_options_and_errors(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "pw.trec"
+    base = ["rerank", "--data", str(TINY), "--run", str(TINY / "run.trec"), "--model", str(tiny_model_dir)]
+    assert main([*base, "--normalisation", "yes_logit", "--tokens", "true_false", "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "pw.trec.json").read_text())
+    assert meta["ranker"]["normalisation"] == "yes_logit" and meta["ranker"]["tokens"] == ["true", "false"]
+
+    capsys.readouterr()
+    assert main([*base, "--reduction", "sum", "--out", str(out)]) == 2
+    assert "--reduction does not apply to --method pointwise" in capsys.readouterr().err
+    assert main(["rerank", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main([*base, "--model", "no-such-model", "--out", str(out)]) == 2
+    assert "never downloaded" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--method", "listwize", "--out", str(out)])
+
+
+def test_resume_flag(tmp_path, tiny_model_dir):
+    out = tmp_path / "r.trec"
+    base = ["rerank", "--data", str(TINY), "--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    base += ["--run", str(TINY / "run.trec"), "--method", "likelihood"]
+    assert main(base) == 0
+    first = out.read_text()
+    assert main([*base, "--resume"]) == 0
+    assert out.read_text() == first
+    meta = json.loads((tmp_path / "r.trec.json").read_text())
+    assert meta["report"]["queries_skipped_resume"] == 3 and meta["report"]["queries"] == 0
+
+
+def test_console_script_runs():
+    exe = shutil.which("llmrerank")
+    cmd = [exe] if exe else [sys.executable, "-m", "llmrerank.cli"]
+    result = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True)
+    for sub in ("retrieve", "rerank", "evaluate", "demo"):
+        assert sub in result.stdout

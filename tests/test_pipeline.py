@@ -1,0 +1,81 @@
+"""Reranking a run: the head/tail rule, strictly decreasing scores, sidecar, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import TINY
+from llmrerank.data import load_beir, load_run
+from llmrerank.pipeline import chain_scores, rerank_run, sidecar_path
+from llmrerank.rankers import LikelihoodRanker
+
+
+def test_chain_scores_worked_examples():
+    assert chain_scores([3.0, 2.5, 1.0], 2) == [3.0, 2.5, 1.0, 0.0, -1.0]
+    ties = chain_scores([2.0, 2.0, 2.0], 1)
+    assert ties[0] == 2.0 and ties[1] == math.nextafter(2.0, -math.inf)
+    assert ties[2] == math.nextafter(ties[1], -math.inf) and ties[3] == ties[2] - 1.0
+    assert chain_scores([], 3) == [0.0, -1.0, -2.0]
+    huge = chain_scores([1e20], 2)  # subtracting 1 does nothing at this magnitude: still strictly decreasing
+    assert huge[0] > huge[1] > huge[2]
+    with pytest.raises(ValueError, match="non-finite"):
+        chain_scores([float("nan")], 0)
+
+
+def _scores_strictly_decrease(run):
+    return all(all(a[1] > b[1] for a, b in zip(items, items[1:])) for items in run.values())
+
+
+def test_rerank_run_head_tail_and_sidecar(tmp_path, qwen_backend):
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    ranker = LikelihoodRanker(qwen_backend)
+    out = tmp_path / "out.trec"
+    report = rerank_run(ranker, ds.queries, ds.corpus, run, out, top_k=2, progress=False)
+    written = load_run(out)
+    assert list(written) == list(run)
+    for qid, items in run.items():
+        head = [d for d, _ in items[:2]]
+        expected_head = [head[i] for i in ranker.rank(ds.queries[qid], [ds.corpus[d] for d in head]).indices]
+        assert [d for d, _ in written[qid]] == expected_head + [d for d, _ in items[2:]]
+    assert _scores_strictly_decrease(written)
+    assert report.documents == 2 * len(run) and report.queries == len(run) and report.tokens > 0
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["ranker"]["method"] == "likelihood" and meta["top_k"] == 2
+    assert meta["report"]["documents"] == report.documents
+    assert "tokens_per_second" in meta["report"] and meta["ranker"]["template"]["target"] == "{query}"
+
+
+def test_resume_skips_complete_queries_and_redoes_a_cut_one(tmp_path, qwen_backend):
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    ranker = LikelihoodRanker(qwen_backend)
+    fresh = tmp_path / "fresh.trec"
+    rerank_run(ranker, ds.queries, ds.corpus, run, fresh, top_k=3, progress=False)
+    lines = fresh.read_text().splitlines(keepends=True)
+    partial = tmp_path / "partial.trec"
+    n_first = len(run[next(iter(run))])
+    partial.write_text("".join(lines[: n_first + 1]))  # first query complete, second cut after one line
+    before = qwen_backend.stats.sequences
+    report = rerank_run(ranker, ds.queries, ds.corpus, run, partial, top_k=3, resume=True, progress=False)
+    assert report.queries_skipped_resume == 1 and report.queries == len(run) - 1
+    assert qwen_backend.stats.sequences - before == 3 * (len(run) - 1)
+    assert partial.read_text() == fresh.read_text()
+
+
+def test_bad_arguments(tmp_path, qwen_backend):
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    ranker = LikelihoodRanker(qwen_backend)
+    with pytest.raises(ValueError, match="top_k"):
+        rerank_run(ranker, ds.queries, ds.corpus, run, tmp_path / "o", top_k=0, progress=False)
+    with pytest.raises(ValueError, match="no query of the run"):
+        rerank_run(ranker, {"zz": "q"}, ds.corpus, run, tmp_path / "o", progress=False)
+    corpus = dict(ds.corpus)
+    first_doc = run[next(iter(run))][0][0]
+    del corpus[first_doc]
+    with pytest.raises(KeyError, match=first_doc):
+        rerank_run(ranker, ds.queries, corpus, run, tmp_path / "o", progress=False)

@@ -1,0 +1,64 @@
+"""A few checks with the real packaged models on clear cases (marked `model`; CI installs the presets)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import require_preset
+from llmrerank import Reranker
+from llmrerank.models import cache_dir, resolve
+
+pytestmark = pytest.mark.model
+
+CASES = [
+    (
+        "how long is the life cycle of a flea",
+        "The flea life cycle, from egg to adult, takes between two weeks and eight months depending on "
+        "temperature and humidity.",
+    ),
+    (
+        "what is the boiling point of water at sea level",
+        "At sea level, pure water boils at 100 degrees Celsius (212 degrees Fahrenheit).",
+    ),
+    (
+        "who wrote the novel pride and prejudice",
+        "Pride and Prejudice is an 1813 novel of manners written by the English author Jane Austen.",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def small():
+    require_preset("smollm2-135m")
+    return Reranker("likelihood", model="smollm2-135m", max_length=256, threads=min(2, os.cpu_count() or 1))
+
+
+def test_preset_is_cached_as_a_plain_folder(small):
+    src = resolve("smollm2-135m")
+    assert src.gguf_file is None and (src.folder / "config.json").is_file()
+    assert src.folder.parent == cache_dir()
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_likelihood_puts_the_relevant_passage_first(small, case):
+    query, relevant = CASES[case]
+    others = [p for i, (_, p) in enumerate(CASES) if i != case]
+    ranking = small.rank(query, [*others, relevant])
+    assert ranking.indices[0] == len(others), ranking
+
+
+def test_pointwise_scores_are_log_probabilities(small):
+    pointwise = Reranker("pointwise", backend=small.backend, max_length=256)
+    variants = pointwise.score_variants(CASES[0][0], [CASES[0][1], CASES[1][1]])
+    for p, v in zip(variants["pair_softmax"], variants["vocab_softmax"]):
+        assert p <= 0.0 and v <= p  # P(yes) over the vocabulary <= P(yes | {yes, no})
+
+
+def test_default_model_likelihood_ordering():
+    require_preset("qwen2.5-0.5b")
+    ranker = Reranker("likelihood", model="default", max_length=256)
+    query, relevant = CASES[2]
+    ranking = ranker.rank(query, [CASES[0][1], CASES[1][1], relevant])
+    assert ranking.indices[0] == 2, ranking
