@@ -10,7 +10,8 @@ from llmrerank.backends.hf import HFBackend, parse_dtype
 
 def _sequences(n: int = 16) -> list[list[int]]:
     g = torch.Generator().manual_seed(1)
-    return [torch.randint(7, 60, (int(torch.randint(3, 40, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    lengths = torch.randint(3, 40, (n,), generator=g).tolist()
+    return [torch.randint(7, 60, (length,), generator=g).tolist() for length in lengths]
 
 
 def _full_logits(backend: HFBackend, seq: list[int]) -> torch.Tensor:

@@ -52,9 +52,7 @@ def test_all_normalisations_match_their_formulas(qwen_backend):
         z = _logits_of_text(qwen_backend, _chat_prompt(tok, PointwiseRanker(qwen_backend).template, QUERY, doc))[-1]
         assert variants["yes_logit"][i] == pytest.approx(z[yes].item(), abs=1e-4)
         assert variants["vocab_softmax"][i] == pytest.approx(torch.log_softmax(z, -1)[yes].item(), abs=1e-5)
-        assert variants["pair_softmax"][i] == pytest.approx(
-            torch.log_softmax(z[[yes, no]], -1)[0].item(), abs=1e-5
-        )
+        assert variants["pair_softmax"][i] == pytest.approx(torch.log_softmax(z[[yes, no]], -1)[0].item(), abs=1e-5)
     # one ranker per normalisation gives the same numbers as the one-pass variants
     for name, values in variants.items():
         assert PointwiseRanker(qwen_backend, normalisation=name).score(QUERY, DOCS) == pytest.approx(values, abs=1e-5)
