@@ -79,3 +79,14 @@ def test_bad_arguments(tmp_path, qwen_backend):
     del corpus[first_doc]
     with pytest.raises(KeyError, match=first_doc):
         rerank_run(ranker, ds.queries, corpus, run, tmp_path / "o", progress=False)
+
+
+def test_queries_of_another_split_are_left_out_and_counted(tmp_path, qwen_backend):
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    first = next(iter(run))
+    queries = {q: t for q, t in ds.queries.items() if q != first}
+    out = tmp_path / "split.trec"
+    report = rerank_run(LikelihoodRanker(qwen_backend), queries, ds.corpus, run, out, top_k=2, progress=False)
+    assert report.queries_not_loaded == 1 and report.queries == len(run) - 1
+    assert first not in load_run(out) and "not in the split" in report.summary()

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ class RerankReport:
 
     queries: int = 0
     queries_skipped_resume: int = 0
-    queries_without_text: list[str] = field(default_factory=list)
+    queries_not_loaded: int = 0  # in the run but not among the loaded queries (another split)
     documents: int = 0
     tokens: int = 0
     truncated: int = 0
@@ -74,6 +74,7 @@ class RerankReport:
             f"{self.docs_per_second:.2f} docs/s, {self.tokens_per_second:.0f} tokens/s"
             + (f"; {self.truncated} documents truncated" if self.truncated else "")
             + (f"; {self.queries_skipped_resume} queries already done (resume)" if self.queries_skipped_resume else "")
+            + (f"; {self.queries_not_loaded} run queries not in the split, left out" if self.queries_not_loaded else "")
         )
 
 
@@ -132,7 +133,7 @@ def rerank_run(
     qids = [q for q in run if q in queries]
     if not qids:
         raise ValueError("no query of the run is among the loaded queries (wrong --split or --run?)")
-    report = RerankReport()
+    report = RerankReport(queries_not_loaded=len(run) - len(qids))
     done = _completed_queries(out, run) if resume else {}
     report.queries_skipped_resume = sum(q in done for q in qids)
     todo = [q for q in qids if q not in done]
