@@ -47,6 +47,9 @@ def test_rerank_run_head_tail_and_sidecar(tmp_path, qwen_backend):
     assert meta["ranker"]["method"] == "likelihood" and meta["top_k"] == 2
     assert meta["report"]["documents"] == report.documents
     assert "tokens_per_second" in meta["report"] and meta["ranker"]["template"]["target"] == "{query}"
+    per_query = meta["report"]["per_query"]
+    assert set(per_query) == set(run)
+    assert sum(q["tokens"] for q in per_query.values()) == meta["report"]["counts"]["tokens"] == report.tokens
 
 
 def test_resume_skips_complete_queries_and_redoes_a_cut_one(tmp_path, qwen_backend):

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,20 @@ class RerankReport:
     queries_skipped_resume: int = 0
     queries_not_loaded: int = 0  # in the run but not among the loaded queries (another split)
     documents: int = 0
-    tokens: int = 0
-    truncated: int = 0
     seconds: float = 0.0
+    # The rankers' per-query accounting (Ranking.metadata numbers: tokens, truncated, LLM calls, ...) and totals.
+    counts: dict[str, float] = field(default_factory=dict)
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, qid: str, metadata: Mapping[str, Any]) -> None:
+        numbers = {k: v for k, v in metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.per_query[qid] = numbers
+        for k, v in numbers.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+
+    @property
+    def tokens(self) -> int:
+        return int(self.counts.get("tokens", 0))
 
     @property
     def docs_per_second(self) -> float:
@@ -72,7 +83,7 @@ class RerankReport:
         return (
             f"{self.queries} queries, {self.documents} documents in {self.seconds:.1f} s: "
             f"{self.docs_per_second:.2f} docs/s, {self.tokens_per_second:.0f} tokens/s"
-            + (f"; {self.truncated} documents truncated" if self.truncated else "")
+            + "".join(f"; {k}={v:g}" for k, v in self.counts.items() if k != "tokens")
             + (f"; {self.queries_skipped_resume} queries already done (resume)" if self.queries_skipped_resume else "")
             + (f"; {self.queries_not_loaded} run queries not in the split, left out" if self.queries_not_loaded else "")
         )
@@ -163,8 +174,7 @@ def rerank_run(
                 scores = chain_scores(ranking.scores, len(tail))
                 f.write(format_run_lines(qid, list(zip(order, scores)), tag))
                 report.documents += len(head)
-                report.tokens += int(ranking.metadata.get("tokens", 0))
-                report.truncated += int(ranking.metadata.get("truncated", 0))
+                report.add(qid, ranking.metadata)
             f.flush()
             bar.update(len(chunk))
             if stats is None:
