@@ -41,6 +41,17 @@ def test_retrieve_rerank_evaluate(tmp_path, tiny_model_dir, capsys):
     table = capsys.readouterr().out
     assert "nDCG@10" in table and "P" in table
 
+    png = tmp_path / "per-query.png"
+    assert main(["evaluate", "--data", str(TINY), "--per-query", "--plot", str(png), str(bm25), str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    per_query = lines[lines.index("") + 1 :]
+    assert per_query[0].split() == ["query", "bm25.trec", "ql.trec", "Δ", "ql.trec"]
+    rows = {line.split()[0]: line.split()[1:] for line in per_query[2:]}
+    assert set(rows) == {"q1", "q2", "q3"}
+    for bm, ql, delta in rows.values():
+        assert float(delta) == pytest.approx(float(ql) - float(bm), abs=2e-4)
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
 
 def test_pointwise_options_and_errors(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "pw.trec"

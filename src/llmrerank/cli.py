@@ -121,7 +121,7 @@ def cmd_rerank(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import load_beir, load_qrels, load_run
-    from .evaluate import DEFAULT_MEASURES, evaluate_runs, format_table, plot_per_query
+    from .evaluate import DEFAULT_MEASURES, evaluate_runs, format_per_query, format_table, plot_per_query
 
     qrels = load_qrels(args.qrels) if args.qrels else load_beir(args.data, split=args.split).qrels
     runs = {}
@@ -136,6 +136,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(ev.to_dict(), indent=2))
     else:
         print(format_table(ev))
+        if args.per_query:
+            print()
+            print(format_per_query(ev, measures[0]))
     if args.plot:
         plot_per_query(ev, measures[0], args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
@@ -188,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=100, help="rerank this many per query; the rest follow unchanged")
     p.add_argument("--out", required=True, help="output TREC run; a JSON sidecar is written next to it")
     p.add_argument("--resume", action="store_true", help="keep the queries already complete in --out")
-    p.add_argument("--queries-per-batch", type=int, default=1, help="batch the documents of this many queries")
+    p.add_argument("--queries-per-batch", type=int, default=4, help="batch the documents of this many queries")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(p, "pointwise")
     p.set_defaults(func=cmd_rerank)
@@ -201,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", nargs="+", default=None, help="ir_measures names (default: nDCG@10 RR@10 R@100 AP Judged@10)"
     )
     p.add_argument("--rel", type=int, default=None, help="relevance threshold, binary measures (default: 2 if graded)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (with per-query values)")
+    p.add_argument("--per-query", action="store_true", help="also print the first metric per query")
     p.add_argument("--plot", default=None, help="write a per-query difference plot (PNG) for the first metric")
     p.add_argument("runs", nargs="+", help="TREC run files")
     p.set_defaults(func=cmd_evaluate)

@@ -193,28 +193,46 @@ def evaluate_runs(
     return ev
 
 
-def format_table(ev: Evaluation, digits: int = 4) -> str:
-    """A plain-text table: one row per run (baseline first), one column per measure, ``†`` for p < 0.05."""
-    header = ["run", *ev.measures]
-    rows = [header]
-    for run_name in ev.run_names:
-        row = [run_name]
-        for m in ev.measures:
-            cell = f"{ev.aggregate[run_name][m]:.{digits}f}"
-            row.append(cell + (MARK if ev.significant(run_name, m) else " "))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+def _grid(rows: list[list[str]]) -> list[str]:
+    """Left-align the first column, right-align the rest, rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for j, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
         lines.append("  ".join(cells).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def format_table(ev: Evaluation, digits: int = 4) -> str:
+    """A plain-text table: one row per run (baseline first), one column per measure, ``†`` for p < 0.05."""
+    rows = [["run", *ev.measures]]
+    for run_name in ev.run_names:
+        row = [run_name]
+        for m in ev.measures:
+            cell = f"{ev.aggregate[run_name][m]:.{digits}f}"
+            row.append(cell + (MARK if ev.significant(run_name, m) else " "))
+        rows.append(row)
+    lines = _grid(rows)
     lines.append(
         f"{MARK} p < {SIGNIFICANCE_LEVEL} vs {ev.baseline} (paired two-sided t-test over "
         f"{len(ev.query_ids)} queries); binary measures count grade >= {ev.rel} as relevant"
     )
     return "\n".join(lines)
+
+
+def format_per_query(ev: Evaluation, measure: str, digits: int = 4) -> str:
+    """One row per query, one column per run, for one measure (and the difference of each run vs the baseline)."""
+    if measure not in ev.measures:
+        raise ValueError(f"measure {measure!r} was not evaluated; evaluated: {', '.join(ev.measures)}")
+    others = ev.run_names[1:]
+    rows = [["query", *ev.run_names, *(f"Δ {r}" for r in others)]]
+    for qid in ev.query_ids:
+        base = ev.per_query[ev.baseline][measure][qid]
+        values = [ev.per_query[r][measure][qid] for r in ev.run_names]
+        rows.append([qid, *(f"{v:.{digits}f}" for v in values), *(f"{v - base:+.{digits}f}" for v in values[1:])])
+    return "\n".join(_grid(rows))
 
 
 def plot_per_query(ev: Evaluation, measure: str, path: PathLike) -> Path:
