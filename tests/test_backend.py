@@ -90,3 +90,15 @@ def test_bad_inputs(qwen_backend):
         parse_dtype("float8")
     with pytest.raises(ValueError, match="batch_size"):
         HFBackend(qwen_backend.model, qwen_backend.tokenizer, batch_size=0)
+
+
+def test_load_in_bfloat16_scores_close_to_float32(tiny_model_dir):
+    seqs = _sequences(4)
+    b32 = HFBackend.load(str(tiny_model_dir), dtype="float32", device="cpu")
+    b16 = HFBackend.load(str(tiny_model_dir), dtype="bfloat16", device="cpu")
+    assert next(b16.model.parameters()).dtype == torch.bfloat16
+    out16 = b16.last_logits(seqs)
+    assert out16.dtype == torch.float32  # scores come back as float32 whatever the model's dtype
+    torch.testing.assert_close(out16, b32.last_logits(seqs), atol=0.5, rtol=0.05)
+    with pytest.raises(ValueError, match="threads"):
+        HFBackend.load(str(tiny_model_dir), threads=0)
