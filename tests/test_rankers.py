@@ -163,3 +163,30 @@ def test_registry_factory(qwen_backend):
         Reranker("pointwise", backend=qwen_backend, dtype="bfloat16")
     d = r.describe()
     assert d["method"] == "likelihood" and d["template"]["name"] == "query_likelihood"
+
+
+def test_dense_head_scores_the_hidden_state_at_an_appended_eos(qwen_backend, tmp_path):
+    ranker = PointwiseRanker(qwen_backend, head="dense")
+    tok = qwen_backend.tokenizer
+    with pytest.raises(ValueError, match="untrained"):
+        ranker.score(QUERY, DOCS)
+    trained = ranker.score_tensor(QUERY, DOCS)  # training may call the untrained head
+    assert trained.requires_grad
+    with torch.no_grad():
+        ranker.dense.linear.weight.mul_(3.0)
+        ranker.dense.linear.bias.fill_(0.25)
+    ranker.dense.save(tmp_path / "head.safetensors")
+    loaded = PointwiseRanker(qwen_backend, head="dense", head_weights=tmp_path / "head.safetensors")
+    assert loaded.dense.trained and loaded.options() == {"head": "dense"}
+    scores = loaded.score(QUERY, DOCS)
+    w, b = ranker.dense.linear.weight[0], ranker.dense.linear.bias[0]
+    for doc, got in zip(DOCS, scores):
+        ids = tok(_chat_prompt(tok, loaded.template, QUERY, doc), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = qwen_backend.model(input_ids=torch.tensor([[*ids, tok.eos_token_id]]), output_hidden_states=True)
+        expected = (out.hidden_states[-1][0, -1] @ w + b).item()
+        assert got == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="only apply to head='dense'"):
+        PointwiseRanker(qwen_backend, head_weights=tmp_path / "head.safetensors")
+    with pytest.raises(ValueError, match="unknown head"):
+        PointwiseRanker(qwen_backend, head="mlp")

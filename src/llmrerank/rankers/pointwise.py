@@ -1,11 +1,17 @@
-"""Pointwise scoring from the next-token logits of two fixed answer tokens (yes/no, true/false, ...).
+"""Pointwise scoring: each (query, document) prompt gets a score from one forward pass.
 
-With z_yes and z_no the logits of the two tokens after the prompt, the ranker's logit is s = z_yes - z_no.
-Normalisations of the score:
+Two heads read the model's output at the last position:
+
+``head="tokens"`` (default) uses the next-token logits of two fixed answer tokens (yes/no, true/false, ...).
+With z_yes and z_no their logits, the ranker's logit is s = z_yes - z_no. Normalisations of the score:
 
 - ``pair_softmax`` (default): log P(yes | {yes, no}) = log sigmoid(s);
 - ``vocab_softmax``: log P(yes) with the softmax over the whole vocabulary;
-- ``yes_logit``: the raw z_yes.
+- ``yes_logit``: the raw z_yes;
+- ``logit``: s itself (ranks as ``pair_softmax`` does; what training optimises).
+
+``head="dense"`` (RankLLaMA style) appends the EOS token to the prompt and maps the final hidden state there
+to a score with a linear layer. The layer is learnt (``llmrerank train``); an untrained one refuses to rank.
 
 References: monoT5 (Nogueira et al., 2020, "Document Ranking with a Pretrained Sequence-to-Sequence Model");
 Qin et al. / Zhuang et al. (2023) on relevance generation with LLMs; BGE's LLM rerankers (yes-token logit).
@@ -14,6 +20,7 @@ Qin et al. / Zhuang et al. (2023) on relevance generation with LLMs; BGE's LLM r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +31,8 @@ from ..prompts import TRUE_FALSE, YES_NO, PromptParts, PromptTemplate, get_templ
 from ..types import DocLike, Document
 from .base import Encoded, PointScorer
 
-NORMALISATIONS = ("pair_softmax", "vocab_softmax", "yes_logit")
+NORMALISATIONS = ("pair_softmax", "vocab_softmax", "yes_logit", "logit")
+HEADS = ("tokens", "dense")
 TOKEN_PAIRS = {"yes_no": ("yes", "no"), "true_false": ("true", "false")}
 
 
@@ -37,6 +45,8 @@ def normalise(logits: torch.Tensor, yes_id: int, no_id: int, normalisation: str)
         return z_yes - torch.logsumexp(logits, dim=-1)
     if normalisation == "yes_logit":
         return z_yes
+    if normalisation == "logit":
+        return z_yes - z_no
     raise ValueError(f"unknown normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
 
 
@@ -71,7 +81,13 @@ class PointwiseRanker(PointScorer):
         normalisation: str = "pair_softmax",
         template: str | PromptTemplate | None = None,
         max_length: int = 512,
+        head: str = "tokens",
+        head_weights: str | Path | None = None,
     ):
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
+        if head_weights is not None and head != "dense":
+            raise ValueError("head_weights only apply to head='dense'")
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"unknown normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
         if isinstance(tokens, str):
@@ -94,15 +110,39 @@ class PointwiseRanker(PointScorer):
         if self.yes_id == self.no_id:
             raise ValueError(f"answer tokens {words!r} map to the same token id")
         self.normalisation = normalisation
+        self.head = head
+        self.dense: DenseHead | None = None
+        if head == "dense":
+            eos = backend.tokenizer.eos_token_id
+            if eos is None:
+                raise ValueError("head='dense' appends the EOS token, but this tokenizer has none")
+            self.eos_id = int(eos)
+            self.dense = DenseHead(_hidden_size(backend))
+            if head_weights is not None:
+                self.dense.load(head_weights)
 
     def encode_pair(self, query: str, doc: Document, parts: PromptParts) -> Encoded:
         doc_ids, cut = self.renderer.document_ids(doc, parts)
-        return Encoded(prompt=(*parts.head, *doc_ids, *parts.tail), truncated=cut)
+        prompt = (*parts.head, *doc_ids, *parts.tail)
+        if self.dense is not None:
+            prompt = (*prompt, self.eos_id)
+        return Encoded(prompt=prompt, truncated=cut)
 
     def score_encoded(self, items: Sequence[Encoded], grad: bool = False) -> torch.Tensor:
         if not items:
             return torch.empty(0)
-        logits = self.backend.last_logits([e.prompt for e in items], grad=grad)
+        seqs = [e.prompt for e in items]
+        if self.dense is not None:
+            if not grad and not self.dense.trained:
+                raise ValueError(
+                    "this dense head is untrained: train one with `llmrerank train` and load the trained folder"
+                )
+            hidden = self.backend.last_hidden(seqs, grad=grad)
+            if grad:
+                return self.dense(hidden)
+            with torch.inference_mode():
+                return self.dense(hidden)
+        logits = self.backend.last_logits(seqs, grad=grad)
         return normalise(logits, self.yes_id, self.no_id, self.normalisation)
 
     def logit_tensor(self, query: str, docs: Sequence[DocLike]) -> torch.Tensor:
@@ -119,4 +159,51 @@ class PointwiseRanker(PointScorer):
         return {n: normalise(logits, self.yes_id, self.no_id, n).tolist() for n in NORMALISATIONS}
 
     def options(self) -> dict[str, Any]:
-        return {"tokens": list(self.words), "normalisation": self.normalisation}
+        if self.dense is not None:
+            return {"head": "dense"}
+        return {"head": "tokens", "tokens": list(self.words), "normalisation": self.normalisation}
+
+
+class DenseHead(torch.nn.Module):
+    """A linear layer from the final hidden state to one score (RankLLaMA's head)."""
+
+    def __init__(self, hidden_size: int, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(1, hidden_size, generator=generator) / hidden_size**0.5)
+            self.linear.bias.zero_()
+        self.trained = False
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(path))
+
+    def load(self, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"dense head weights not found: {p}")
+        state = load_file(str(p))
+        expected = tuple(self.linear.weight.shape)
+        if tuple(state.get("linear.weight", torch.empty(0)).shape) != expected:
+            raise ValueError(f"{p}: head weights do not fit this model (expected linear.weight of shape {expected})")
+        self.load_state_dict(state)
+        self.trained = True
+
+
+def _hidden_size(backend: Backend) -> int:
+    model = getattr(backend, "model", None)
+    config = getattr(model, "config", None)
+    size = getattr(config, "hidden_size", None)
+    if size is None and config is not None and hasattr(config, "get_text_config"):
+        size = getattr(config.get_text_config(), "hidden_size", None)
+    if size is None:
+        raise ValueError("head='dense' needs the model's hidden size, which this backend does not expose")
+    return int(size)
