@@ -170,6 +170,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"\nreranked run: {out}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train.config import TrainConfig
+    from .train.trainer import Trainer
+
+    config = TrainConfig.load(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
+    result = Trainer(config).train(resume=not args.no_resume, progress=not args.quiet)
+    for entry in result.dev:
+        print(json.dumps(entry))
+    print(f"trained model: {result.model_dir} (use --model {result.model_dir} --method {config.method})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmrerank", description="Rerank documents with LLMs.", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"llmrerank {__version__}")
@@ -209,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write a per-query difference plot (PNG) for the first metric")
     p.add_argument("runs", nargs="+", help="TREC run files")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="fine-tune a ranker (LoRA or full) from a TOML/YAML config")
+    p.add_argument("--config", required=True, help="a .toml, .yaml or .json file (see examples/)")
+    p.add_argument("--output-dir", default=None, help="overrides output_dir of the config")
+    p.add_argument("--max-steps", type=int, default=None, help="overrides max_steps of the config")
+    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="rerank a bundled DL19 sample with the default model and show nDCG@10")
     p.add_argument("--top-k", type=int, default=20)

@@ -45,8 +45,20 @@ def Reranker(method: str, model: str = "default", backend: Backend | None = None
         **options: backend options (``dtype``, ``device``, ``threads``, ``batch_size``) and the method's own
             (``max_length``, ``template``, and e.g. ``tokens``/``normalisation`` or ``reduction``).
     """
+    from .models import trained_config
+
     cls = _method_class(method)
     accepted = method_options(method)
+    meta = trained_config(model) if backend is None else None
+    if meta is not None:  # a folder written by `llmrerank train`: restore what was trained, options given win
+        if meta["method"] != method:
+            raise ValueError(f"{model} was trained for method {meta['method']!r}, not {method!r}")
+        saved = dict(meta["options"])
+        if saved.get("head") == "dense":
+            from pathlib import Path
+
+            saved["head_weights"] = str(Path(model).expanduser() / "head.safetensors")
+        options = {**saved, **options}
     unknown = sorted(set(options) - set(accepted) - set(BACKEND_OPTIONS))
     if unknown:
         raise TypeError(

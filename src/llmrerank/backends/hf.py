@@ -69,23 +69,15 @@ class HFBackend:
         batch_size: int = 16,
     ) -> HFBackend:
         """Load a preset, a Hugging Face folder or a GGUF file (see :func:`llmrerank.models.resolve`)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ..models import resolve
+        from ..models import load_causal_lm
 
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be at least 1, got {threads}")
             torch.set_num_threads(threads)
-        torch_dtype = parse_dtype(dtype)
         dev = resolve_device(device)
-        source = resolve(model)
-        kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-        tokenizer = AutoTokenizer.from_pretrained(source.folder, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(source.folder, dtype=torch_dtype, **kwargs)
-        lm.to(dev)
-        lm.eval()
-        return cls(lm, tokenizer, batch_size=batch_size, device=dev, name=source.name)
+        lm, tokenizer, name = load_causal_lm(model, parse_dtype(dtype), dev)
+        return cls(lm, tokenizer, batch_size=batch_size, device=dev, name=name)
 
     # --- batching -------------------------------------------------------------------------------------------
 
