@@ -17,6 +17,7 @@ class BackendStats:
     sequences: int = 0
     tokens: int = 0  # real (non-padding) tokens fed to the model
     padded_tokens: int = 0  # tokens including padding
+    generated_tokens: int = 0  # tokens produced by greedy generation (fed back one at a time, not in `tokens`)
 
     def snapshot(self) -> dict[str, int]:
         return dict(vars(self))
@@ -48,4 +49,18 @@ class Backend(Protocol):
 
     def last_hidden(self, sequences: Sequence[Sequence[int]], grad: bool = False) -> torch.Tensor:
         """The final hidden state at the last position of each sequence: ``[n, hidden]``."""
+        ...
+
+    def generate(
+        self,
+        sequences: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        stop_ids: Sequence[int] | None = None,
+    ) -> list[list[int]]:
+        """Greedy continuations, one list of token ids per sequence.
+
+        Each continuation ends after its first stop token (included in the result) or after its cap:
+        ``max_new_tokens`` is one cap for all or one per sequence. ``stop_ids`` default to the model's
+        end-of-sequence / end-of-turn tokens.
+        """
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,6 +162,78 @@ class HFBackend:
             return out.hidden_states[-1][:, -1, :].float()
 
         return _stack(self._run(len(sequences), [len(s) for s in sequences], fn, grad))
+
+    def stop_ids(self) -> list[int]:
+        """The model's end tokens: the tokenizer's EOS and the generation config's (e.g. an end-of-turn token)."""
+        ids: list[int] = []
+        eos = self.tokenizer.eos_token_id
+        if eos is not None:
+            ids.append(int(eos))
+        config = getattr(self.model, "generation_config", None)
+        extra = getattr(config, "eos_token_id", None)
+        for t in extra if isinstance(extra, (list, tuple)) else [extra]:
+            if t is not None and int(t) not in ids:
+                ids.append(int(t))
+        return ids
+
+    def generate(
+        self,
+        sequences: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        stop_ids: Sequence[int] | None = None,
+    ) -> list[list[int]]:
+        """Greedy decoding with a key-value cache, batched like the other primitives.
+
+        A continuation ends after its first stop token (kept in the result) or after its own cap. Rows of a
+        batch that have finished are still fed (their tokens are discarded), so a row's tokens do not depend on
+        the batch it ran in, up to float rounding.
+        """
+        n = len(sequences)
+        caps = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
+        if len(caps) != n:
+            raise ValueError(f"{n} sequences but {len(caps)} max_new_tokens")
+        if any(c < 1 for c in caps):
+            raise ValueError("max_new_tokens must be at least 1")
+        stops = set(self.stop_ids() if stop_ids is None else (int(t) for t in stop_ids))
+        # transformers 5.2x renamed `past_key_values` to `cache`; accept both.
+        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+        def fn(idx: list[int]) -> list[list[int]]:
+            ids, mask, positions = self._pad([sequences[i] for i in idx])
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=True
+            )
+            rows = [[] for _ in idx]
+            done = [False] * len(idx)
+            limit = max(caps[i] for i in idx)
+            for step in range(limit):
+                nxt = out.logits[:, -1, :].argmax(-1)
+                for r, token in enumerate(nxt.tolist()):
+                    if not done[r]:
+                        rows[r].append(token)
+                        done[r] = token in stops or len(rows[r]) >= caps[idx[r]]
+                if all(done) or step == limit - 1:
+                    break
+                mask = torch.cat([mask, mask.new_ones((len(idx), 1))], dim=1)
+                positions = positions[:, -1:] + 1
+                out = self.model(
+                    input_ids=nxt[:, None],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    **{cache_arg: _cache_of(out)},
+                    logits_to_keep=1,
+                    use_cache=True,
+                )
+                self.stats.forward_calls += 1
+            self.stats.generated_tokens += sum(len(r) for r in rows)
+            return rows
+
+        return self._run(n, [len(s) for s in sequences], fn, grad=False)
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
