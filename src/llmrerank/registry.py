@@ -12,11 +12,13 @@ from typing import Any
 from .backends.base import Backend
 from .rankers.base import Ranker
 from .rankers.likelihood import LikelihoodRanker
+from .rankers.listwise import ListwiseRanker
 from .rankers.pointwise import PointwiseRanker
 
 METHODS: dict[str, type] = {
     "pointwise": PointwiseRanker,
     "likelihood": LikelihoodRanker,
+    "listwise": ListwiseRanker,
 }
 
 BACKEND_OPTIONS = ("dtype", "device", "threads", "batch_size")
@@ -38,12 +40,13 @@ def Reranker(method: str, model: str = "default", backend: Backend | None = None
     """Build a ranker: ``Reranker("likelihood", model="smollm2-135m", max_length=256)``.
 
     Args:
-        method: a name from :data:`METHODS` (``pointwise``, ``likelihood``).
+        method: a name from :data:`METHODS` (``pointwise``, ``likelihood``, ``listwise``).
         model: a preset (``default`` = ``qwen2.5-0.5b``, ``smollm2-135m``), a Hugging Face folder or a ``.gguf``
             path. Ignored when ``backend`` is given.
         backend: an already loaded backend to share between rankers.
         **options: backend options (``dtype``, ``device``, ``threads``, ``batch_size``) and the method's own
-            (``max_length``, ``template``, and e.g. ``tokens``/``normalisation`` or ``reduction``).
+            (``max_length``, ``template``, and e.g. ``tokens``/``normalisation``, ``reduction``, or for listwise
+            ``window_size``/``step``/``passes``/``decoding``).
     """
     from .models import trained_config
 

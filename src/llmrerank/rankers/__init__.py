@@ -2,6 +2,7 @@
 
 from .base import Ranker
 from .likelihood import LikelihoodRanker
+from .listwise import ListwiseRanker
 from .pointwise import PointwiseRanker
 
-__all__ = ["LikelihoodRanker", "PointwiseRanker", "Ranker"]
+__all__ = ["LikelihoodRanker", "ListwiseRanker", "PointwiseRanker", "Ranker"]

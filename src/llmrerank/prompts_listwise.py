@@ -1,0 +1,274 @@
+"""Listwise prompt templates as data, and their rendering into token ids with a per-passage token budget.
+
+A listwise prompt shows a window of passages, each after an identifier in square brackets (``[1]`` or
+``[A]``), and asks the model for an order such as ``[2] > [1] > [3]``. Two layouts:
+
+- **multi-turn** (RankGPT): the instruction as a user turn, an assistant acknowledgement, then one user turn
+  per passage each acknowledged by the assistant, and a final user turn asking for the ranking;
+- **single-turn** (RankZephyr, FIRST): one user message with the instruction, all passages and the request.
+
+Placeholders: ``{query}`` and ``{num}`` (the number of passages) in ``intro`` and ``outro``; ``{example}``
+(an answer in the right format, e.g. ``[4] > [2]``) in ``outro``; ``{id}`` and ``{passage}`` in ``passage``
+(which must show the identifier as ``[{id}]``); ``{id}`` in ``passage_reply``. Values are substituted
+literally, so braces inside a query or a passage are safe.
+
+Rendering tokenises the text around the passages whole and cuts only the passages, each to the same budget,
+so the instruction, the query, the identifiers and the answer prefix are never truncated.
+
+References: Sun et al., 2023, "Is ChatGPT Good at Search? Investigating Large Language Models as Re-Ranking
+Agents" (RankGPT); Pradeep et al., 2023, "RankZephyr"; Reddy et al., 2024, "FIRST: Faster Improved Listwise
+Reranking with Single Token Decoding".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .prompts import PromptTooLongError
+from .types import Document
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_SLOT = "\u0000LLMRERANK_PASSAGE\u0000"
+
+
+def fill(source: str, /, **values: str) -> str:
+    """Replace ``{name}`` placeholders in one pass, literally: braces in the values, or other braces in
+    ``source``, are left alone (a query holding ``{num}`` stays as it is)."""
+    if not values:
+        return source
+    pattern = re.compile("|".join(re.escape("{" + name + "}") for name in values))
+    return pattern.sub(lambda m: values[m.group(0)[1:-1]], source)
+
+
+@dataclass(frozen=True)
+class ListwiseTemplate:
+    """A listwise prompt as data (see the module docstring for the layouts and placeholders).
+
+    Attributes:
+        name: a short identifier written into run sidecars.
+        intro: the instruction before the passages (``{query}``, ``{num}``).
+        outro: the request after the passages (``{query}``, ``{num}``, ``{example}``).
+        system: an optional system message.
+        passage: how one passage is shown; must contain ``[{id}]`` and ``{passage}``.
+        multi_turn: one chat turn per passage (RankGPT) instead of a single user message.
+        intro_reply: multi-turn: the assistant's reply to the intro.
+        passage_reply: multi-turn: the assistant's reply to each passage (``{id}``).
+        separator: single-turn: the text between the intro, the passages and the outro.
+        assistant: text the answer starts with (the model continues after it).
+        chat: apply the model's chat template when it has one.
+        title_format: how a passage with a title is shown (``{title}``, ``{text}``).
+    """
+
+    name: str
+    intro: str
+    outro: str
+    system: str | None = None
+    passage: str = "[{id}] {passage}"
+    multi_turn: bool = False
+    intro_reply: str = ""
+    passage_reply: str = ""
+    separator: str = "\n"
+    assistant: str = ""
+    chat: bool = True
+    title_format: str = "{title}\n{text}"
+
+    def __post_init__(self) -> None:
+        if self.passage.count("{passage}") != 1 or self.passage.count("[{id}]") != 1:
+            raise ValueError(
+                f"listwise template {self.name!r}: 'passage' must contain [{{id}}] and {{passage}} exactly once"
+            )
+        for part_name in ("intro", "outro", "system", "intro_reply", "passage_reply", "assistant", "separator"):
+            part = getattr(self, part_name) or ""
+            if "{passage}" in part:
+                raise ValueError(f"listwise template {self.name!r}: {{passage}} may only appear in 'passage'")
+        if "{query}" not in self.intro + self.outro:
+            raise ValueError(f"listwise template {self.name!r}: the intro or the outro must contain {{query}}")
+
+    def document_text(self, doc: Document) -> str:
+        if doc.title:
+            return fill(self.title_format, title=doc.title, text=doc.text)
+        return doc.text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ListwiseTemplate:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown listwise template field(s): {', '.join(sorted(unknown))}")
+        for required in ("intro", "outro"):
+            if required not in data:
+                raise ValueError(f"a listwise template needs an {required!r} field")
+        return cls(**{"name": "custom", **dict(data)})
+
+
+# --- built-in templates -------------------------------------------------------------------------------------
+
+_REQUEST = (
+    "Rank the {num} passages above by their relevance to the search query, most relevant first. List every "
+    "identifier exactly once, separated by ' > ', for example {example}. Answer with the ranking only, "
+    "without any other words."
+)
+
+RANKGPT = ListwiseTemplate(
+    name="rankgpt",
+    system="You are RankGPT, an intelligent assistant that ranks passages by their relevance to a search query.",
+    intro=(
+        "I will give you {num} passages, each marked with an identifier in square brackets. "
+        "Rank them by their relevance to the query: {query}"
+    ),
+    intro_reply="Okay, please give me the passages.",
+    passage="[{id}] {passage}",
+    passage_reply="Received passage [{id}].",
+    outro="Search query: {query}\n" + _REQUEST,
+    multi_turn=True,
+)
+
+RANKZEPHYR = ListwiseTemplate(
+    name="rankzephyr",
+    system="You are RankLLM, an intelligent assistant that ranks passages by their relevance to a search query.",
+    intro=(
+        "I will give you {num} passages, each marked with an identifier in square brackets. "
+        "Rank them by their relevance to the search query: {query}\n"
+    ),
+    passage="[{id}] {passage}",
+    outro="\nSearch query: {query}\n" + _REQUEST,
+    separator="\n",
+)
+
+LISTWISE_TEMPLATES: dict[str, ListwiseTemplate] = {t.name: t for t in (RANKGPT, RANKZEPHYR)}
+
+
+def get_listwise_template(template: str | ListwiseTemplate | Mapping[str, Any]) -> ListwiseTemplate:
+    """A built-in name (``rankgpt``, ``rankzephyr``), a ListwiseTemplate, a mapping, or a .toml/.json file."""
+    if isinstance(template, ListwiseTemplate):
+        return template
+    if isinstance(template, Mapping):
+        return ListwiseTemplate.from_dict(template)
+    if template in LISTWISE_TEMPLATES:
+        return LISTWISE_TEMPLATES[template]
+    p = Path(template)
+    if p.is_file():
+        text = p.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"{p}: cannot parse listwise template: {e}") from e
+        return ListwiseTemplate.from_dict({"name": p.stem, **data})
+    raise ValueError(
+        f"unknown listwise template {template!r}: give one of {sorted(LISTWISE_TEMPLATES)} or a .toml/.json file"
+    )
+
+
+def example_answer(identifiers: Sequence[str]) -> str:
+    """An answer in the expected format for the prompt, e.g. ``[4] > [2]`` (``[2] > [1]`` for short windows)."""
+    if len(identifiers) >= 4:
+        return f"[{identifiers[3]}] > [{identifiers[1]}]"
+    if len(identifiers) >= 2:
+        return f"[{identifiers[1]}] > [{identifiers[0]}]"
+    return f"[{identifiers[0]}]"
+
+
+# --- rendering ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderedWindow:
+    """One window's prompt as token ids, and how many of its passages were cut to the budget."""
+
+    ids: tuple[int, ...]
+    truncated: int
+    passage_budget: int
+
+
+class ListwiseRenderer:
+    """Renders a listwise template for a tokenizer.
+
+    Each passage is cut to ``passage_tokens``; if the prompt and ``reserve`` tokens (the answer) would still
+    exceed ``max_length``, every passage's budget is lowered evenly until it fits. A prompt whose fixed parts
+    alone leave no room raises :class:`~llmrerank.prompts.PromptTooLongError`.
+    """
+
+    def __init__(self, template: ListwiseTemplate, tokenizer: Any, passage_tokens: int = 100, max_length: int = 4096):
+        if passage_tokens < 1:
+            raise ValueError(f"passage_tokens must be positive, got {passage_tokens}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.template = template
+        self.tokenizer = tokenizer
+        self.passage_tokens = passage_tokens
+        self.max_length = max_length
+        self.use_chat = bool(template.chat and getattr(tokenizer, "chat_template", None))
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def text_pieces(self, query: str, identifiers: Sequence[str], answer_prefix: str = "") -> list[str]:
+        """The prompt's text around the passage slots: ``len(identifiers) + 1`` pieces."""
+        t = self.template
+        num = str(len(identifiers))
+        intro = fill(t.intro, query=query, num=num)
+        outro = fill(t.outro, query=query, num=num, example=example_answer(identifiers))
+        slots = [fill(t.passage, id=label).replace("{passage}", _SLOT) for label in identifiers]
+        messages: list[dict[str, str]] = []
+        if t.system is not None:
+            messages.append({"role": "system", "content": t.system})
+        if t.multi_turn:
+            messages.append({"role": "user", "content": intro})
+            messages.append({"role": "assistant", "content": t.intro_reply})
+            for label, slot in zip(identifiers, slots):
+                messages.append({"role": "user", "content": slot})
+                messages.append({"role": "assistant", "content": fill(t.passage_reply, id=label)})
+            messages.append({"role": "user", "content": outro})
+        else:
+            messages.append({"role": "user", "content": t.separator.join([intro, *slots, outro])})
+        if self.use_chat:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(m["content"] for m in messages) + "\n"
+        pieces = (text + t.assistant + answer_prefix).split(_SLOT)
+        if len(pieces) != len(identifiers) + 1:
+            raise RuntimeError("the chat template dropped or repeated a passage slot")
+        return pieces
+
+    def render(
+        self,
+        query: str,
+        docs: Sequence[Document],
+        identifiers: Sequence[str],
+        reserve: int = 0,
+        answer_prefix: str = "",
+    ) -> RenderedWindow:
+        """Token ids of the prompt for ``docs`` labelled with ``identifiers``, leaving ``reserve`` tokens free."""
+        if len(docs) != len(identifiers):
+            raise ValueError(f"{len(docs)} passages but {len(identifiers)} identifiers")
+        pieces = [self._encode(p) for p in self.text_pieces(query, identifiers, answer_prefix)]
+        passages = [self._encode(self.template.document_text(d)) for d in docs]
+        fixed = sum(len(p) for p in pieces) + reserve
+        room = self.max_length - fixed
+        budget = self.passage_tokens
+        if sum(min(len(p), budget) for p in passages) > room:
+            budget = room // max(1, len(passages))
+            if budget < 1:
+                raise PromptTooLongError(
+                    f"the listwise prompt without its {len(docs)} passages is {fixed} tokens (template "
+                    f"{self.template.name!r}, answer budget {reserve}), which leaves no room for the passages "
+                    f"within max_length={self.max_length}; raise max_length or lower window_size"
+                )
+        ids = list(pieces[0])
+        for passage, piece in zip(passages, pieces[1:]):
+            ids.extend(passage[:budget])
+            ids.extend(piece)
+        return RenderedWindow(tuple(ids), sum(len(p) > budget for p in passages), budget)

@@ -1,0 +1,306 @@
+"""Listwise reranking: a sliding window of passages, each window ordered by the model as a whole.
+
+The candidates are swept from the back of the list to the front in overlapping windows
+(:func:`~llmrerank.rankers.permutation.plan_windows`); the model orders each window, and the next window (one
+``step`` earlier) includes the best of the previous one, so strong candidates bubble up. ``passes`` repeats
+the sweep. A window is ordered in one of two ways (``decoding``):
+
+- ``"generate"`` (RankGPT, RankZephyr): the model writes a permutation such as ``[2] > [1] > [3]``, decoded
+  greedily and capped to the tokens a full permutation needs; the answer is parsed and repaired
+  (:func:`~llmrerank.rankers.permutation.parse_permutation`), and every repair is counted.
+- ``"first"`` (FIRST): one forward pass; the window is ordered by the logits of the first answer token over
+  the identifiers' tokens, with no decoding loop. The identifiers must then be single tokens for the model's
+  tokenizer (letters A..Z; numbers fail from ``[10]`` on, which shares its first token with ``[1]``); this is
+  checked when the ranker is built.
+
+Scores are ``n - rank`` (strictly decreasing down the final order). Per-query accounting in
+``Ranking.metadata``: ``llm_calls``, ``prompt_tokens``, ``generated_tokens``, ``tokens`` (their sum),
+``truncated`` (passages cut to the budget, counted per window), ``repairs`` (= ``repairs_missing`` +
+``repairs_duplicate`` + ``repairs_unknown``), ``windows_repaired``; and ``trace``, one dict per window (its
+span, the raw answer, the order read from it and the repairs).
+
+References: Sun et al., 2023 (RankGPT); Pradeep et al., 2023 (RankZephyr); Reddy et al., 2024 (FIRST).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backends.base import Backend
+from ..prompts_listwise import RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, get_listwise_template
+from ..types import DocLike, Document, Ranking, as_documents
+from .base import check_query
+from .permutation import (
+    IDENTIFIER_KINDS,
+    ParsedPermutation,
+    apply_order,
+    make_identifiers,
+    parse_permutation,
+    plan_windows,
+)
+
+DECODINGS = ("generate", "first")
+# Text that may open the first identifier of the answer, tried in order for FIRST: the bare bracket, and the
+# bracket after a space (for tokenizers that merge "[A" into one token at the start of a line).
+OPENERS = ("[", " [")
+COUNTERS = (
+    "llm_calls",
+    "prompt_tokens",
+    "generated_tokens",
+    "tokens",
+    "truncated",
+    "repairs",
+    "repairs_missing",
+    "repairs_duplicate",
+    "repairs_unknown",
+    "windows_repaired",
+)
+
+
+@dataclass
+class _QueryState:
+    query: str
+    docs: list[Document]
+    order: list[int]
+    windows: list[tuple[int, int]]
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _WindowResult:
+    order: tuple[int, ...]
+    prompt_tokens: int
+    generated_tokens: int
+    truncated: int
+    output: str | None = None
+    parsed: ParsedPermutation | None = None
+
+
+class ListwiseRanker:
+    """Sliding-window listwise reranking by permutation generation or by first-token logits (FIRST).
+
+    Args:
+        backend: the model.
+        window_size: candidates per window (20).
+        step: how far each window moves up the list (10); at most ``window_size``.
+        passes: how many times the whole sweep runs (1).
+        decoding: ``"generate"`` (write and parse a permutation) or ``"first"`` (first-token logits).
+        identifiers: ``"numbers"`` or ``"letters"``; default numbers for ``generate``, letters for ``first``.
+        template: a listwise template (``rankzephyr`` single-turn, default; ``rankgpt`` multi-turn), a
+            ListwiseTemplate, or a .toml/.json file.
+        passage_tokens: each passage is cut to this many tokens (100).
+        max_length: the token budget of one window's prompt plus its answer (4096); if a window would not
+            fit, every passage's budget is lowered evenly.
+        max_new_tokens: the generation cap; default (``None``): the tokens a full permutation of the window
+            needs plus two (an end token and slack).
+    """
+
+    method = "listwise"
+
+    def __init__(
+        self,
+        backend: Backend,
+        window_size: int = 20,
+        step: int = 10,
+        passes: int = 1,
+        decoding: str = "generate",
+        identifiers: str | None = None,
+        template: str | Path | ListwiseTemplate | None = None,
+        passage_tokens: int = 100,
+        max_length: int = 4096,
+        max_new_tokens: int | None = None,
+    ):
+        if decoding not in DECODINGS:
+            raise ValueError(f"unknown decoding {decoding!r}: choose one of {', '.join(DECODINGS)}")
+        if passes < 1:
+            raise ValueError(f"passes must be at least 1, got {passes}")
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if max_new_tokens is not None and decoding == "first":
+            raise ValueError("max_new_tokens applies to decoding='generate' only (FIRST generates nothing)")
+        identifiers = identifiers or ("letters" if decoding == "first" else "numbers")
+        if identifiers not in IDENTIFIER_KINDS:
+            raise ValueError(f"unknown identifiers {identifiers!r}: choose one of {', '.join(IDENTIFIER_KINDS)}")
+        plan_windows(window_size, window_size, step)  # validates window_size and step
+        self.backend = backend
+        self.window_size = window_size
+        self.step = step
+        self.passes = passes
+        self.decoding = decoding
+        self.identifiers = identifiers
+        self.labels = make_identifiers(identifiers, window_size)
+        self.template = get_listwise_template(template if template is not None else RANKZEPHYR)
+        self.passage_tokens = passage_tokens
+        self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
+        self.renderer = ListwiseRenderer(self.template, backend.tokenizer, passage_tokens, max_length)
+        self._caps: dict[int, int] = {}
+        self.opener = ""
+        self.label_token_ids: list[int] = []
+        if decoding == "first":
+            self.opener, self.label_token_ids = self._first_token_ids()
+
+    # -- start-up checks -------------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.backend.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _first_token_ids(self) -> tuple[str, list[int]]:
+        """The answer opener and one token id per identifier such that opener + identifier ends the prompt
+        with exactly one more token; the ids must be distinct. Tries each of :data:`OPENERS`."""
+        tail = self.renderer.text_pieces("query", self.labels)[-1]
+        problems = []
+        for opener in OPENERS:
+            base = self._encode(tail + opener)
+            ids, bad = [], []
+            for label in self.labels:
+                full = self._encode(tail + opener + label)
+                if full[: len(base)] == base and len(full) == len(base) + 1:
+                    ids.append(full[-1])
+                else:
+                    bad.append(label)
+            if not bad and len(set(ids)) == len(ids):
+                return opener, ids
+            problems.append(f"after {opener!r}: " + (f"{', '.join(bad)} not single tokens" if bad else "ids clash"))
+        raise ValueError(
+            f"decoding='first' needs every identifier to be a single, distinct token for this tokenizer, but with "
+            f"identifiers={self.identifiers!r} and window_size={self.window_size}: {'; '.join(problems)}. "
+            "Use identifiers='letters' (numbers from 10 on share their first token with 1) or a smaller window"
+        )
+
+    def _cap(self, m: int) -> int:
+        """Tokens a full permutation of ``m`` identifiers needs, plus two (the end token and slack)."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if m not in self._caps:
+            labels = self.labels[:m]
+            lengths = [len(self._encode(" > ".join(f"[{x}]" for x in order))) for order in (labels, labels[::-1])]
+            self._caps[m] = max(lengths) + 2
+        return self._caps[m]
+
+    # -- ordering windows ------------------------------------------------------------------------------------
+
+    def _order_windows(self, jobs: Sequence[tuple[str, list[Document]]]) -> list[_WindowResult]:
+        """Order several independent windows (of different queries) in one batched model call."""
+        if not jobs:
+            return []
+        sizes = [len(docs) for _, docs in jobs]
+        if self.decoding == "first":
+            rendered = [self.renderer.render(q, docs, self.labels[: len(docs)], 0, self.opener) for q, docs in jobs]
+            logits = self.backend.last_logits([r.ids for r in rendered])
+            if torch.isnan(logits).any():
+                raise FloatingPointError("the model produced NaN logits; check the dtype")
+            results = []
+            for row, r, m in zip(logits, rendered, sizes):
+                scores = row[self.label_token_ids[:m]].tolist()
+                order = tuple(sorted(range(m), key=lambda i: -scores[i]))
+                results.append(_WindowResult(order, len(r.ids), 0, r.truncated))
+            return results
+        caps = [self._cap(m) for m in sizes]
+        rendered = [self.renderer.render(q, docs, self.labels[: len(docs)], cap) for (q, docs), cap in zip(jobs, caps)]
+        outputs = self.backend.generate([r.ids for r in rendered], caps)
+        results = []
+        for r, out, m in zip(rendered, outputs, sizes):
+            text = self.template.assistant + self.backend.tokenizer.decode(out, skip_special_tokens=True)
+            parsed = parse_permutation(text, self.labels[:m])
+            results.append(_WindowResult(parsed.order, len(r.ids), len(out), r.truncated, text, parsed))
+        return results
+
+    # -- the sliding loop ------------------------------------------------------------------------------------
+
+    def rank_many(self, queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[Ranking]:
+        """Rank several queries' lists. Windows of one query run in sequence (each depends on the previous);
+        the k-th windows of all queries go to the model together in one batch."""
+        if isinstance(queries, str):
+            raise TypeError("queries must be a sequence of str, not a single str")
+        if len(queries) != len(docs):
+            raise ValueError(f"got {len(queries)} queries but {len(docs)} candidate lists")
+        states = []
+        for i, (q, ds) in enumerate(zip(queries, docs)):
+            documents = as_documents(ds)
+            n = len(documents)
+            windows = plan_windows(n, self.window_size, self.step) * self.passes if n > 1 else []
+            states.append(_QueryState(check_query(q, i), documents, list(range(n)), windows))
+        k = 0
+        while any(k < len(s.windows) for s in states):
+            active = [s for s in states if k < len(s.windows)]
+            jobs = [(s.query, [s.docs[i] for i in s.order[slice(*s.windows[k])]]) for s in active]
+            for s, result in zip(active, self._order_windows(jobs)):
+                self._apply(s, s.windows[k], result)
+            k += 1
+        return [self._ranking(s) for s in states]
+
+    def _apply(self, state: _QueryState, window: tuple[int, int], result: _WindowResult) -> None:
+        start, end = window
+        state.order = apply_order(state.order, start, end, result.order)
+        c = state.counts
+        c["llm_calls"] += 1
+        c["prompt_tokens"] += result.prompt_tokens
+        c["generated_tokens"] += result.generated_tokens
+        c["tokens"] += result.prompt_tokens + result.generated_tokens
+        c["truncated"] += result.truncated
+        entry: dict[str, Any] = {"start": start, "end": end, "order": list(result.order)}
+        p = result.parsed
+        if p is not None:
+            c["repairs_missing"] += len(p.missing)
+            c["repairs_duplicate"] += len(p.duplicates)
+            c["repairs_unknown"] += len(p.unknown)
+            c["repairs"] += p.repairs
+            c["windows_repaired"] += p.repairs > 0
+            entry.update(
+                output=result.output,
+                missing=[self.labels[i] for i in p.missing],
+                duplicates=list(p.duplicates),
+                unknown=list(p.unknown),
+            )
+        state.trace.append(entry)
+
+    def _ranking(self, state: _QueryState) -> Ranking:
+        n = len(state.order)
+        ids = None
+        if state.docs and all(d.id is not None for d in state.docs):
+            ids = tuple(state.docs[i].id for i in state.order)  # type: ignore[misc]
+        return Ranking(
+            indices=tuple(state.order),
+            scores=tuple(float(n - r) for r in range(n)),
+            ids=ids,
+            metadata={**state.counts, "trace": state.trace},
+        )
+
+    def rank(self, query: str, docs: Sequence[DocLike]) -> Ranking:
+        """The documents best first (scores ``n - rank``)."""
+        return self.rank_many([query], [docs])[0]
+
+    def score(self, query: str, docs: Sequence[DocLike]) -> list[float]:
+        """Scores in input order: ``n - rank`` of each document in the final order (higher is better)."""
+        ranking = self.rank(query, docs)
+        scores = [0.0] * len(ranking.indices)
+        for i, s in zip(ranking.indices, ranking.scores):
+            scores[i] = s
+        return scores
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "method": self.method,
+            "model": getattr(self.backend, "name", None),
+            "decoding": self.decoding,
+            "window_size": self.window_size,
+            "step": self.step,
+            "passes": self.passes,
+            "identifiers": self.identifiers,
+            "passage_tokens": self.passage_tokens,
+            "max_length": self.max_length,
+            "template": self.template.to_dict(),
+            "chat_template_applied": self.renderer.use_chat,
+        }
+        if self.decoding == "generate":
+            d["max_new_tokens"] = self.max_new_tokens if self.max_new_tokens is not None else "full permutation + 2"
+        else:
+            d["answer_opener"] = self.opener
+        return d
