@@ -25,7 +25,12 @@ def _add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
         default="default",
         help="preset (default = qwen2.5-0.5b, smollm2-135m), a Hugging Face folder, or a .gguf file",
     )
-    g.add_argument("--max-length", type=int, default=512, help="token budget of one prompt (documents are cut)")
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="token budget of one prompt (documents are cut); default 512, listwise 4096 (a window and its answer)",
+    )
     g.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
@@ -39,6 +44,25 @@ def _add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
         help="pointwise score normalisation (default pair_softmax)",
     )
     g.add_argument("--reduction", default=None, choices=["mean", "sum"], help="likelihood: mean (default) or sum")
+    g.add_argument("--window-size", type=int, default=None, help="listwise: candidates per window (default 20)")
+    g.add_argument("--step", type=int, default=None, help="listwise: how far the window moves up (default 10)")
+    g.add_argument("--passes", type=int, default=None, help="listwise: sweeps over the list (default 1)")
+    g.add_argument(
+        "--decoding",
+        default=None,
+        choices=["generate", "first"],
+        help="listwise: generate a permutation (default) or FIRST (first-token logits, one forward pass)",
+    )
+    g.add_argument(
+        "--identifiers",
+        default=None,
+        choices=["numbers", "letters"],
+        help="listwise: passage identifiers (default numbers; letters for FIRST)",
+    )
+    g.add_argument("--passage-tokens", type=int, default=None, help="listwise: each passage cut to this (default 100)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, help="listwise: generation cap (default: a full permutation)"
+    )
 
 
 def _ranker_from_args(args: argparse.Namespace) -> Any:
@@ -56,6 +80,13 @@ def _ranker_from_args(args: argparse.Namespace) -> Any:
         "tokens": ("--tokens", _parse_tokens(args.tokens)),
         "normalisation": ("--normalisation", args.normalisation),
         "reduction": ("--reduction", args.reduction),
+        "window_size": ("--window-size", args.window_size),
+        "step": ("--step", args.step),
+        "passes": ("--passes", args.passes),
+        "decoding": ("--decoding", args.decoding),
+        "identifiers": ("--identifiers", args.identifiers),
+        "passage_tokens": ("--passage-tokens", args.passage_tokens),
+        "max_new_tokens": ("--max-new-tokens", args.max_new_tokens),
     }
     accepted = method_options(args.method)
     for name, (flag, value) in method_specific.items():
@@ -64,8 +95,9 @@ def _ranker_from_args(args: argparse.Namespace) -> Any:
         if name not in accepted:
             raise ValueError(f"{flag} does not apply to --method {args.method}")
         options[name] = value
-    if options["threads"] is None:
-        del options["threads"]
+    for name in ("threads", "max_length"):  # unset: each method's own default
+        if options[name] is None:
+            del options[name]
     return Reranker(args.method, model=args.model, **options)
 
 
