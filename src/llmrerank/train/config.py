@@ -1,0 +1,134 @@
+"""The training configuration: one flat dataclass, read from TOML or YAML, unknown keys refused."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class TrainConfig:
+    """Everything a fine-tuning run needs. Field names are the config file's keys."""
+
+    # model and the scoring function being trained (the same one inference calls)
+    model: str = "smollm2-135m"
+    method: str = "pointwise"  # pointwise | likelihood
+    head: str = "tokens"  # pointwise: tokens (z_yes - z_no) | dense (linear layer on the EOS hidden state)
+    tokens: str | list[str] = "yes_no"
+    normalisation: str = "logit"  # pointwise tokens head: trained and served as s = z_yes - z_no
+    reduction: str = "mean"  # likelihood
+    template: str | dict[str, Any] | None = None
+    max_length: int = 256
+    dtype: str = "float32"
+    threads: int | None = None
+
+    # data: a BEIR folder, its training split and a first-stage run for hard negatives
+    data: str = ""
+    split: str = "train"
+    run: str | None = None  # default: the one .trec file in `data`
+    group_size: int = 8
+    top_k: int = 100
+    rel: int | None = None
+    unjudged: bool = False
+    max_positives: int | None = None
+    teacher_run: str | None = None
+    teacher_mode: str = "scores"
+
+    # evaluation during training (nDCG@10 on the dev split's reranked top `dev_top_k`)
+    dev_split: str | None = None
+    dev_run: str | None = None
+    dev_top_k: int = 20
+    eval_every: int = 0  # optimiser steps; 0 = only at the end
+
+    # loss
+    loss: str = "grouped_ce"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+
+    # optimisation
+    lora: bool = True  # False = full fine-tuning
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    head_learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    groups_per_batch: int = 2
+    grad_accum: int = 4
+    max_grad_norm: float | None = 1.0
+    gradient_checkpointing: bool = False
+    bf16_autocast: bool = False  # matmuls in bfloat16 (fast on CPUs with AMX/AVX512-BF16), weights in float32
+    seed: int = 0
+
+    # output
+    output_dir: str = "runs/train"
+    save_every: int = 50  # optimiser steps between checkpoints
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        positive = ("group_size", "top_k", "dev_top_k", "epochs", "groups_per_batch", "grad_accum", "lora_r")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"config: {name} must be at least 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError("config: group_size must be at least 2 (a positive and a negative)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"config: max_steps must be at least 1, got {self.max_steps}")
+        if self.save_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("config: save_every and keep_checkpoints must be at least 1")
+        if self.learning_rate <= 0 or self.head_learning_rate <= 0:
+            raise ValueError("config: learning rates must be positive")
+        if self.method not in ("pointwise", "likelihood"):
+            raise ValueError(f"config: method must be 'pointwise' or 'likelihood' to train, got {self.method!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file; ``overrides`` (not None) win."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        text = p.read_text(encoding="utf-8")
+        try:
+            if p.suffix == ".toml":
+                data = tomllib.loads(text)
+            elif p.suffix in (".yaml", ".yml"):
+                try:
+                    import yaml
+                except ImportError as e:
+                    raise ImportError('YAML configs need PyYAML: pip install "llmrerank[train]"') from e
+                try:
+                    data = yaml.safe_load(text) or {}
+                except yaml.YAMLError as e:
+                    raise ValueError(f"{p}: cannot parse: {e}") from e
+            elif p.suffix == ".json":
+                data = json.loads(text)
+            else:
+                raise ValueError(f"{p}: a config is a .toml, .yaml or .json file")
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p}: cannot parse: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: the config must be a mapping of keys to values")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)

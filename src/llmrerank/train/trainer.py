@@ -1,0 +1,427 @@
+"""Fine-tuning a ranker's own scoring function: groups -> ``score_encoded(grad=True)`` -> loss -> optimiser.
+
+The trainer optimises exactly the function inference calls (the ranker's ``score_encoded``), with LoRA adapters
+(peft) or full fine-tuning, a dense head when there is one, gradient accumulation, optional gradient
+checkpointing, periodic dev evaluation and checkpoints. A run killed at any point resumes from its last
+checkpoint and ends where an uninterrupted run would: the data order is a pure function of the seed and the
+step, and the checkpoint holds the trainable weights, the optimiser, the scheduler and the RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import TRAINED_CONFIG
+from ..types import Document
+from .config import TrainConfig
+from .groups import Group, build_groups
+
+CHECKPOINTS = "checkpoints"
+LOG = "log.jsonl"
+FINAL = "model"
+
+
+@dataclass
+class DevSet:
+    """Queries to evaluate on during training: their candidates (best first by the first stage) and qrels."""
+
+    queries: Mapping[str, str]
+    corpus: Mapping[str, Document]
+    qrels: Mapping[str, Mapping[str, int]]
+    run: Mapping[str, Sequence[tuple[str, float]]]
+    top_k: int = 20
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    steps: int
+    resumed_from: int
+    dev: list[dict[str, float]] = field(default_factory=list)
+
+
+def _require_peft() -> Any:
+    try:
+        import peft
+    except ImportError as e:
+        raise ImportError('LoRA training needs peft: pip install "llmrerank[train]"') from e
+    return peft
+
+
+class Trainer:
+    """Fine-tune a pointwise or likelihood ranker.
+
+    Args:
+        config: the run's settings.
+        backend: an already loaded backend (tests pass a tiny model); default: load ``config.model``.
+        groups: training groups; default: built from ``config.data`` / ``split`` / ``run``.
+        dev: a dev set; default: ``config.dev_split`` of ``config.data`` if set.
+        callbacks: called as ``callback(trainer, step)`` after every optimiser step.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        backend: Any = None,
+        groups: Sequence[Group] | None = None,
+        dev: DevSet | None = None,
+        callbacks: Sequence[Callable[[Trainer, int], None]] = (),
+    ):
+        from ..train.losses import LOSSES
+
+        self.config = c = config
+        if c.loss not in LOSSES:
+            raise ValueError(f"unknown loss {c.loss!r}: choose one of {', '.join(sorted(LOSSES))}")
+        self.loss_fn = partial(LOSSES[c.loss], **c.loss_options)
+        self.distill = c.loss in ("kl", "margin_mse")
+        self.output_dir = Path(c.output_dir)
+        self.callbacks = list(callbacks)
+        torch.manual_seed(c.seed)
+        random.seed(c.seed)
+        if backend is None:
+            from ..backends.hf import HFBackend
+
+            backend = HFBackend.load(c.model, dtype=c.dtype, threads=c.threads)
+        self.backend = backend
+        self._wrap_model()
+        self.ranker = self._build_ranker()
+        self.groups = list(groups) if groups is not None else self._load_groups()
+        if not self.groups:
+            raise ValueError("no training groups: check the split, the run and the relevance threshold")
+        if self.distill and any(g.teacher is None for g in self.groups):
+            raise ValueError(f"loss {c.loss!r} distils a teacher: set teacher_run in the config")
+        sizes = {len(g.docs) for g in self.groups}
+        if len(sizes) != 1:
+            raise ValueError(f"all groups must have the same size, got sizes {sorted(sizes)}")
+        self.dev = dev if dev is not None else self._load_dev()
+        self.params = [p for p in self._trainable_modules_params()]
+        head_params = list(self.ranker.dense.parameters()) if getattr(self.ranker, "dense", None) else []
+        head_ids = {id(p) for p in head_params}
+        model_params = [p for p in self.params if id(p) not in head_ids]
+        param_groups = [{"params": model_params, "lr": c.learning_rate}]
+        if head_params:
+            param_groups.append({"params": head_params, "lr": c.head_learning_rate})
+        self.optimizer = torch.optim.AdamW(param_groups, weight_decay=c.weight_decay)
+        self.total_steps = self._total_steps()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+
+    # --- set-up ---------------------------------------------------------------------------------------------
+
+    def _wrap_model(self) -> None:
+        c = self.config
+        model = self.backend.model
+        if c.lora:
+            peft = _require_peft()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            lora = peft.LoraConfig(
+                r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=c.lora_targets
+            )
+            model = peft.get_peft_model(model, lora)
+        else:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        if c.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        self.backend.model = model
+
+    def _build_ranker(self) -> Any:
+        from ..registry import METHODS
+
+        c = self.config
+        if c.method == "pointwise":
+            opts: dict[str, Any] = {"head": c.head, "max_length": c.max_length, "template": c.template}
+            if c.head == "tokens":
+                opts.update(tokens=c.tokens if isinstance(c.tokens, str) else tuple(c.tokens))
+                opts.update(normalisation=c.normalisation)
+            ranker = METHODS["pointwise"](self.backend, **opts)
+            if ranker.dense is not None:
+                ranker.dense.trained = True  # it is being trained: let dev evaluation use it
+                for p in ranker.dense.parameters():
+                    p.requires_grad_(True)
+            return ranker
+        return METHODS["likelihood"](self.backend, reduction=c.reduction, template=c.template, max_length=c.max_length)
+
+    def _trainable_modules_params(self) -> list[torch.nn.Parameter]:
+        params = [p for p in self.backend.model.parameters() if p.requires_grad]
+        if getattr(self.ranker, "dense", None) is not None:
+            params += list(self.ranker.dense.parameters())
+        return params
+
+    def _load_groups(self) -> list[Group]:
+        from ..data import find_run, load_beir, load_run
+
+        c = self.config
+        if not c.data:
+            raise ValueError("config: set `data` (a BEIR folder) or pass groups")
+        ds = load_beir(c.data, split=c.split)
+        run_path = c.run or find_run(c.data)
+        if run_path is None:
+            raise ValueError(f"config: no `run` given and {c.data} does not hold exactly one .trec file")
+        teacher = load_run(c.teacher_run) if c.teacher_run else None
+        groups, stats = build_groups(
+            ds.queries,
+            ds.corpus,
+            ds.qrels,
+            load_run(run_path),
+            group_size=c.group_size,
+            top_k=c.top_k,
+            rel=c.rel,
+            unjudged=c.unjudged,
+            max_positives=c.max_positives,
+            teacher_run=teacher,
+            teacher_mode=c.teacher_mode,
+            seed=c.seed,
+        )
+        print(f"training groups: {stats}", file=sys.stderr)
+        return groups
+
+    def _load_dev(self) -> DevSet | None:
+        from ..data import find_run, load_beir, load_run
+
+        c = self.config
+        if not c.dev_split:
+            return None
+        ds = load_beir(c.data, split=c.dev_split)
+        run_path = c.dev_run or c.run or find_run(c.data)
+        if run_path is None:
+            raise ValueError("config: dev evaluation needs `dev_run` or `run`")
+        return DevSet(ds.queries, ds.corpus, ds.qrels, load_run(run_path), top_k=c.dev_top_k)
+
+    # --- schedule and data order ----------------------------------------------------------------------------
+
+    @property
+    def groups_per_step(self) -> int:
+        return self.config.groups_per_batch * self.config.grad_accum
+
+    def _total_steps(self) -> int:
+        if self.config.max_steps:  # as in transformers' Trainer, max_steps overrides epochs
+            return self.config.max_steps
+        return self.config.epochs * math.ceil(len(self.groups) / self.groups_per_step)
+
+    def _lr_factor(self, step: int) -> float:
+        warm = self.config.warmup_steps
+        if warm and step < warm:
+            return (step + 1) / warm
+        remaining = max(self.total_steps - step, 0)
+        return remaining / max(self.total_steps - warm, 1)
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.groups)))
+        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def group_indices(self, step: int, micro: int) -> list[int]:
+        """The groups of one micro-batch: a pure function of the seed, the step and the micro-batch."""
+        n = len(self.groups)
+        start = step * self.groups_per_step + micro * self.config.groups_per_batch
+        out = []
+        for p in range(start, start + self.config.groups_per_batch):
+            out.append(self._order(p // n)[p % n])
+        return out
+
+    # --- one step -------------------------------------------------------------------------------------------
+
+    def _autocast(self) -> Any:
+        device = getattr(self.backend, "device", torch.device("cpu"))
+        return torch.autocast(
+            device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=self.config.bf16_autocast
+        )
+
+    def batch_loss(self, groups: Sequence[Group]) -> torch.Tensor:
+        """The loss of a micro-batch of groups, through the ranker's own scoring function."""
+        items = [e for g in groups for e in self.ranker.encode(g.query, g.docs)]
+        with self._autocast():
+            scores = self.ranker.score_encoded(items, grad=True).view(len(groups), -1).float()
+        target = [g.teacher if self.distill else g.labels for g in groups]
+        labels = torch.tensor(target, dtype=scores.dtype)
+        return self.loss_fn(scores, labels)
+
+    def evaluate_dev(self) -> dict[str, float]:
+        from ..evaluate import evaluate_runs
+
+        if self.dev is None:
+            return {}
+        d = self.dev
+        self.backend.model.eval()
+        run = {}
+        qids = [q for q in d.run if q in d.queries]
+        for start in range(0, len(qids), 4):
+            chunk = qids[start : start + 4]
+            heads = [[doc for doc, _ in list(d.run[q])[: d.top_k] if doc in d.corpus] for q in chunk]
+            with self._autocast():
+                rankings = self.ranker.rank_many(
+                    [d.queries[q] for q in chunk], [[d.corpus[x] for x in h] for h in heads]
+                )
+            for q, h, r in zip(chunk, heads, rankings):
+                run[q] = [(h[i], s) for i, s in zip(r.indices, r.scores)]
+        ev = evaluate_runs({q: d.qrels[q] for q in qids}, {"model": run}, measures=["nDCG@10"])
+        return {"nDCG@10": ev.aggregate["model"]["nDCG@10"]}
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    def train(self, resume: bool = True, progress: bool = True) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+        start = self._resume() if resume else 0
+        if not resume:
+            (self.output_dir / LOG).unlink(missing_ok=True)
+        result = TrainResult(self.output_dir, self.output_dir / FINAL, self.total_steps, start)
+        bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not progress)
+        t0 = time.perf_counter()
+        for step in range(start, self.total_steps):
+            self.backend.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(c.grad_accum):
+                groups = [self.groups[i] for i in self.group_indices(step, micro)]
+                loss = self.batch_loss(groups) / c.grad_accum
+                loss.backward()
+                step_loss += loss.item()
+            if c.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            done = step + 1
+            entry: dict[str, Any] = {"step": done, "loss": step_loss, "lr": self.scheduler.get_last_lr()[0]}
+            entry["seconds"] = round(time.perf_counter() - t0, 3)
+            if c.eval_every and done % c.eval_every == 0 and done < self.total_steps:
+                entry.update({f"dev_{k}": v for k, v in self.evaluate_dev().items()})
+                result.dev.append({"step": done, **{k: v for k, v in entry.items() if k.startswith("dev_")}})
+            self._log(entry)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            if done % c.save_every == 0 or done == self.total_steps:
+                self._save_checkpoint(done)
+            for callback in self.callbacks:
+                callback(self, done)
+        bar.close()
+        final = self.evaluate_dev()
+        if final:
+            self._log({"step": self.total_steps, **{f"dev_{k}": v for k, v in final.items()}, "final": True})
+            result.dev.append({"step": self.total_steps, **{f"dev_{k}": v for k, v in final.items()}})
+        self.save_model(result.model_dir)
+        return result
+
+    def _log(self, entry: Mapping[str, Any]) -> None:
+        with open(self.output_dir / LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        state = {f"model.{n}": p.detach().clone() for n, p in self.backend.model.named_parameters() if p.requires_grad}
+        if getattr(self.ranker, "dense", None) is not None:
+            state.update({f"head.{n}": p.detach().clone() for n, p in self.ranker.dense.named_parameters()})
+        return state
+
+    def _load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        named = {f"model.{n}": p for n, p in self.backend.model.named_parameters() if p.requires_grad}
+        if getattr(self.ranker, "dense", None) is not None:
+            named.update({f"head.{n}": p for n, p in self.ranker.dense.named_parameters()})
+        if set(named) != set(state):
+            raise ValueError("the checkpoint does not match this configuration's trainable parameters")
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(state[n])
+
+    def _save_checkpoint(self, step: int) -> None:
+        from safetensors.torch import save_file
+
+        root = self.output_dir / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".step-{step:08d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in self.trainable_state().items()}, str(tmp / "trainable.safetensors"))
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+            },
+            tmp / "state.pt",
+        )
+        (tmp / "step.json").write_text(json.dumps({"step": step, "total_steps": self.total_steps}) + "\n")
+        final = root / f"step-{step:08d}"
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # a checkpoint exists only once complete
+        for old in sorted(root.glob("step-*"))[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _resume(self) -> int:
+        from safetensors.torch import load_file
+
+        root = self.output_dir / CHECKPOINTS
+        done = sorted(root.glob("step-*")) if root.is_dir() else []
+        if not done:
+            return 0
+        last = done[-1]
+        step = json.loads((last / "step.json").read_text())["step"]
+        self._load_trainable_state(load_file(str(last / "trainable.safetensors")))
+        state = torch.load(last / "state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        log = self.output_dir / LOG
+        if log.exists():  # drop log lines of steps the checkpoint does not hold
+            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            log.write_text("".join(k + "\n" for k in kept))
+        print(f"resumed from {last} (step {step} of {self.total_steps})", file=sys.stderr)
+        return step
+
+    # --- the trained folder ---------------------------------------------------------------------------------
+
+    def save_model(self, folder: str | Path) -> Path:
+        """Write a folder that ``Reranker(method, model=folder)`` restores exactly."""
+        c = self.config
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.backend.model
+        if c.lora:
+            model.save_pretrained(folder)  # the adapter only
+        else:
+            model.save_pretrained(folder)
+            self.backend.tokenizer.save_pretrained(folder)
+        options: dict[str, Any] = {"max_length": c.max_length, "template": self.ranker.template.to_dict()}
+        if c.method == "pointwise":
+            options["head"] = c.head
+            if c.head == "tokens":
+                options.update(tokens=list(self.ranker.words), normalisation=c.normalisation)
+            else:
+                self.ranker.dense.save(folder / "head.safetensors")
+        else:
+            options["reduction"] = c.reduction
+        base = c.model
+        if Path(base).exists():
+            base = str(Path(base).resolve())
+        meta = {
+            "format": 1,
+            "method": c.method,
+            "options": options,
+            "base_model": base,
+            "weights": "lora" if c.lora else "full",
+            "trained_with": {"loss": c.loss, "steps": self.total_steps, "seed": c.seed},
+        }
+        (folder / TRAINED_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        return folder

@@ -1,0 +1,157 @@
+"""The trainer on tiny models: it optimises the inference score, resumes exactly after kill -9, and its
+output folder restores what was trained."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+from llmrerank import Reranker
+from llmrerank.train.config import TrainConfig
+from llmrerank.train.trainer import Trainer
+
+pytest.importorskip("peft")
+
+QUERY = "how do honey bees make honey"
+DOCS = ["honey bees make honey from flower nectar", "why does a volcano erupt", "the cat sat on the mat"]
+
+
+def _config(model_dir: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        model=str(model_dir),
+        data=str(TINY),
+        split="test",
+        run=str(TINY / "run.trec"),
+        group_size=3,
+        top_k=4,
+        max_length=96,
+        groups_per_batch=1,
+        grad_accum=2,
+        max_steps=6,
+        save_every=2,
+        learning_rate=5e-3,
+        output_dir=str(out),
+        seed=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_the_loss_of_the_inference_score(tiny_model_dir, tmp_path):
+    trainer = Trainer(_config(tiny_model_dir, tmp_path / "run", max_steps=8, grad_accum=1, groups_per_batch=5))
+    groups = trainer.groups
+    with torch.no_grad():
+        before = trainer.batch_loss(groups).item()
+    # the loss goes through the ranker's own score_encoded: the same numbers inference gives
+    items = [e for g in groups[:1] for e in trainer.ranker.encode(g.query, g.docs)]
+    train_scores = trainer.ranker.score_encoded(items, grad=True).detach()
+    assert train_scores.tolist() == pytest.approx(trainer.ranker.score(groups[0].query, groups[0].docs), abs=1e-5)
+    trainer.train(progress=False)
+    with torch.no_grad():
+        after = trainer.batch_loss(groups).item()
+    assert after < before - 0.1
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, 9)) and all(e["loss"] > 0 for e in log)
+
+
+def test_trained_folder_restores_the_trained_ranker(tiny_model_dir, tmp_path):
+    trainer = Trainer(_config(tiny_model_dir, tmp_path / "run", max_steps=3, dev_split="test"))
+    result = trainer.train(progress=False)
+    assert result.dev and 0.0 <= result.dev[-1]["dev_nDCG@10"] <= 1.0
+    meta = json.loads((result.model_dir / "llmrerank.json").read_text())
+    assert meta["method"] == "pointwise" and meta["weights"] == "lora" and meta["options"]["normalisation"] == "logit"
+    trainer.backend.model.eval()
+    expected = trainer.ranker.score(QUERY, DOCS)
+    restored = Reranker("pointwise", model=str(result.model_dir))
+    assert restored.normalisation == "logit" and restored.max_length == 96
+    assert restored.score(QUERY, DOCS) == pytest.approx(expected, abs=1e-4)
+    base = Reranker("pointwise", model=str(tiny_model_dir), normalisation="logit", max_length=96)
+    assert base.score(QUERY, DOCS) != pytest.approx(expected, abs=1e-4)  # training changed the scores
+    with pytest.raises(ValueError, match="trained for method 'pointwise'"):
+        Reranker("likelihood", model=str(result.model_dir))
+
+
+def test_dense_head_and_likelihood_training(tiny_model_dir, tmp_path):
+    dense = Trainer(_config(tiny_model_dir, tmp_path / "dense", head="dense", max_steps=2, loss="ranknet"))
+    result = dense.train(progress=False)
+    dense.backend.model.eval()
+    assert (result.model_dir / "head.safetensors").is_file()
+    restored = Reranker("pointwise", model=str(result.model_dir))
+    assert restored.dense is not None and restored.dense.trained
+    assert restored.score(QUERY, DOCS) == pytest.approx(dense.ranker.score(QUERY, DOCS), abs=1e-4)
+
+    ql = Trainer(_config(tiny_model_dir, tmp_path / "ql", method="likelihood", max_steps=2, lora=False))
+    result = ql.train(progress=False)
+    ql.backend.model.eval()
+    restored = Reranker("likelihood", model=str(result.model_dir))
+    assert restored.score(QUERY, DOCS) == pytest.approx(ql.ranker.score(QUERY, DOCS), abs=1e-4)
+
+
+SCRIPT = """
+import os, signal, sys
+from llmrerank.train.config import TrainConfig
+from llmrerank.train.trainer import Trainer
+config = TrainConfig(**{config!r})
+kill_at = int(sys.argv[1])
+def killer(trainer, step):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+Trainer(config, callbacks=[killer]).train(progress=False)
+"""
+
+
+def test_resume_after_kill_9_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = Trainer(_config(tiny_model_dir, tmp_path / "straight"))
+    straight.train(progress=False)
+
+    config = _config(tiny_model_dir, tmp_path / "killed").to_dict()
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(config=config))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    killed = subprocess.run([sys.executable, str(script), "3"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000002"]  # step 3 ran but was never saved
+    resumed = subprocess.run([sys.executable, str(script), "0"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and "step 2 of 6" in resumed.stderr
+
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000006" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "checkpoints" / "step-00000006" / "trainable.safetensors"))
+    assert set(a) == set(b) and len(a) > 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in a.items() if "lora_B" in k)  # it did learn
+    log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]  # the lost step 3 is logged once, from the rerun
+
+
+def test_config_files(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('model = "smollm2-135m"\nloss = "listnet"\nmax_steps = 10\n[loss_options]\ntemperature = 2.0\n')
+    c = TrainConfig.load(toml, output_dir="elsewhere", max_steps=None)
+    assert (c.loss, c.max_steps, c.output_dir, c.loss_options) == ("listnet", 10, "elsewhere", {"temperature": 2.0})
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("model: smollm2-135m\nhead: dense\n")
+    assert TrainConfig.load(yaml_file).head == "dense"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("learning_rat = 1e-4\n")
+    with pytest.raises(ValueError, match="unknown config key.*learning_rat"):
+        TrainConfig.load(bad)
+    with pytest.raises(ValueError, match="group_size"):
+        TrainConfig(group_size=1)
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig(method="listwise")
