@@ -1,0 +1,314 @@
+"""Listwise reranking on TREC DL19: permutation generation vs FIRST, with nDCG@10, repairs, time and LLM calls.
+
+Two settings (candidates from the distributed ``dl19/bm25-top100.trec``, queries in the order of
+``queries.jsonl``):
+
+- ``top50``: the first 10 queries, BM25 top 50, window 20 / step 10, so the window really slides
+  (windows (30,50) (20,40) (10,30) (0,20): 4 LLM calls per query and pass);
+- ``top20``: all 43 queries, BM25 top 20: one window, one LLM call per query.
+
+Each setting runs both decodings on one loaded model: ``generate`` (the model writes ``[2] > [1] > ...``,
+greedy, capped to a full permutation, parsed and repaired) and ``first`` (FIRST: the window ordered by the
+first answer token's logits over the identifiers, one forward pass). Per run: nDCG@10 (and the BM25 value
+on the same queries, with a paired t-test), the repair rate (windows whose answer needed any repair / LLM
+calls), repairs by kind, seconds per query (wall time of the ranking calls only), LLM calls, prompt and
+generated tokens per query.
+
+The JSON is rewritten after every query (``status``, ``queries_done``), so a run stopped early keeps what it
+measured. ``--max-minutes-per-run`` (default 15, 0 = none) stops starting new queries in a run once its time is
+spent, which bounds the whole benchmark to about an hour; the table then says how many queries each run did,
+and BM25 is evaluated on those same queries.
+
+Usage (from the repository root)::
+
+    python benchmarks/listwise.py                                  # both settings, both decodings, 0.5B
+    python benchmarks/listwise.py --settings top20 --queries 1 --out /tmp/listwise-smoke.json   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "top50": {"queries": 10, "top_k": 50, "window_size": 20, "step": 10},
+    "top20": {"queries": None, "top_k": 20, "window_size": 20, "step": 10},
+}
+DECODINGS = ("generate", "first")
+MEASURE = "nDCG@10"
+REPAIR_KINDS = ("repairs_missing", "repairs_duplicate", "repairs_unknown")
+
+
+def load_dl19(data: Path) -> dict[str, Any]:
+    from llmrerank.data import load_beir, load_run
+
+    folder = data / "dl19"
+    beir = load_beir(folder, "test")
+    run = load_run(folder / "bm25-top100.trec")
+    qids = [q for q in beir.queries if q in run and beir.qrels.get(q)]
+    return {"beir": beir, "run": run, "qids": qids}
+
+
+def peak_rss_mib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kib / 1024 if sys.platform != "darwin" else kib / 2**20, 1)
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import llmrerank
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "llmrerank": llmrerank.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, data: dict[str, Any]):
+        self.args = args
+        self.data = data
+        self.out = Path(args.out)
+        self.result: dict[str, Any] = {
+            "benchmark": "listwise",
+            "command": "python " + " ".join(shlex.quote(a) for a in [_rel(sys.argv[0]), *sys.argv[1:]]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": "running",
+            "dataset": "dl19",
+            "first_stage": "dl19/bm25-top100.trec (the distributed BM25 run), cut to top_k",
+            "model": args.model,
+            "passage_tokens": args.passage_tokens,
+            "template": args.template,
+            "max_minutes_per_run": args.max_minutes_per_run,
+            "environment": environment(),
+            "runs": {},
+        }
+
+    def write(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        tmp.write_text(json.dumps(self.result, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(self.out)
+
+    def qids(self, setting: str) -> list[str]:
+        limit = SETTINGS[setting]["queries"]
+        qids = self.data["qids"][:limit] if limit else list(self.data["qids"])
+        return qids[: self.args.queries] if self.args.queries else qids
+
+    def run(self, setting: str, decoding: str, backend: Any) -> None:
+        from tqdm.auto import tqdm
+
+        from llmrerank import Reranker
+        from llmrerank.types import Document
+
+        s = SETTINGS[setting]
+        beir, bm25 = self.data["beir"], self.data["run"]
+        ranker = Reranker(
+            "listwise",
+            backend=backend,
+            window_size=s["window_size"],
+            step=s["step"],
+            decoding=decoding,
+            passage_tokens=self.args.passage_tokens,
+            template=self.args.template,
+        )
+        name = f"{setting}.{decoding}"
+        describe = ranker.describe()
+        describe.pop("template", None)
+        entry: dict[str, Any] = {
+            "setting": setting,
+            "decoding": decoding,
+            "top_k": s["top_k"],
+            "ranker": describe,
+            "template": ranker.template.name,
+            "status": "running",
+            "queries_planned": len(self.qids(setting)),
+            "queries_done": 0,
+            "per_query": {},
+        }
+        self.result["runs"][name] = entry
+        budget = self.args.max_minutes_per_run * 60 if self.args.max_minutes_per_run else math.inf
+        spent = 0.0
+        qids = self.qids(setting)
+        bar = tqdm(qids, desc=name, unit="q", file=sys.stderr)
+        for qid in bar:
+            if spent >= budget:
+                entry["status"] = f"stopped: time budget of {self.args.max_minutes_per_run} min spent"
+                break
+            head = list(bm25[qid])[: s["top_k"]]
+            docs = [Document(beir.corpus[d].text, id=d, title=beir.corpus[d].title) for d, _ in head]
+            start = time.perf_counter()
+            ranking = ranker.rank(beir.queries[qid], docs)
+            seconds = time.perf_counter() - start
+            spent += seconds
+            counts = {k: v for k, v in ranking.metadata.items() if isinstance(v, (int, float))}
+            entry["per_query"][qid] = {
+                "seconds": round(seconds, 2),
+                **counts,
+                "order": list(ranking.ids or ()),
+                "outputs": [t.get("output") for t in ranking.metadata["trace"] if "output" in t],
+            }
+            entry["queries_done"] += 1
+            self.summarise(name)
+            self.write()
+            bar.set_postfix(
+                s_q=f"{entry['seconds_per_query']:.1f}",
+                ndcg=f"{entry[MEASURE]:.3f}",
+                repair=f"{entry['repair_rate']:.2f}",
+            )
+        bar.close()
+        if entry["status"] == "running":
+            entry["status"] = "complete"
+        entry["peak_rss_mib"] = peak_rss_mib()
+        self.write()
+
+    def summarise(self, name: str) -> None:
+        """Means over the queries done so far, and nDCG@10 against BM25 on those same queries."""
+        from llmrerank.evaluate import evaluate_runs
+
+        entry = self.result["runs"][name]
+        per_query = entry["per_query"]
+        done = list(per_query)
+        n = len(done)
+        total = {k: sum(per_query[q].get(k, 0) for q in done) for k in ("llm_calls", "windows_repaired", "repairs")}
+        entry["seconds"] = round(sum(per_query[q]["seconds"] for q in done), 1)
+        entry["seconds_per_query"] = round(entry["seconds"] / n, 2)
+        for key in ("llm_calls", "prompt_tokens", "generated_tokens", "repairs", *REPAIR_KINDS):
+            entry[f"{key}_per_query"] = round(sum(per_query[q].get(key, 0) for q in done) / n, 2)
+        entry["repair_rate"] = round(total["windows_repaired"] / total["llm_calls"], 4) if total["llm_calls"] else 0.0
+        qrels = {q: dict(self.data["beir"].qrels[q]) for q in done}
+        top_k = entry["top_k"]
+        runs = {
+            "bm25": {q: list(self.data["run"][q])[:top_k] for q in done},
+            name: {q: [(d, float(top_k - i)) for i, d in enumerate(per_query[q]["order"])] for q in done},
+        }
+        ev = evaluate_runs(qrels, runs, measures=[MEASURE])
+        p = ev.p_values[name][MEASURE]
+        entry[MEASURE] = round(ev.aggregate[name][MEASURE], 4)
+        entry[f"bm25_{MEASURE}"] = round(ev.aggregate["bm25"][MEASURE], 4)
+        entry[f"p_{MEASURE}"] = None if p is None or math.isnan(p) else float(f"{p:.3g}")
+        entry["rel"] = ev.rel
+
+
+def table(result: dict[str, Any]) -> str:
+    """A markdown table, one row per run."""
+    header = [
+        "setting",
+        "decoding",
+        "queries",
+        "BM25 nDCG@10",
+        "nDCG@10",
+        "p",
+        "repair rate",
+        "s/query",
+        "LLM calls/q",
+        "prompt tok/q",
+        "gen tok/q",
+        "missing/q",
+        "dup/q",
+        "unknown/q",
+    ]
+    rows = [header, ["---"] * len(header)]
+    for r in result["runs"].values():
+        if not r.get("queries_done"):
+            continue
+        p = r.get(f"p_{MEASURE}")
+        rows.append(
+            [
+                f"{r['setting']} (w{r['ranker']['window_size']}/s{r['ranker']['step']})",
+                r["decoding"],
+                f"{r['queries_done']}/{r['queries_planned']}",
+                f"{r[f'bm25_{MEASURE}']:.4f}",
+                f"{r[MEASURE]:.4f}",
+                "" if p is None else f"{p:.3g}",
+                f"{r['repair_rate']:.2f}",
+                f"{r['seconds_per_query']:.1f}",
+                f"{r['llm_calls_per_query']:.1f}",
+                f"{r['prompt_tokens_per_query']:.0f}",
+                f"{r['generated_tokens_per_query']:.0f}",
+                f"{r['repairs_missing_per_query']:.2f}",
+                f"{r['repairs_duplicate_per_query']:.2f}",
+                f"{r['repairs_unknown_per_query']:.2f}",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    title = (
+        f"DL19, {result['model']}, template {result['template']}, passages cut to {result['passage_tokens']} "
+        f"tokens; p: paired t-test vs BM25 on nDCG@10 over the same queries"
+    )
+    return title + "\n\n" + "\n".join(lines)
+
+
+def _rel(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return path
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder holding dl19/")
+    parser.add_argument("--model", default="qwen2.5-0.5b", help="a preset or a model path")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--decodings", nargs="+", choices=DECODINGS, default=list(DECODINGS))
+    parser.add_argument("--template", default="rankzephyr", help="listwise template (rankzephyr, rankgpt, a file)")
+    parser.add_argument("--passage-tokens", type=int, default=100, help="each passage cut to this many tokens")
+    parser.add_argument("--queries", type=int, default=None, help="only the first N queries of each setting (smoke)")
+    parser.add_argument("--max-minutes-per-run", type=float, default=15.0, help="stop a run after this (0: never)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/listwise-dl19-{model}.json)")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        safe = Path(args.model).name.replace(".gguf", "")
+        args.out = str(REPO / "benchmarks" / "results" / f"listwise-dl19-{safe}.json")
+
+    from llmrerank.backends.hf import HFBackend
+
+    data = load_dl19(args.data)
+    bench = Bench(args, data)
+    t0 = time.perf_counter()
+    backend = HFBackend.load(
+        args.model, dtype=args.dtype, device=args.device, threads=args.threads, batch_size=args.batch_size
+    )
+    bench.result.update(
+        model_name=backend.name,
+        dtype=args.dtype,
+        device=str(backend.device),
+        load_seconds=round(time.perf_counter() - t0, 1),
+    )
+    bench.result["environment"]["torch_threads"] = __import__("torch").get_num_threads()
+    bench.write()
+    for setting in args.settings:
+        for decoding in args.decodings:
+            bench.run(setting, decoding, backend)
+    bench.result["status"] = "complete"
+    bench.result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    bench.write()
+    print(table(bench.result))
+    print(f"\nwrote {bench.out}")
+    return bench.result
+
+
+if __name__ == "__main__":
+    main()
