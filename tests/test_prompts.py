@@ -100,3 +100,11 @@ def test_load_template_from_toml_and_json(tmp_path):
         load_template(bad)
     with pytest.raises(FileNotFoundError):
         load_template(tmp_path / "missing.toml")
+
+
+def test_a_query_that_contains_a_placeholder_stays_text(tokenizer):
+    r = PromptRenderer(YES_NO, tokenizer, max_length=512)
+    parts = r.parts("why {document} honey")
+    ids = r.render("why {document} honey", Document("volcano"), parts)
+    text = tokenizer.decode(ids)
+    assert text.count("volcano") == 1 and "honey" in tokenizer.decode(parts.head)

@@ -40,8 +40,8 @@ def _add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
     g.add_argument(
         "--normalisation",
         default=None,
-        choices=["pair_softmax", "vocab_softmax", "yes_logit"],
-        help="pointwise score normalisation (default pair_softmax)",
+        choices=["pair_softmax", "vocab_softmax", "yes_logit", "logit"],
+        help="pointwise score normalisation (default pair_softmax; logit = z_yes - z_no)",
     )
     g.add_argument("--reduction", default=None, choices=["mean", "sum"], help="likelihood: mean (default) or sum")
     g.add_argument("--window-size", type=int, default=None, help="listwise: candidates per window (default 20)")

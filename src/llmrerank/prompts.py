@@ -12,6 +12,7 @@ tokens are cut to fit ``max_length``. The instruction, the query and the answer 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -169,6 +170,7 @@ class PromptParts:
 
 
 _SENTINEL = "\u0000LLMRERANK_DOCUMENT\u0000"
+_SLOTS = re.compile(re.escape(QUERY_SLOT) + "|" + re.escape(DOCUMENT_SLOT))
 
 
 class PromptRenderer:
@@ -184,7 +186,9 @@ class PromptRenderer:
 
     def _text_around_document(self, query: str) -> tuple[str, str]:
         t = self.template
-        user = t.user.replace(QUERY_SLOT, query).replace(DOCUMENT_SLOT, _SENTINEL)
+        # one pass, so a query that itself contains "{document}" stays text
+        slots = {QUERY_SLOT: query, DOCUMENT_SLOT: _SENTINEL}
+        user = _SLOTS.sub(lambda m: slots[m.group(0)], t.user)
         if self.use_chat:
             messages = []
             if t.system is not None:
