@@ -1,0 +1,23 @@
+"""The example training configs parse into valid configurations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmrerank.train.config import TrainConfig
+from llmrerank.train.losses import LOSSES
+
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.*"))
+
+
+def test_there_are_examples():
+    assert len(EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_is_valid(path):
+    config = TrainConfig.load(path)
+    assert config.loss in LOSSES
+    assert config.data.startswith("../shared/data/")  # examples read the shared benchmark data
