@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(chat: bool = True):
+def make_tokenizer(chat: bool = True, extra: Sequence[str] = ()):
+    """A word-level tokenizer over WORDS (plus ``extra``), with a small chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(SPECIALS + [w for w in WORDS if w.strip()]))}
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(SPECIALS + [w for w in WORDS if w.strip()] + list(extra)))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from conftest import CHAT_TEMPLATE, SPECIALS, TINY, WORDS, make_model
+from conftest import TINY, make_model, make_tokenizer
 from llmrerank import Document, Reranker
 from llmrerank.backends.base import BackendStats
 from llmrerank.backends.hf import HFBackend
@@ -29,21 +29,7 @@ EXTRA = ["[", "]", ">", *(str(i) for i in range(1, 21)), *string.ascii_uppercase
 
 def listwise_tokenizer():
     """conftest's word-level tokenizer with brackets, identifiers and document words d0..d99 added."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = SPECIALS + [w for w in WORDS if w.strip()] + EXTRA
-    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        additional_special_tokens=SPECIALS[3:],
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return make_tokenizer(extra=EXTRA)
 
 
 @pytest.fixture(scope="module")

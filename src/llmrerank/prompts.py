@@ -93,8 +93,8 @@ class PromptTemplate:
         return cls(**{"name": "custom", **dict(data)})
 
 
-def load_template(path: str | Path) -> PromptTemplate:
-    """Load a template from a TOML or JSON file (the CLI's ``--prompt-file``)."""
+def read_template_file(path: str | Path) -> dict[str, Any]:
+    """The fields of a template file (TOML, or JSON by its suffix), named after the file unless it says."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file not found: {p}")
@@ -103,7 +103,14 @@ def load_template(path: str | Path) -> PromptTemplate:
         data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"{p}: cannot parse prompt template: {e}") from e
-    return PromptTemplate.from_dict({"name": p.stem, **data})
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a prompt template is a table of fields")
+    return {"name": p.stem, **data}
+
+
+def load_template(path: str | Path) -> PromptTemplate:
+    """Load a template from a TOML or JSON file (the CLI's ``--prompt-file``)."""
+    return PromptTemplate.from_dict(read_template_file(path))
 
 
 # --- built-in templates -------------------------------------------------------------------------------------

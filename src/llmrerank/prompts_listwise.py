@@ -22,21 +22,14 @@ Reranking with Single Token Decoding".
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .prompts import PromptTooLongError
+from .prompts import PromptTooLongError, read_template_file
 from .types import Document
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 _SLOT = "\u0000LLMRERANK_PASSAGE\u0000"
 
@@ -159,14 +152,8 @@ def get_listwise_template(template: str | ListwiseTemplate | Mapping[str, Any]) 
         return ListwiseTemplate.from_dict(template)
     if template in LISTWISE_TEMPLATES:
         return LISTWISE_TEMPLATES[template]
-    p = Path(template)
-    if p.is_file():
-        text = p.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ValueError(f"{p}: cannot parse listwise template: {e}") from e
-        return ListwiseTemplate.from_dict({"name": p.stem, **data})
+    if Path(template).is_file():
+        return ListwiseTemplate.from_dict(read_template_file(template))
     raise ValueError(
         f"unknown listwise template {template!r}: give one of {sorted(LISTWISE_TEMPLATES)} or a .toml/.json file"
     )
