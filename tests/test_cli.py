@@ -81,6 +81,7 @@ def test_resume_flag(tmp_path, tiny_model_dir):
     assert out.read_text() == first
     meta = json.loads((tmp_path / "r.trec.json").read_text())
     assert meta["report"]["queries_skipped_resume"] == 3 and meta["report"]["queries"] == 0
+    assert set(meta["report"]["per_query"]) == {"q1", "q2", "q3"}  # the kept queries' accounting survives
 
 
 def test_console_script_runs():

@@ -249,3 +249,14 @@ def test_evaluation_is_a_dataclass_with_baseline_first(qrels, run):
     assert isinstance(ev, Evaluation)
     assert ev.run_names == ["z", "a"]
     assert ev.baseline == "z"
+
+
+def test_two_names_for_one_measure_are_refused():
+    from llmrerank.evaluate import evaluate_runs
+
+    qrels = {"q1": {"d1": 2, "d2": 0}}
+    run = {"q1": [("d1", 2.0), ("d2", 1.0)]}
+    with pytest.raises(ValueError, match="same measure"):
+        evaluate_runs(qrels, {"r": run}, ["RR@10", "RR(rel=2)@10"])
+    with pytest.raises(ValueError, match="same measure"):
+        evaluate_runs(qrels, {"r": run}, ["nDCG@10", "nDCG(cutoff=10)"])

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY
 from llmrerank.data import load_beir, load_run
 from llmrerank.pipeline import chain_scores, rerank_run, sidecar_path
-from llmrerank.rankers import LikelihoodRanker
+from llmrerank.rankers import LikelihoodRanker, PointwiseRanker
 
 
 def test_chain_scores_worked_examples():
@@ -58,15 +58,34 @@ def test_resume_skips_complete_queries_and_redoes_a_cut_one(tmp_path, qwen_backe
     ranker = LikelihoodRanker(qwen_backend)
     fresh = tmp_path / "fresh.trec"
     rerank_run(ranker, ds.queries, ds.corpus, run, fresh, top_k=3, progress=False)
-    lines = fresh.read_text().splitlines(keepends=True)
-    partial = tmp_path / "partial.trec"
+    text = fresh.read_text()
+    lines = text.splitlines(keepends=True)
     n_first = len(run[next(iter(run))])
-    partial.write_text("".join(lines[: n_first + 1]))  # first query complete, second cut after one line
+    partial = tmp_path / "partial.trec"
+    # a crash: the first query complete, the second cut in the middle of its second line
+    partial.write_text("".join(lines[: n_first + 1]) + lines[n_first + 1][:7])
+    sidecar_path(partial).write_text(sidecar_path(fresh).read_text())
     before = qwen_backend.stats.sequences
     report = rerank_run(ranker, ds.queries, ds.corpus, run, partial, top_k=3, resume=True, progress=False)
     assert report.queries_skipped_resume == 1 and report.queries == len(run) - 1
     assert qwen_backend.stats.sequences - before == 3 * (len(run) - 1)
-    assert partial.read_text() == fresh.read_text()
+    assert partial.read_text() == text
+    meta = json.loads(sidecar_path(partial).read_text())
+    assert meta["status"] == "complete" and set(meta["report"]["per_query"]) == set(run)
+
+
+def test_resume_refuses_an_output_made_otherwise(tmp_path, qwen_backend):
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    out = tmp_path / "out.trec"
+    rerank_run(LikelihoodRanker(qwen_backend), ds.queries, ds.corpus, run, out, top_k=3, progress=False)
+    with pytest.raises(ValueError, match="other ranker"):
+        rerank_run(PointwiseRanker(qwen_backend), ds.queries, ds.corpus, run, out, top_k=3, resume=True)
+    with pytest.raises(ValueError, match="other top_k"):
+        rerank_run(LikelihoodRanker(qwen_backend), ds.queries, ds.corpus, run, out, top_k=2, resume=True)
+    sidecar_path(out).unlink()
+    with pytest.raises(ValueError, match="is missing"):
+        rerank_run(LikelihoodRanker(qwen_backend), ds.queries, ds.corpus, run, out, top_k=3, resume=True)
 
 
 def test_bad_arguments(tmp_path, qwen_backend):

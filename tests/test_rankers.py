@@ -115,7 +115,7 @@ def test_score_tensor_is_the_inference_score_with_gradients(qwen_backend):
         assert t.detach().tolist() == pytest.approx(ranker.score(QUERY, DOCS), abs=1e-5)
         t.sum().backward()
         qwen_backend.model.zero_grad(set_to_none=True)
-    logit = PointwiseRanker(qwen_backend).logit_tensor(QUERY, DOCS)
+    logit = PointwiseRanker(qwen_backend, normalisation="logit").score_tensor(QUERY, DOCS)
     assert torch.nn.functional.logsigmoid(logit).tolist() == pytest.approx(
         PointwiseRanker(qwen_backend).score(QUERY, DOCS), abs=1e-5
     )
@@ -190,3 +190,4 @@ def test_dense_head_scores_the_hidden_state_at_an_appended_eos(qwen_backend, tmp
         PointwiseRanker(qwen_backend, head_weights=tmp_path / "head.safetensors")
     with pytest.raises(ValueError, match="unknown head"):
         PointwiseRanker(qwen_backend, head="mlp")
+

@@ -49,11 +49,20 @@ def test_likelihood_puts_the_relevant_passage_first(small, case):
     assert ranking.indices[0] == len(others), ranking
 
 
-def test_pointwise_scores_are_log_probabilities(small):
-    pointwise = Reranker("pointwise", backend=small.backend, max_length=256)
-    variants = pointwise.score_variants(CASES[0][0], [CASES[0][1], CASES[1][1]])
-    for p, v in zip(variants["pair_softmax"], variants["vocab_softmax"]):
-        assert p <= 0.0 and v <= p  # P(yes) over the vocabulary <= P(yes | {yes, no})
+def test_answer_tokens_are_read_where_the_model_writes_them(small):
+    """After a newline the model writes "yes"; after "Answer:" it writes " yes", another token."""
+    from llmrerank.prompts import PromptTemplate
+
+    tok = small.backend.tokenizer
+    plain = Reranker("pointwise", backend=small.backend)
+    assert tok.decode([plain.yes_id]) == "yes" and tok.decode([plain.no_id]) == "no"
+    prefixed = Reranker(
+        "pointwise",
+        backend=small.backend,
+        template=PromptTemplate(name="p", user="{query}\n{document}", assistant="Answer:"),
+    )
+    assert tok.decode([prefixed.yes_id]) == " yes" and tok.decode([prefixed.no_id]) == " no"
+    assert prefixed.yes_id != plain.yes_id
 
 
 def test_default_model_likelihood_ordering():

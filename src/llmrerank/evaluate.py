@@ -162,6 +162,11 @@ def evaluate_runs(
         raise ValueError("the qrels judge no query: nothing to evaluate")
     threshold = default_rel(qrels) if rel is None else int(rel)
     resolved = resolve_measures(names, threshold)
+    seen: dict[Any, str] = {}
+    for name, measure in zip(names, resolved):
+        if measure in seen:
+            raise ValueError(f"measures {seen[measure]!r} and {name!r} are the same measure ({measure}); give it once")
+        seen[measure] = name
     name_of = dict(zip(resolved, names))
     judged = {qid: {d: int(g) for d, g in qrels[qid].items()} for qid in query_ids}
 

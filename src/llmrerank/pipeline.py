@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import format_run_lines, load_run
+from .data import format_run_lines
 from .rankers.base import Ranker
 from .types import Document
 
@@ -51,7 +51,8 @@ class RerankReport:
     queries_not_loaded: int = 0  # in the run but not among the loaded queries (another split)
     documents: int = 0
     seconds: float = 0.0
-    # The rankers' per-query accounting (Ranking.metadata numbers: tokens, truncated, LLM calls, ...) and totals.
+    # The rankers' per-query accounting (Ranking.metadata numbers: tokens, truncated, LLM calls, ...), kept
+    # queries of a resumed output included, and this session's totals.
     counts: dict[str, float] = field(default_factory=dict)
     per_query: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -97,20 +98,35 @@ def sidecar_path(out: str | Path) -> Path:
 def _completed_queries(out: Path, run: Run) -> dict[str, str]:
     """Queries fully written in an existing output (the line count matches the input list), with their text.
 
-    A query cut short by a crash is not complete and will be redone.
+    A query cut short by a crash is not complete and will be redone; so is a last line cut mid-way.
     """
     if not out.exists():
         return {}
-    existing = load_run(out)
-    lines: dict[str, list[str]] = {}
-    for line in out.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            lines.setdefault(line.split()[0], []).append(line)
-    return {
-        qid: "\n".join(lines[qid]) + "\n"
-        for qid, items in existing.items()
-        if qid in run and len(items) == len(run[qid])
-    }
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # a line cut by the crash
+    by_query: dict[str, list[str]] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 6:
+            by_query.setdefault(fields[0], []).append(line)
+    return {q: "".join(ls) for q, ls in by_query.items() if q in run and len(ls) == len(run[q])}
+
+
+def _previous_run(out: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The sidecar of an output being resumed; refuses one made with other settings (or none)."""
+    path = sidecar_path(out)
+    if not out.exists():
+        return {}
+    if not path.exists():
+        raise ValueError(f"cannot resume {out}: {path} is missing, so nothing shows how it was made; drop --resume")
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    differ = [k for k, v in settings.items() if k in previous and previous[k] != v]
+    if differ:
+        raise ValueError(
+            f"cannot resume {out}: it was written with other {', '.join(differ)}; use another --out or drop --resume"
+        )
+    return previous
 
 
 def rerank_run(
@@ -145,8 +161,13 @@ def rerank_run(
     if not qids:
         raise ValueError("no query of the run is among the loaded queries (wrong --split or --run?)")
     report = RerankReport(queries_not_loaded=len(run) - len(qids))
+    settings = {"ranker": ranker.describe(), "top_k": top_k, **(dict(sidecar) if sidecar else {})}
+    settings = json.loads(json.dumps(settings))  # as it reads back from the sidecar (tuples become lists)
+    previous = _previous_run(out, settings) if resume else {}
     done = _completed_queries(out, run) if resume else {}
     report.queries_skipped_resume = sum(q in done for q in qids)
+    old_per_query = previous.get("report", {}).get("per_query", {})
+    report.per_query.update({q: old_per_query[q] for q in done if q in old_per_query})
     todo = [q for q in qids if q not in done]
     for qid in todo:
         missing = [d for d, _ in list(run[qid])[:top_k] if d not in corpus]
@@ -154,6 +175,7 @@ def rerank_run(
             raise KeyError(f"query {qid}: {len(missing)} candidate(s) have no text in the corpus, e.g. {missing[0]!r}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _write_sidecar(out, {"run": str(out), "status": "running", **settings, "queries_per_batch": queries_per_batch})
     stats = getattr(getattr(ranker, "backend", None), "stats", None)
     before = stats.snapshot() if stats else {}
     start = time.perf_counter()
@@ -187,15 +209,21 @@ def rerank_run(
     report.seconds = time.perf_counter() - start
     meta = {
         "run": str(out),
-        "ranker": ranker.describe(),
-        "top_k": top_k,
+        "status": "complete",
+        **settings,
         "queries_per_batch": queries_per_batch,
         "report": report.to_dict(),
         "backend_stats": stats.since(before) if stats else None,
-        **(dict(sidecar) if sidecar else {}),
     }
-    sidecar_path(out).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    _write_sidecar(out, meta)
     return report
+
+
+def _write_sidecar(out: Path, meta: Mapping[str, Any]) -> None:
+    path = sidecar_path(out)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def _with_id(doc: Document, docid: str) -> Document:

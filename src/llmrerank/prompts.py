@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,6 +160,49 @@ def get_template(template: str | PromptTemplate | Mapping[str, Any]) -> PromptTe
     )
 
 
+# --- answer tokens ------------------------------------------------------------------------------------------
+
+
+def continuation_ids(
+    tokenizer: Any, context: str, words: Sequence[str], openers: Sequence[str] = ("",)
+) -> tuple[str, list[int]]:
+    """The token ids the model would emit for each of ``words`` right after ``context``.
+
+    For the first opener (text written between the context and the word, e.g. ``""``, ``" "`` or ``"["``)
+    under which every word extends the context's tokens by exactly one token, and the ids are distinct, return
+    that opener and the ids. This reads the answer token where the model really writes it: after ``"Answer:"``
+    the word is ``" yes"``, after a newline it is ``"yes"``.
+
+    Raises:
+        ValueError: no opener works; the message says what failed under each.
+    """
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    problems = []
+    for opener in openers:
+        base = encode(context + opener)
+        ids, bad = [], []
+        for word in words:
+            full = encode(context + opener + word)
+            if full[: len(base)] == base and len(full) == len(base) + 1:
+                ids.append(full[-1])
+            else:
+                bad.append(word)
+        if not bad and len(set(ids)) == len(ids):
+            return opener, ids
+        problems.append(
+            f"after {opener!r}: " + (f"{', '.join(map(repr, bad))} not single tokens" if bad else "ids clash")
+        )
+    raise ValueError("; ".join(problems))
+
+
+def word_openers(context: str) -> tuple[str, str]:
+    """Openers to try for an answer word: none first after whitespace (or nothing), a space first otherwise."""
+    return ("", " ") if not context or context[-1].isspace() else (" ", "")
+
+
 # --- rendering ----------------------------------------------------------------------------------------------
 
 
@@ -191,7 +234,8 @@ class PromptRenderer:
         self.max_length = max_length
         self.use_chat = bool(template.chat and getattr(tokenizer, "chat_template", None))
 
-    def _text_around_document(self, query: str) -> tuple[str, str]:
+    def text_around_document(self, query: str) -> tuple[str, str]:
+        """The prompt's text before and after the document slot, for ``query``."""
         t = self.template
         # one pass, so a query that itself contains "{document}" stays text
         slots = {QUERY_SLOT: query, DOCUMENT_SLOT: _SENTINEL}
@@ -216,7 +260,7 @@ class PromptRenderer:
     def parts(self, query: str) -> PromptParts:
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
-        head, tail = self._text_around_document(query)
+        head, tail = self.text_around_document(query)
         target: tuple[int, ...] = ()
         if self.template.target is not None:
             target = tuple(self._encode(self.template.target.replace(QUERY_SLOT, query)))

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..backends.base import Backend
+from ..prompts import continuation_ids
 from ..prompts_listwise import RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, get_listwise_template
 from ..types import DocLike, Document, Ranking, as_documents
 from .base import check_query
@@ -155,24 +156,14 @@ class ListwiseRanker:
         """The answer opener and one token id per identifier such that opener + identifier ends the prompt
         with exactly one more token; the ids must be distinct. Tries each of :data:`OPENERS`."""
         tail = self.renderer.text_pieces("query", self.labels)[-1]
-        problems = []
-        for opener in OPENERS:
-            base = self._encode(tail + opener)
-            ids, bad = [], []
-            for label in self.labels:
-                full = self._encode(tail + opener + label)
-                if full[: len(base)] == base and len(full) == len(base) + 1:
-                    ids.append(full[-1])
-                else:
-                    bad.append(label)
-            if not bad and len(set(ids)) == len(ids):
-                return opener, ids
-            problems.append(f"after {opener!r}: " + (f"{', '.join(bad)} not single tokens" if bad else "ids clash"))
-        raise ValueError(
-            f"decoding='first' needs every identifier to be a single, distinct token for this tokenizer, but with "
-            f"identifiers={self.identifiers!r} and window_size={self.window_size}: {'; '.join(problems)}. "
-            "Use identifiers='letters' (numbers from 10 on share their first token with 1) or a smaller window"
-        )
+        try:
+            return continuation_ids(self.backend.tokenizer, tail, self.labels, OPENERS)
+        except ValueError as e:
+            raise ValueError(
+                f"decoding='first' needs every identifier to be a single, distinct token for this tokenizer, but "
+                f"with identifiers={self.identifiers!r} and window_size={self.window_size}: {e}. Use "
+                "identifiers='letters' (numbers from 10 on share their first token with 1) or a smaller window"
+            ) from e
 
     def _cap(self, m: int) -> int:
         """Tokens a full permutation of ``m`` identifiers needs, plus two (the end token and slack)."""

@@ -27,7 +27,15 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend
-from ..prompts import TRUE_FALSE, YES_NO, PromptParts, PromptTemplate, get_template
+from ..prompts import (
+    TRUE_FALSE,
+    YES_NO,
+    PromptParts,
+    PromptTemplate,
+    continuation_ids,
+    get_template,
+    word_openers,
+)
 from ..types import DocLike, Document
 from .base import Encoded, PointScorer
 
@@ -50,14 +58,23 @@ def normalise(logits: torch.Tensor, yes_id: int, no_id: int, normalisation: str)
     raise ValueError(f"unknown normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
 
 
-def single_token_id(tokenizer: Any, word: str) -> int:
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(
-            f"answer token {word!r} is {len(ids)} tokens for this tokenizer; pointwise scoring needs a single "
-            "token (try another casing or leading space)"
-        )
-    return int(ids[0])
+def answer_token_ids(tokenizer: Any, renderer: Any, words: Sequence[str]) -> list[int]:
+    """The ids of the answer words as the model writes them after this prompt's last text.
+
+    After whitespace (a chat template's "assistant\n") the word itself, e.g. "yes"; after other text (an
+    assistant prefix such as "Answer:") the word with a leading space, " yes", which is another token.
+    """
+    _, tail = renderer.text_around_document("query")
+    problems = []
+    for space in word_openers(tail):
+        try:
+            return continuation_ids(tokenizer, tail, [space + w for w in words])[1]
+        except ValueError as e:
+            problems.append(str(e))
+    raise ValueError(
+        f"answer tokens {tuple(words)!r} must each be one distinct token after the prompt ({'; '.join(problems)}); "
+        "try another casing or another pair"
+    )
 
 
 class PointwiseRanker(PointScorer):
@@ -105,10 +122,7 @@ class PointwiseRanker(PointScorer):
             raise ValueError(f"template {tmpl.name!r} is a query-likelihood template, not a pointwise one")
         super().__init__(backend, tmpl, max_length)
         self.words = words
-        self.yes_id = single_token_id(backend.tokenizer, words[0])
-        self.no_id = single_token_id(backend.tokenizer, words[1])
-        if self.yes_id == self.no_id:
-            raise ValueError(f"answer tokens {words!r} map to the same token id")
+        self.yes_id, self.no_id = answer_token_ids(backend.tokenizer, self.renderer, words)
         self.normalisation = normalisation
         self.head = head
         self.dense: DenseHead | None = None
@@ -117,7 +131,7 @@ class PointwiseRanker(PointScorer):
             if eos is None:
                 raise ValueError("head='dense' appends the EOS token, but this tokenizer has none")
             self.eos_id = int(eos)
-            self.dense = DenseHead(_hidden_size(backend))
+            self.dense = DenseHead(_hidden_size(backend)).to(getattr(backend, "device", "cpu"))
             if head_weights is not None:
                 self.dense.load(head_weights)
 
@@ -144,11 +158,6 @@ class PointwiseRanker(PointScorer):
                 return self.dense(hidden)
         logits = self.backend.last_logits(seqs, grad=grad)
         return normalise(logits, self.yes_id, self.no_id, self.normalisation)
-
-    def logit_tensor(self, query: str, docs: Sequence[DocLike]) -> torch.Tensor:
-        """The differentiable logit s = z_yes - z_no (every normalisation ranks as it does)."""
-        logits = self.backend.last_logits([e.prompt for e in self.encode(query, docs)], grad=True)
-        return logits[:, self.yes_id] - logits[:, self.no_id]
 
     def score_variants(self, query: str, docs: Sequence[DocLike]) -> dict[str, list[float]]:
         """All normalisations from one forward pass, in input order."""
