@@ -86,6 +86,8 @@ def test_bad_inputs(qwen_backend):
         qwen_backend.target_logprobs([[7], [8]], [[9]])
     with pytest.raises(ValueError, match="target sequence is empty"):
         qwen_backend.target_logprobs([[7]], [[]])
+    with pytest.raises(ValueError, match="a prompt is empty"):
+        qwen_backend.target_logprobs([[]], [[7]])
     with pytest.raises(ValueError, match="unknown dtype"):
         parse_dtype("float8")
     with pytest.raises(ValueError, match="batch_size"):

@@ -155,3 +155,15 @@ def test_config_files(tmp_path):
         TrainConfig(group_size=1)
     with pytest.raises(ValueError, match="method"):
         TrainConfig(method="listwise")
+
+
+def test_resume_refuses_another_config_and_no_resume_starts_over(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    Trainer(_config(tiny_model_dir, out, max_steps=2)).train(progress=False)
+    with pytest.raises(ValueError, match="other learning_rate"):
+        Trainer(_config(tiny_model_dir, out, max_steps=2, learning_rate=1e-3)).train(progress=False)
+    other = Trainer(_config(tiny_model_dir, out, max_steps=1, learning_rate=1e-3, save_every=1))
+    result = other.train(resume=False, progress=False)
+    assert result.resumed_from == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]  # the old ones are gone
+    assert json.loads((out / "config.json").read_text())["learning_rate"] == 1e-3

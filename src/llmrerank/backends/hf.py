@@ -136,9 +136,11 @@ class HFBackend:
     ) -> list[torch.Tensor]:
         if len(prompts) != len(targets):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-        for t in targets:
+        for p, t in zip(prompts, targets):
             if len(t) == 0:
                 raise ValueError("a target sequence is empty")
+            if len(p) == 0:
+                raise ValueError("a prompt is empty: the first target token needs a context")
         seqs = [[*p, *t] for p, t in zip(prompts, targets)]
 
         def fn(idx: list[int]) -> list[torch.Tensor]:

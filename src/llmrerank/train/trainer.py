@@ -115,6 +115,7 @@ class Trainer:
         if head_params:
             param_groups.append({"params": head_params, "lr": c.head_learning_rate})
         self.optimizer = torch.optim.AdamW(param_groups, weight_decay=c.weight_decay)
+        self._orders: dict[int, list[int]] = {}
         self.total_steps = self._total_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
 
@@ -222,9 +223,11 @@ class Trainer:
         return remaining / max(self.total_steps - warm, 1)
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.groups)))
-        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
-        return order
+        if epoch not in self._orders:
+            order = list(range(len(self.groups)))
+            random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+            self._orders = {epoch: order}  # one epoch at a time is all the loop needs
+        return self._orders[epoch]
 
     def group_indices(self, step: int, micro: int) -> list[int]:
         """The groups of one micro-batch: a pure function of the seed, the step and the micro-batch."""
@@ -263,7 +266,10 @@ class Trainer:
         qids = [q for q in d.run if q in d.queries]
         for start in range(0, len(qids), 4):
             chunk = qids[start : start + 4]
-            heads = [[doc for doc, _ in list(d.run[q])[: d.top_k] if doc in d.corpus] for q in chunk]
+            heads = [[doc for doc, _ in list(d.run[q])[: d.top_k]] for q in chunk]
+            missing = [doc for h in heads for doc in h if doc not in d.corpus]
+            if missing:
+                raise KeyError(f"dev run: {len(missing)} candidate(s) have no text in the corpus, e.g. {missing[0]!r}")
             with self._autocast():
                 rankings = self.ranker.rank_many(
                     [d.queries[q] for q in chunk], [[d.corpus[x] for x in h] for h in heads]
@@ -280,10 +286,13 @@ class Trainer:
 
         c = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._check_same_config()
+        else:  # start over: nothing of an earlier run may be picked up later
+            shutil.rmtree(self.output_dir / CHECKPOINTS, ignore_errors=True)
+            (self.output_dir / LOG).unlink(missing_ok=True)
         (self.output_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
         start = self._resume() if resume else 0
-        if not resume:
-            (self.output_dir / LOG).unlink(missing_ok=True)
         result = TrainResult(self.output_dir, self.output_dir / FINAL, self.total_steps, start)
         bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not progress)
         t0 = time.perf_counter()
@@ -357,6 +366,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "python_rng": random.getstate(),
             },
             tmp / "state.pt",
@@ -367,6 +377,20 @@ class Trainer:
         tmp.rename(final)  # a checkpoint exists only once complete
         for old in sorted(root.glob("step-*"))[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _check_same_config(self) -> None:
+        """Refuse to resume checkpoints written with another configuration (the output folder may differ)."""
+        path = self.output_dir / "config.json"
+        if not (self.output_dir / CHECKPOINTS).is_dir() or not path.is_file():
+            return
+        before = json.loads(path.read_text())
+        now = json.loads(json.dumps(self.config.to_dict()))
+        differ = sorted(k for k in set(before) | set(now) if k != "output_dir" and before.get(k) != now.get(k))
+        if differ:
+            raise ValueError(
+                f"{self.output_dir} holds checkpoints of a run with other {', '.join(differ)}; "
+                "use another output_dir, or --no-resume to start over"
+            )
 
     def _resume(self) -> int:
         from safetensors.torch import load_file
@@ -382,10 +406,19 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         random.setstate(state["python_rng"])
         log = self.output_dir / LOG
-        if log.exists():  # drop log lines of steps the checkpoint does not hold
-            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        if log.exists():  # drop log lines of steps the checkpoint does not hold, and a line cut by the kill
+            kept = []
+            for line in log.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if entry["step"] <= step:
+                    kept.append(line)
             log.write_text("".join(k + "\n" for k in kept))
         print(f"resumed from {last} (step {step} of {self.total_steps})", file=sys.stderr)
         return step
