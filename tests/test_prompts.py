@@ -108,3 +108,14 @@ def test_a_query_that_contains_a_placeholder_stays_text(tokenizer):
     ids = r.render("why {document} honey", Document("volcano"), parts)
     text = tokenizer.decode(ids)
     assert text.count("volcano") == 1 and "honey" in tokenizer.decode(parts.head)
+
+
+def test_template_field_types_are_checked():
+    with pytest.raises(ValueError, match="field 'chat' must be bool, got str"):
+        PromptTemplate.from_dict({"user": "{query} {document}", "chat": "false"})
+    with pytest.raises(ValueError, match="field 'user' must be str, got int"):
+        PromptTemplate.from_dict({"user": 5})
+    with pytest.raises(ValueError, match="title_format may only use"):
+        PromptTemplate(name="t", user="{query} {document}", title_format="{title}: {body}")
+    t = PromptTemplate(name="t", user="{query} {document}")
+    assert t.document_text(Document("a {text} b", title="{title}")) == "{title}\na {text} b"

@@ -58,6 +58,23 @@ class PromptTemplate:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        types = {
+            "name": (str,),
+            "user": (str,),
+            "system": (str, type(None)),
+            "assistant": (str,),
+            "chat": (bool,),
+            "title_format": (str,),
+            "target": (str, type(None)),
+        }
+        for key, allowed in types.items():
+            value = getattr(self, key)
+            if not isinstance(value, allowed):
+                want = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise ValueError(f"template {self.name!r}: field {key!r} must be {want}, got {type(value).__name__}")
+        unknown = set(re.findall(r"\{(\w+)\}", self.title_format)) - {"title", "text"}
+        if unknown:
+            raise ValueError(f"template {self.name!r}: title_format may only use {{title}} and {{text}}, not {unknown}")
         if self.user.count(DOCUMENT_SLOT) != 1:
             raise ValueError(f"template {self.name!r}: the user message must contain {DOCUMENT_SLOT} exactly once")
         for part_name, part in (("system", self.system or ""), ("assistant", self.assistant)):
@@ -74,7 +91,9 @@ class PromptTemplate:
 
     def document_text(self, doc: Document) -> str:
         if doc.title:
-            return self.title_format.format(title=doc.title, text=doc.text)
+            # one pass, so braces inside a title or text stay text
+            parts = {"{title}": doc.title, "{text}": doc.text}
+            return re.sub(r"\{title\}|\{text\}", lambda m: parts[m.group(0)], self.title_format)
         return doc.text
 
     def to_dict(self) -> dict[str, Any]:
