@@ -29,7 +29,8 @@ def _add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
         "--max-length",
         type=int,
         default=None,
-        help="token budget of one prompt (documents are cut); default 512, listwise 4096 (a window and its answer)",
+        help="token budget of one prompt (documents are cut); default 512, listwise 4096 (a window and its answer), "
+        "pairwise and setwise 4096",
     )
     g.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -59,10 +60,32 @@ def _add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
         choices=["numbers", "letters"],
         help="listwise: passage identifiers (default numbers; letters for FIRST)",
     )
-    g.add_argument("--passage-tokens", type=int, default=None, help="listwise: each passage cut to this (default 100)")
+    g.add_argument(
+        "--passage-tokens",
+        type=int,
+        default=None,
+        help="listwise, pairwise, setwise: each passage cut to this (default 100)",
+    )
     g.add_argument(
         "--max-new-tokens", type=int, default=None, help="listwise: generation cap (default: a full permutation)"
     )
+    g.add_argument(
+        "--aggregation",
+        default=None,
+        choices=["allpairs", "heapsort", "bubblesort"],
+        help="pairwise: allpairs (default; sum of win probabilities), heapsort or bubblesort of the top k; "
+        "setwise: heapsort (default) or bubblesort",
+    )
+    g.add_argument(
+        "--sort-top-k",
+        type=int,
+        default=None,
+        help="pairwise/setwise sorting: fully sort this many (default 10); the rest keep their input order",
+    )
+    g.add_argument(
+        "--pair-top-k", type=int, default=None, help="pairwise allpairs: compare all pairs of the first N (default all)"
+    )
+    g.add_argument("--set-size", type=int, default=None, help="setwise: passages per prompt (default 4)")
 
 
 def _ranker_from_args(args: argparse.Namespace) -> Any:
@@ -87,6 +110,10 @@ def _ranker_from_args(args: argparse.Namespace) -> Any:
         "identifiers": ("--identifiers", args.identifiers),
         "passage_tokens": ("--passage-tokens", args.passage_tokens),
         "max_new_tokens": ("--max-new-tokens", args.max_new_tokens),
+        "aggregation": ("--aggregation", args.aggregation),
+        "sort_top_k": ("--sort-top-k", args.sort_top_k),
+        "pair_top_k": ("--pair-top-k", args.pair_top_k),
+        "set_size": ("--set-size", args.set_size),
     }
     accepted = method_options(args.method)
     for name, (flag, value) in method_specific.items():

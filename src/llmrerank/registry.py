@@ -13,12 +13,16 @@ from .backends.base import Backend
 from .rankers.base import Ranker
 from .rankers.likelihood import LikelihoodRanker
 from .rankers.listwise import ListwiseRanker
+from .rankers.pairwise import PairwiseRanker
 from .rankers.pointwise import PointwiseRanker
+from .rankers.setwise import SetwiseRanker
 
 METHODS: dict[str, type] = {
     "pointwise": PointwiseRanker,
     "likelihood": LikelihoodRanker,
     "listwise": ListwiseRanker,
+    "pairwise": PairwiseRanker,
+    "setwise": SetwiseRanker,
 }
 
 BACKEND_OPTIONS = ("dtype", "device", "threads", "batch_size")
@@ -40,13 +44,15 @@ def Reranker(method: str, model: str = "default", backend: Backend | None = None
     """Build a ranker: ``Reranker("likelihood", model="smollm2-135m", max_length=256)``.
 
     Args:
-        method: a name from :data:`METHODS` (``pointwise``, ``likelihood``, ``listwise``).
+        method: a name from :data:`METHODS` (``pointwise``, ``likelihood``, ``listwise``, ``pairwise``,
+            ``setwise``).
         model: a preset (``default`` = ``qwen2.5-0.5b``, ``smollm2-135m``), a Hugging Face folder or a ``.gguf``
             path. Ignored when ``backend`` is given.
         backend: an already loaded backend to share between rankers.
         **options: backend options (``dtype``, ``device``, ``threads``, ``batch_size``) and the method's own
             (``max_length``, ``template``, and e.g. ``tokens``/``normalisation``, ``reduction``, or for listwise
-            ``window_size``/``step``/``passes``/``decoding``).
+            ``window_size``/``step``/``passes``/``decoding``, for pairwise ``aggregation``/``sort_top_k``/
+            ``pair_top_k``, for setwise ``set_size``/``aggregation``/``sort_top_k``).
     """
     from .models import trained_config
 

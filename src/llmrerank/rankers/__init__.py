@@ -3,6 +3,8 @@
 from .base import Ranker
 from .likelihood import LikelihoodRanker
 from .listwise import ListwiseRanker
+from .pairwise import PairwiseRanker
 from .pointwise import PointwiseRanker
+from .setwise import SetwiseRanker
 
-__all__ = ["LikelihoodRanker", "ListwiseRanker", "PointwiseRanker", "Ranker"]
+__all__ = ["LikelihoodRanker", "ListwiseRanker", "PairwiseRanker", "PointwiseRanker", "Ranker", "SetwiseRanker"]
