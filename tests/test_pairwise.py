@@ -232,6 +232,9 @@ def test_labels_must_be_single_distinct_tokens():
         ({"pair_top_k": 0}, "at least 1"),
         ({"passage_tokens": 0}, "passage_tokens must be positive"),
         ({"template": "nonesuch"}, "unknown comparison template"),
+        ({"template": {"intro": "{query}", "outro": "?", "chat": "yes"}}, "field 'chat' must be bool, got str"),
+        ({"template": {"intro": "{query}", "outro": 3}}, "field 'outro' must be str, got int"),
+        ({"template": {"intro": "{query}", "outro": "?", "passage": "{passage}"}}, "must contain {id}"),
     ],
 )
 def test_bad_options(tok, options, message):

@@ -59,6 +59,12 @@ class ComparisonTemplate:
     title_format: str = "{title}\n{text}"
 
     def __post_init__(self) -> None:
+        for key in self.__dataclass_fields__:
+            value = getattr(self, key)
+            want = bool if key == "chat" else str
+            if not isinstance(value, want) and not (key == "system" and value is None):
+                got = type(value).__name__
+                raise ValueError(f"comparison template {self.name!r}: field {key!r} must be {want.__name__}, got {got}")
         if self.passage.count("{passage}") != 1 or self.passage.count("{id}") != 1:
             raise ValueError(
                 f"comparison template {self.name!r}: 'passage' must contain {{id}} and {{passage}} exactly once"
