@@ -1,0 +1,424 @@
+"""Zero-shot reranking of the BM25 top 20: nDCG@10 before and after, judged@10, speed and memory.
+
+Datasets (from ``--data``, default ``../shared/data`` next to the repository):
+
+- ``dl19``: TREC DL 2019 passage, all 43 judged queries, candidates from ``bm25-top100.trec``. nDCG counts
+  every judgement in the ideal ranking (also documents outside the BM25 pool), as trec_eval does.
+- ``scifact``: BEIR SciFact test, a fixed sample of 100 queries (``random.Random(0).sample(sorted(test qids),
+  100)``, then sorted), candidates from BM25 (bm25s, k1=0.9, b=0.4) over the whole corpus.
+
+Methods: ``pointwise`` (one forward pass per document; the three normalisations ``pair_softmax``,
+``vocab_softmax`` and ``yes_logit`` all come from that same pass via ``score_variants``) and ``likelihood``
+(query likelihood, mean log-probability of the query tokens). Both share one loaded model.
+
+The top 20 is the whole candidate list, so each reranked run is just the reranked head. The JSON is rewritten
+after every method (and every few queries while a method runs), so a run cut short keeps what it measured.
+
+Usage (from the repository root)::
+
+    python benchmarks/zero_shot.py --dataset dl19 --model smollm2-135m
+    python benchmarks/zero_shot.py --dataset scifact --model qwen2.5-0.5b --methods pointwise likelihood
+    python benchmarks/zero_shot.py --dataset dl19 --model smollm2-135m --queries 2 --out results/smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("dl19", "scifact")
+METHOD_NAMES = ("pointwise", "likelihood")
+MEASURES = ("nDCG@10", "Judged@10")
+SCIFACT_SAMPLE = 100
+SCIFACT_SEED = 0
+BM25_K1 = 0.9
+BM25_B = 0.4
+# the three normalisations this benchmark reports (score_variants may return more, e.g. "logit", which ranks
+# exactly as pair_softmax does)
+NORMALISATIONS = ("pair_softmax", "vocab_softmax", "yes_logit")
+CHECKPOINT_EVERY = 10  # queries between progress checkpoints in the JSON
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+def load_dataset(data: Path, dataset: str, top_k: int, limit: int | None) -> dict[str, Any]:
+    """Queries, corpus, qrels (restricted to the evaluated queries) and the BM25 top ``top_k`` run."""
+    from llmrerank.data import load_beir, load_run
+
+    folder = data / dataset
+    beir = load_beir(folder, "test")
+    if dataset == "dl19":
+        run_path = folder / "bm25-top100.trec"
+        full_run = load_run(run_path)
+        qids = [q for q in beir.queries if q in full_run]
+        first_stage = {"source": f"{dataset}/{run_path.name}", "note": "the distributed BM25 run, cut to top_k"}
+    else:
+        all_test = sorted(beir.queries)
+        qids = sorted(random.Random(SCIFACT_SEED).sample(all_test, SCIFACT_SAMPLE))
+        first_stage = {
+            "source": "bm25s over the whole corpus (llmrerank.retrieve.bm25_search)",
+            "k1": BM25_K1,
+            "b": BM25_B,
+            "sample": f"random.Random({SCIFACT_SEED}).sample(sorted(test qids), {SCIFACT_SAMPLE}), sorted",
+            "test_queries": len(all_test),
+        }
+        full_run = None
+    if limit is not None:
+        qids = qids[:limit]
+    queries = {q: beir.queries[q] for q in qids}
+    if full_run is None:
+        from llmrerank.retrieve import bm25_search
+
+        full_run = bm25_search(beir.corpus, queries, top_k=top_k, k1=BM25_K1, b=BM25_B, show_progress=False)
+    run = {q: list(full_run[q])[:top_k] for q in qids}
+    missing = [(q, d) for q in qids for d, _ in run[q] if d not in beir.corpus]
+    if missing:
+        raise KeyError(f"{len(missing)} candidate(s) have no text, e.g. query {missing[0][0]} doc {missing[0][1]}")
+    qrels = {q: dict(beir.qrels[q]) for q in qids}
+    return {"queries": queries, "corpus": beir.corpus, "qrels": qrels, "run": run, "first_stage": first_stage}
+
+
+# --- measuring ----------------------------------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kib / 1024 if sys.platform != "darwin" else kib / 2**20, 1)
+
+
+def cuda_peak_mib(device: Any) -> float | None:
+    import torch
+
+    if getattr(device, "type", None) == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return None
+
+
+def reset_cuda_peak(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", None) == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def ordered(doc_ids: list[str], scores: list[float]) -> list[tuple[str, float]]:
+    """Best first by score; equal scores keep the BM25 order (stable sort)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return [(doc_ids[i], float(scores[i])) for i in order]
+
+
+class Benchmark:
+    def __init__(self, args: argparse.Namespace, data: dict[str, Any]):
+        self.args = args
+        self.data = data
+        self.qids = list(data["queries"])
+        self.runs: dict[str, dict[str, list[tuple[str, float]]]] = {"bm25": data["run"]}
+        self.out = Path(args.out)
+        self.result: dict[str, Any] = {
+            "benchmark": "zero_shot",
+            "command": "python " + " ".join(shlex.quote(a) for a in [_rel(sys.argv[0]), *sys.argv[1:]]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": "running",
+            "dataset": args.dataset,
+            "split": "test",
+            "model": args.model,
+            "top_k": args.top_k,
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+            "n_queries": len(self.qids),
+            "query_ids": self.qids,
+            "first_stage": data["first_stage"],
+            "measures": list(MEASURES),
+            "environment": _environment(),
+            "methods": {},
+            "runs": {},
+        }
+
+    # JSON ---------------------------------------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        from llmrerank.evaluate import evaluate_runs
+
+        ev = evaluate_runs(self.data["qrels"], self.runs, measures=list(MEASURES))
+        self.evaluation = ev
+        self.result["rel"] = ev.rel
+        runs = {}
+        for name in ev.run_names:
+            agg = ev.aggregate[name]
+            p = ev.p_values[name]["nDCG@10"]
+            runs[name] = {
+                "nDCG@10": round(agg["nDCG@10"], 4),
+                "delta_nDCG@10": round(agg["nDCG@10"] - ev.aggregate["bm25"]["nDCG@10"], 4),
+                "p_nDCG@10": None if p is None or math.isnan(p) else float(f"{p:.3g}"),
+                "Judged@10": round(agg["Judged@10"], 4),
+                "wins": sum(
+                    ev.per_query[name]["nDCG@10"][q] > ev.per_query["bm25"]["nDCG@10"][q] for q in ev.query_ids
+                ),
+                "losses": sum(
+                    ev.per_query[name]["nDCG@10"][q] < ev.per_query["bm25"]["nDCG@10"][q] for q in ev.query_ids
+                ),
+            }
+        self.result["runs"] = runs
+        self.result["per_query_nDCG@10"] = {
+            name: [round(ev.per_query[name]["nDCG@10"][q], 4) for q in self.qids] for name in ev.run_names
+        }
+
+    def write(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        tmp.write_text(json.dumps(self.result, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(self.out)
+
+    def write_run_files(self, names: list[str]) -> None:
+        if not self.args.runs_dir:
+            return
+        from llmrerank.data import write_run
+
+        folder = Path(self.args.runs_dir)
+        for name in names:
+            tag = f"{self.args.model}-{name.replace('.', '-')}"
+            write_run(folder / f"{self.args.dataset}-{tag}.trec", self.runs[name], tag=tag)
+
+    # methods ------------------------------------------------------------------------------------------------
+
+    def run_method(self, method: str, ranker: Any) -> None:
+        from tqdm.auto import tqdm
+
+        from llmrerank.types import Document
+
+        corpus, queries, bm25 = self.data["corpus"], self.data["queries"], self.data["run"]
+
+        def docs_of(q: str) -> list[Document]:
+            return [
+                corpus[d] if corpus[d].id == d else Document(corpus[d].text, d, corpus[d].title) for d, _ in bm25[q]
+            ]
+
+        names = [f"pointwise.{n}" for n in NORMALISATIONS] if method == "pointwise" else ["likelihood"]
+        built: dict[str, dict[str, list[tuple[str, float]]]] = {n: {} for n in names}
+        stats = ranker.backend.stats
+        device = getattr(ranker.backend, "device", None)
+        reset_cuda_peak(device)
+        truncated = 0
+        documents = 0
+        entry: dict[str, Any] = {"status": "running", "runs": names, "ranker": ranker.describe()}
+        entry["ranker"].pop("template", None)
+        entry["template"] = ranker.template.name
+        self.result["methods"][method] = entry
+        before = stats.snapshot()
+        elapsed = 0.0
+        step = 1 if method == "pointwise" else self.args.queries_per_batch
+        bar = tqdm(total=len(self.qids), desc=method, unit="q", file=sys.stderr, mininterval=5.0)
+        for b in range(0, len(self.qids), step):
+            chunk = self.qids[b : b + step]
+            docs = [docs_of(q) for q in chunk]
+            start = time.perf_counter()
+            if method == "pointwise":
+                variants = ranker.score_variants(queries[chunk[0]], docs[0])
+                per_query = [{f"pointwise.{n}": variants[n] for n in NORMALISATIONS}]
+            else:
+                rankings = ranker.rank_many([queries[q] for q in chunk], docs)
+                per_query = []
+                for r in rankings:
+                    scores = [0.0] * len(r.indices)
+                    for i, s in zip(r.indices, r.scores):
+                        scores[i] = s
+                    per_query.append({"likelihood": scores})
+                    truncated += int(r.metadata.get("truncated", 0))
+            elapsed += time.perf_counter() - start
+            for q, ds, by_name in zip(chunk, docs, per_query):
+                ids = [d.id for d in ds]
+                for name, scores in by_name.items():
+                    built[name][q] = ordered(ids, scores)
+                documents += len(ds)
+                if method == "pointwise":  # truncation count, outside the timed region
+                    truncated += sum(e.truncated for e in ranker.encode(queries[q], ds))
+            bar.update(len(chunk))
+            used = stats.since(before)
+            bar.set_postfix(docs_s=f"{documents / elapsed:.2f}", tok_s=f"{used['tokens'] / elapsed:.0f}")
+            done = b + len(chunk)
+            if done % CHECKPOINT_EVERY < step and done < len(self.qids):
+                entry.update(self._speed(documents, used, elapsed, truncated, device))
+                entry["queries_done"] = done
+                self.write()
+        bar.close()
+        used = stats.since(before)
+        entry.update(self._speed(documents, used, elapsed, truncated, device))
+        entry["queries_done"] = len(self.qids)
+        entry["status"] = "complete"
+        self.runs.update(built)
+        self.evaluate()
+        self.write()
+        self.write_run_files(names)
+
+    @staticmethod
+    def _speed(documents: int, used: dict[str, int], seconds: float, truncated: int, device: Any) -> dict[str, Any]:
+        return {
+            "seconds": round(seconds, 1),
+            "documents": documents,
+            "tokens": used["tokens"],
+            "padded_tokens": used["padded_tokens"],
+            "forward_calls": used["forward_calls"],
+            "truncated": truncated,
+            "docs_per_second": round(documents / seconds, 3) if seconds else None,
+            "tokens_per_second": round(used["tokens"] / seconds, 1) if seconds else None,
+            "peak_rss_mib": peak_rss_mib(),
+            "cuda_peak_mib": cuda_peak_mib(device),
+        }
+
+
+def _rel(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return path
+
+
+def _environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import llmrerank
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "llmrerank": llmrerank.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+
+def table(result: dict[str, Any]) -> str:
+    header = ["run", "nDCG@10", "delta", "p", "judged@10", "docs/s", "tok/s", "s", "peakRSS MiB"]
+    rows = [header]
+    for name, r in result["runs"].items():
+        method = name.split(".")[0]
+        m = result["methods"].get(method, {})
+        p = r["p_nDCG@10"]
+        rows.append(
+            [
+                name,
+                f"{r['nDCG@10']:.4f}",
+                "" if name == "bm25" else f"{r['delta_nDCG@10']:+.4f}",
+                "" if p is None else f"{p:.3g}",
+                f"{r['Judged@10']:.3f}",
+                _num(m.get("docs_per_second"), 2),
+                _num(m.get("tokens_per_second"), 0),
+                _num(m.get("seconds"), 0),
+                _num(m.get("peak_rss_mib"), 0),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = (
+        f"{result['dataset']} ({result['n_queries']} queries), {result['model']}, BM25 top {result['top_k']}, "
+        f"max_length {result['max_length']}; p: paired t-test vs bm25 on nDCG@10"
+    )
+    return title + "\n" + "\n".join(lines)
+
+
+def _num(value: Any, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data",
+        help="folder holding dl19/ and scifact/ (default: ../shared/data from the repository root)",
+    )
+    parser.add_argument("--dataset", choices=DATASETS, required=True)
+    parser.add_argument("--model", default="smollm2-135m", help="a preset (smollm2-135m, qwen2.5-0.5b) or a path")
+    parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES))
+    parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--queries-per-batch", type=int, default=4, help="queries whose pairs likelihood batches together (rank_many)"
+    )
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--queries", type=int, default=None, help="only the first N queries (a smoke run)")
+    parser.add_argument(
+        "--out", default=None, help="JSON output (default: benchmarks/results/zero_shot-{dataset}-{model}.json)"
+    )
+    parser.add_argument(
+        "--runs-dir",
+        default=str(REPO / "results" / "zero_shot"),
+        help="where to write the reranked TREC runs ('' for none)",
+    )
+    args = parser.parse_args(argv)
+    if args.out is None:
+        safe = Path(args.model).name.replace(".gguf", "")
+        args.out = str(REPO / "benchmarks" / "results" / f"zero_shot-{args.dataset}-{safe}.json")
+
+    from llmrerank import Reranker
+
+    t0 = time.perf_counter()
+    data = load_dataset(args.data, args.dataset, args.top_k, args.queries)
+    print(
+        f"{args.dataset}: {len(data['queries'])} queries, BM25 top {args.top_k} "
+        f"({time.perf_counter() - t0:.1f} s to load)",
+        file=sys.stderr,
+        flush=True,
+    )
+    bench = Benchmark(args, data)
+    bench.evaluate()
+    bench.write()
+
+    backend = None
+    for method in args.methods:
+        t0 = time.perf_counter()
+        if backend is None:
+            opts = {"dtype": args.dtype, "device": args.device, "batch_size": args.batch_size}
+            if args.threads is not None:
+                opts["threads"] = args.threads
+            ranker = Reranker(method, model=args.model, max_length=args.max_length, **opts)
+            backend = ranker.backend
+            bench.result["model_name"] = getattr(backend, "name", args.model)
+            bench.result["dtype"] = args.dtype
+            bench.result["device"] = str(getattr(backend, "device", args.device))
+            bench.result["load_seconds"] = round(time.perf_counter() - t0, 1)
+            bench.result["rss_after_load_mib"] = peak_rss_mib()
+            bench.result["environment"]["torch_threads"] = __import__("torch").get_num_threads()
+        else:
+            ranker = Reranker(method, backend=backend, max_length=args.max_length)
+        bench.run_method(method, ranker)
+        print(f"{method} done", file=sys.stderr, flush=True)
+
+    bench.result["status"] = "complete"
+    bench.result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    bench.write()
+    print(table(bench.result))
+    print(f"wrote {bench.out}")
+    return bench.result
+
+
+if __name__ == "__main__":
+    main()
