@@ -165,6 +165,8 @@ class PointwiseRanker(PointScorer):
         if not items:
             return {n: [] for n in NORMALISATIONS}
         logits = self.backend.last_logits([e.prompt for e in items])
+        if torch.isnan(logits).any():
+            raise FloatingPointError("the model produced NaN logits; check the dtype")
         return {n: normalise(logits, self.yes_id, self.no_id, n).tolist() for n in NORMALISATIONS}
 
     def options(self) -> dict[str, Any]:
