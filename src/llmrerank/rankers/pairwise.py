@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ..backends.base import Backend
+from ..prompts import continuation_ids, word_openers
 from ..prompts_pairwise import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, get_comparison_template
 from ..types import DocLike, Document, Ranking, as_documents
 from .base import check_query
@@ -97,28 +98,22 @@ class ComparisonRanker:
     # -- start-up checks -------------------------------------------------------------------------------------
 
     def _label_token_ids(self) -> tuple[str, list[int]]:
-        """One token id per label such that the answer prefix + opener + label is exactly one token more than
-        the prompt, not the unknown token; the ids must be distinct. Tries no opener and a space (a space first
-        after a word)."""
+        """The space written before the labels (none after whitespace, else a space first) and one token id per
+        label: each label must extend the prompt by exactly one token, distinct, and not the unknown token."""
         tail = self.renderer.text_pieces("query", len(self.labels))[-1]
-        openers = ("", " ") if not tail or tail[-1].isspace() else (" ", "")
-        encode = self.renderer.encode
-        base = encode(tail)
-        unknown = getattr(self.backend.tokenizer, "unk_token_id", None)
+        tokenizer = self.backend.tokenizer
+        unknown = getattr(tokenizer, "unk_token_id", None)
         problems = []
-        for opener in openers:
-            ids, bad = [], []
-            for label in self.labels:
-                full = encode(tail + opener + label)
-                if full[: len(base)] == base and len(full) == len(base) + 1 and full[-1] != unknown:
-                    ids.append(full[-1])
-                else:
-                    bad.append(label)
-            if not bad and len(set(ids)) == len(ids):
-                return opener, ids
-            problems.append(
-                f"after {opener!r}: " + (f"{', '.join(bad)} not single known tokens" if bad else "ids clash")
-            )
+        for space in word_openers(tail):
+            try:
+                _, ids = continuation_ids(tokenizer, tail, [space + label for label in self.labels])
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            unknown_labels = [label for label, i in zip(self.labels, ids) if unknown is not None and i == unknown]
+            if not unknown_labels:
+                return space, ids
+            problems.append(f"after {space!r}: {', '.join(unknown_labels)} only the unknown token")
         raise ValueError(
             f"{self.method} needs the labels {', '.join(self.labels)} to be single, distinct tokens after the answer "
             f"prefix {self.template.assistant!r} for this tokenizer, but {'; '.join(problems)}; "
