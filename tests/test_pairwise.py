@@ -218,7 +218,7 @@ def test_passages_are_cut_to_their_budget_and_lowered_to_fit(tok):
 
 def test_labels_must_be_single_distinct_tokens():
     plain = make_tokenizer()  # no A / B: both are the unknown token
-    with pytest.raises(ValueError, match="single, distinct tokens.*ids clash"):
+    with pytest.raises(ValueError, match="single, distinct tokens.*'A', 'B' not single known tokens"):
         PairwiseRanker(ScriptedBackend(plain, lambda shown: [0.0, 0.0]))
 
 

@@ -142,8 +142,8 @@ def test_empty_and_bad_inputs(qwen_backend):
         ranker.rank_many([QUERY, QUERY], [DOCS])
     with pytest.raises(ValueError, match="unknown normalisation"):
         PointwiseRanker(qwen_backend, normalisation="softmax")
-    with pytest.raises(ValueError, match="single token"):
-        PointwiseRanker(qwen_backend, tokens=("honey bees", "no"))
+    with pytest.raises(ValueError, match="not single known tokens"):
+        PointwiseRanker(qwen_backend, tokens=("honey bees", "no"))  # two tokens
     with pytest.raises(ValueError, match="unknown reduction"):
         LikelihoodRanker(qwen_backend, reduction="max")
     with pytest.raises(ValueError, match="no target"):
@@ -191,3 +191,8 @@ def test_dense_head_scores_the_hidden_state_at_an_appended_eos(qwen_backend, tmp
     with pytest.raises(ValueError, match="unknown head"):
         PointwiseRanker(qwen_backend, head="mlp")
 
+
+
+def test_an_unknown_answer_word_is_refused(qwen_backend):
+    with pytest.raises(ValueError, match="'zzz' not single known tokens"):
+        PointwiseRanker(qwen_backend, tokens=("yes", "zzz"))

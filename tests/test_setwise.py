@@ -79,7 +79,7 @@ def test_rank_many_matches_single_queries(tok):
 def test_labels_must_be_single_tokens_up_to_the_set_size():
     few = make_tokenizer(extra=["A", "B", "C"])
     SetwiseRanker(ScriptedBackend(few, judge([0])), set_size=3)
-    with pytest.raises(ValueError, match="A, B, C, D to be single, distinct tokens.*D only the unknown token"):
+    with pytest.raises(ValueError, match="A, B, C, D to be single, distinct tokens.*' D' not single known tokens"):
         SetwiseRanker(ScriptedBackend(few, judge([0])), set_size=4)
 
 

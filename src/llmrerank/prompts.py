@@ -199,20 +199,21 @@ def continuation_ids(
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
+    unk = getattr(tokenizer, "unk_token_id", None)
     problems = []
     for opener in openers:
         base = encode(context + opener)
         ids, bad = [], []
         for word in words:
             full = encode(context + opener + word)
-            if full[: len(base)] == base and len(full) == len(base) + 1:
+            if full[: len(base)] == base and len(full) == len(base) + 1 and (unk is None or full[-1] != unk):
                 ids.append(full[-1])
             else:
                 bad.append(word)
         if not bad and len(set(ids)) == len(ids):
             return opener, ids
         problems.append(
-            f"after {opener!r}: " + (f"{', '.join(map(repr, bad))} not single tokens" if bad else "ids clash")
+            f"after {opener!r}: " + (f"{', '.join(map(repr, bad))} not single known tokens" if bad else "ids clash")
         )
     raise ValueError("; ".join(problems))
 

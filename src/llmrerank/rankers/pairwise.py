@@ -101,19 +101,13 @@ class ComparisonRanker:
         """The space written before the labels (none after whitespace, else a space first) and one token id per
         label: each label must extend the prompt by exactly one token, distinct, and not the unknown token."""
         tail = self.renderer.text_pieces("query", len(self.labels))[-1]
-        tokenizer = self.backend.tokenizer
-        unknown = getattr(tokenizer, "unk_token_id", None)
         problems = []
         for space in word_openers(tail):
-            try:
-                _, ids = continuation_ids(tokenizer, tail, [space + label for label in self.labels])
+            try:  # continuation_ids also refuses a label that is only the unknown token
+                _, ids = continuation_ids(self.backend.tokenizer, tail, [space + label for label in self.labels])
+                return space, ids
             except ValueError as e:
                 problems.append(str(e))
-                continue
-            unknown_labels = [label for label, i in zip(self.labels, ids) if unknown is not None and i == unknown]
-            if not unknown_labels:
-                return space, ids
-            problems.append(f"after {space!r}: {', '.join(unknown_labels)} only the unknown token")
         raise ValueError(
             f"{self.method} needs the labels {', '.join(self.labels)} to be single, distinct tokens after the answer "
             f"prefix {self.template.assistant!r} for this tokenizer, but {'; '.join(problems)}; "
