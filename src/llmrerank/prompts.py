@@ -103,13 +103,18 @@ class PromptTemplate:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PromptTemplate:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown prompt template field(s): {', '.join(sorted(unknown))}")
-        if "user" not in data:
-            raise ValueError("a prompt template needs a 'user' field")
-        return cls(**{"name": "custom", **dict(data)})
+        return template_from_dict(cls, data, "prompt", ("user",))
+
+
+def template_from_dict(cls: type, data: Mapping[str, Any], kind: str, required: Sequence[str]) -> Any:
+    """Build a template dataclass from a mapping: unknown fields and missing required ones are errors."""
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {kind} template field(s): {', '.join(sorted(unknown))}")
+    for field_name in required:
+        if field_name not in data:
+            raise ValueError(f"a {kind} template needs the field {field_name!r}")
+    return cls(**{"name": "custom", **dict(data)})
 
 
 def read_template_file(path: str | Path) -> dict[str, Any]:

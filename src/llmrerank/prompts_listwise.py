@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .prompts import PromptTooLongError, read_template_file
+from .prompts import PromptTooLongError, read_template_file, template_from_dict
 from .types import Document
 
 _SLOT = "\u0000LLMRERANK_PASSAGE\u0000"
@@ -97,14 +97,7 @@ class ListwiseTemplate:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ListwiseTemplate:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown listwise template field(s): {', '.join(sorted(unknown))}")
-        for required in ("intro", "outro"):
-            if required not in data:
-                raise ValueError(f"a listwise template needs an {required!r} field")
-        return cls(**{"name": "custom", **dict(data)})
+        return template_from_dict(cls, data, "listwise", ("intro", "outro"))
 
 
 # --- built-in templates -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .prompts import PromptTooLongError, read_template_file
+from .prompts import PromptTooLongError, read_template_file, template_from_dict
 from .prompts_listwise import fill
 
 _SLOT = "\u0000LLMRERANK_PASSAGE\u0000"
@@ -83,14 +83,7 @@ class ComparisonTemplate:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ComparisonTemplate:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown comparison template field(s): {', '.join(sorted(unknown))}")
-        for required in ("intro", "outro"):
-            if required not in data:
-                raise ValueError(f"a comparison template needs an {required!r} field")
-        return cls(**{"name": "custom", **dict(data)})
+        return template_from_dict(cls, data, "comparison", ("intro", "outro"))
 
 
 # --- built-in templates -------------------------------------------------------------------------------------

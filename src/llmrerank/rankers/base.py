@@ -29,6 +29,28 @@ class Ranker(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+class ListRanker:
+    """Base of methods that order a whole candidate list at once (listwise, pairwise, setwise).
+
+    Subclasses implement ``rank_many``; ``rank`` and ``score`` follow from it.
+    """
+
+    def rank_many(self, queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[Ranking]:
+        raise NotImplementedError
+
+    def rank(self, query: str, docs: Sequence[DocLike]) -> Ranking:
+        """The documents best first."""
+        return self.rank_many([query], [docs])[0]
+
+    def score(self, query: str, docs: Sequence[DocLike]) -> list[float]:
+        """Scores in input order (higher is better): each document's score in :meth:`rank`."""
+        ranking = self.rank(query, docs)
+        scores = [0.0] * len(ranking.indices)
+        for i, s in zip(ranking.indices, ranking.scores):
+            scores[i] = s
+        return scores
+
+
 @dataclass(frozen=True)
 class Encoded:
     """One (query, document) pair as token ids: the prompt, and the target for teacher forcing if any."""

@@ -35,7 +35,7 @@ from ..backends.base import Backend
 from ..prompts import continuation_ids
 from ..prompts_listwise import RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, get_listwise_template
 from ..types import DocLike, Document, Ranking, as_documents
-from .base import check_query
+from .base import ListRanker, check_query
 from .permutation import (
     IDENTIFIER_KINDS,
     ParsedPermutation,
@@ -83,7 +83,7 @@ class _WindowResult:
     parsed: ParsedPermutation | None = None
 
 
-class ListwiseRanker:
+class ListwiseRanker(ListRanker):
     """Sliding-window listwise reranking by permutation generation or by first-token logits (FIRST).
 
     Args:
@@ -263,18 +263,6 @@ class ListwiseRanker:
             ids=ids,
             metadata={**state.counts, "trace": state.trace},
         )
-
-    def rank(self, query: str, docs: Sequence[DocLike]) -> Ranking:
-        """The documents best first (scores ``n - rank``)."""
-        return self.rank_many([query], [docs])[0]
-
-    def score(self, query: str, docs: Sequence[DocLike]) -> list[float]:
-        """Scores in input order: ``n - rank`` of each document in the final order (higher is better)."""
-        ranking = self.rank(query, docs)
-        scores = [0.0] * len(ranking.indices)
-        for i, s in zip(ranking.indices, ranking.scores):
-            scores[i] = s
-        return scores
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -44,7 +44,7 @@ from ..backends.base import Backend
 from ..prompts import continuation_ids, word_openers
 from ..prompts_pairwise import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, get_comparison_template
 from ..types import DocLike, Document, Ranking, as_documents
-from .base import check_query
+from .base import ListRanker, check_query
 from .sorting import Comparison, SortProcess, all_pairs, bubble_sort, heap_sort, order_by_scores, win_sums
 
 AGGREGATIONS = ("allpairs", "heapsort", "bubblesort")
@@ -68,7 +68,7 @@ class _QueryState:
     result: Any = None
 
 
-class ComparisonRanker:
+class ComparisonRanker(ListRanker):
     """What pairwise and setwise reranking share: label tokens, prompts, the memo, batched rounds, accounting.
 
     Subclasses say how a comparison is shown (:meth:`_presentations`), what the label logits of its prompts
@@ -236,18 +236,6 @@ class ComparisonRanker:
         return Ranking(tuple(order), tuple(scores), ids, dict(state.counts))
 
     # -- the Ranker contract ---------------------------------------------------------------------------------
-
-    def rank(self, query: str, docs: Sequence[DocLike]) -> Ranking:
-        """The documents best first."""
-        return self.rank_many([query], [docs])[0]
-
-    def score(self, query: str, docs: Sequence[DocLike]) -> list[float]:
-        """Scores in input order (higher is better): each document's score in :meth:`rank`."""
-        ranking = self.rank(query, docs)
-        scores = [0.0] * len(ranking.indices)
-        for i, s in zip(ranking.indices, ranking.scores):
-            scores[i] = s
-        return scores
 
     def describe(self) -> dict[str, Any]:
         return {
