@@ -167,3 +167,13 @@ def test_resume_refuses_another_config_and_no_resume_starts_over(tiny_model_dir,
     assert result.resumed_from == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]  # the old ones are gone
     assert json.loads((out / "config.json").read_text())["learning_rate"] == 1e-3
+
+
+def test_a_callback_can_stop_training_cleanly(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    trainer = Trainer(_config(tiny_model_dir, out, save_every=5), callbacks=[lambda trainer, step: step == 2])
+    result = trainer.train(progress=False)
+    assert result.steps == 2 and trainer.total_steps == 6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+    assert json.loads((result.model_dir / "llmrerank.json").read_text())["trained_with"]["steps"] == 2
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]

@@ -69,7 +69,9 @@ class Trainer:
         backend: an already loaded backend (tests pass a tiny model); default: load ``config.model``.
         groups: training groups; default: built from ``config.data`` / ``split`` / ``run``.
         dev: a dev set; default: ``config.dev_split`` of ``config.data`` if set.
-        callbacks: called as ``callback(trainer, step)`` after every optimiser step.
+        callbacks: called as ``callback(trainer, step)`` after every optimiser step; a callback that returns True
+            stops training there (after a checkpoint of that step), and the run ends as usual: final dev
+            evaluation and the trained folder (e.g. a time budget).
     """
 
     def __init__(
@@ -318,16 +320,18 @@ class Trainer:
             self._log(entry)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
-            if done % c.save_every == 0 or done == self.total_steps:
+            stop = any([bool(callback(self, done)) for callback in self.callbacks])
+            if done % c.save_every == 0 or done == self.total_steps or stop:
                 self._save_checkpoint(done)
-            for callback in self.callbacks:
-                callback(self, done)
+            if stop:
+                result.steps = done
+                break
         bar.close()
         final = self.evaluate_dev()
         if final:
-            self._log({"step": self.total_steps, **{f"dev_{k}": v for k, v in final.items()}, "final": True})
-            result.dev.append({"step": self.total_steps, **{f"dev_{k}": v for k, v in final.items()}})
-        self.save_model(result.model_dir)
+            self._log({"step": result.steps, **{f"dev_{k}": v for k, v in final.items()}, "final": True})
+            result.dev.append({"step": result.steps, **{f"dev_{k}": v for k, v in final.items()}})
+        self.save_model(result.model_dir, steps=result.steps)
         return result
 
     def _log(self, entry: Mapping[str, Any]) -> None:
@@ -425,7 +429,7 @@ class Trainer:
 
     # --- the trained folder ---------------------------------------------------------------------------------
 
-    def save_model(self, folder: str | Path) -> Path:
+    def save_model(self, folder: str | Path, steps: int | None = None) -> Path:
         """Write a folder that ``Reranker(method, model=folder)`` restores exactly."""
         c = self.config
         folder = Path(folder)
@@ -454,7 +458,7 @@ class Trainer:
             "options": options,
             "base_model": base,
             "weights": "lora" if c.lora else "full",
-            "trained_with": {"loss": c.loss, "steps": self.total_steps, "seed": c.seed},
+            "trained_with": {"loss": c.loss, "steps": self.total_steps if steps is None else steps, "seed": c.seed},
         }
         (folder / TRAINED_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return folder
