@@ -24,16 +24,13 @@ nDCG@10 and Judged@10 of BM25, of the zero-shot likelihood run of the same base 
 ``max_length``; cached in ``results/finetune/zero_shot-likelihood-{dataset}.trec`` and shared by the variants)
 and of the fine-tuned run, with paired two-sided t-tests of the fine-tuned run against both.
 
-Time bound (``--max-minutes``, training only): ``Trainer.train`` has no clean way to stop early. Its loop runs
-over ``range(start, total_steps)`` fixed at the start, and it calls the callbacks after each optimiser step
-ignoring what they return, so a callback can stop it only by raising, which skips the final dev evaluation and
-the save of ``model/`` and leaves the linear learning-rate decay unfinished. So the number of steps is planned
-instead: a probe trainer runs one optimiser step (timed by a callback, which then stops it) and scores two dev
-queries, and ``max_steps`` is the most steps (at most one epoch) whose estimated time, dev evaluations included,
-fits 90% of what is left of the budget; the real run is then a plain ``Trainer.train``, resumable. A guard
-callback stops the run past 1.1 x the budget as a last resort; the script then does what the loop would have
-(final dev evaluation, saving ``model/``) and records ``stopped_early``. Everything is in the JSON
-(``time_bound``), which is rewritten after the plan, after training and after each evaluation.
+Time bound (``--max-minutes``, training only): the number of steps is planned so that the linear learning-rate
+decay ends with the run: a probe trainer runs one optimiser step (timed by a callback, which then stops it) and
+scores two dev queries, and ``max_steps`` is the most steps (at most one epoch) whose estimated time, dev
+evaluations included, fits 90% of what is left of the budget; the real run is then a plain ``Trainer.train``,
+resumable. A guard callback stops the run cleanly past 1.1 x the budget as a last resort (a callback returning
+True: checkpoint, final dev evaluation and ``model/`` as usual) and ``stopped_early`` is recorded. Everything is
+in the JSON (``time_bound``), which is rewritten after the plan, after training and after each evaluation.
 
 Files: the training folder ``results/finetune/{variant}/`` (checkpoints, ``log.jsonl``, ``model/``, and the
 reranked runs ``dl19.trec``, ``scifact.trec`` with their sidecars), git-ignored; the JSON defaults to
@@ -119,10 +116,6 @@ BM25, ZERO_SHOT, FINETUNED = "bm25", "zero_shot_likelihood", "finetuned"
 
 class _ProbeDone(Exception):
     """Raised by the probe's callback after its one timed step."""
-
-
-class _TimeUp(Exception):
-    """Raised by the guard callback when training runs past the hard limit."""
 
 
 # --- small helpers ------------------------------------------------------------------------------------------
@@ -307,7 +300,7 @@ def plan_steps(epoch_steps: int, step_s: float, dev_s: float, eval_every: int, h
 
 
 class Guard:
-    """A callback: times the first step of this invocation; raises :class:`_TimeUp` past the hard limit."""
+    """A callback: times the first step of this invocation; returns True (stop) past the hard limit."""
 
     def __init__(self, t0: float, limit_s: float):
         self.t0 = t0
@@ -316,13 +309,14 @@ class Guard:
         self.first_step_s: float | None = None
         self.stopped_at: int | None = None
 
-    def __call__(self, trainer: Any, step: int) -> None:
+    def __call__(self, trainer: Any, step: int) -> bool:
         t = now()
         if self.first_step_s is None and self.started is not None:
             self.first_step_s = t - self.started
         if step < trainer.total_steps and t - self.t0 > self.limit_s:
             self.stopped_at = step
-            raise _TimeUp
+            return True  # the trainer stops cleanly: checkpoint, final dev evaluation, trained folder
+        return False
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -429,22 +423,12 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
     trainer = Trainer(cfg, groups=groups, dev=dev, callbacks=[guard])
     info["planned_steps"] = trainer.total_steps
     guard.started = now()
-    try:
-        # resume only checkpoints of these settings; otherwise start clean (no stale log lines)
-        result = trainer.train(resume=same and has_checkpoints)
-        steps, resumed_from = result.steps, result.resumed_from
-        info["stopped_early"] = False
-    except _TimeUp:
-        steps, resumed_from = guard.stopped_at, None
-        print(f"time guard: stopping after step {steps} of {trainer.total_steps}", file=sys.stderr, flush=True)
-        final = trainer.evaluate_dev()
-        if final:  # the line the loop would have written at its end
-            with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                entry = {"step": steps, **{f"dev_{k}": v for k, v in final.items()}, "final": True}
-                f.write(json.dumps({**entry, "stopped_by_time_guard": True}) + "\n")
-        trainer.total_steps = steps  # so model/llmrerank.json's trained_with.steps says what was trained
-        trainer.save_model(model_dir)
-        info["stopped_early"] = True
+    # resume only checkpoints of these settings; otherwise start clean (no stale log lines)
+    result = trainer.train(resume=same and has_checkpoints)
+    steps, resumed_from = result.steps, result.resumed_from
+    info["stopped_early"] = guard.stopped_at is not None
+    if info["stopped_early"]:
+        print(f"time guard: stopped after step {steps} of {trainer.total_steps}", file=sys.stderr, flush=True)
     info.update(
         reused=False,
         steps=steps,
