@@ -62,5 +62,5 @@ def test_first_identifier_tokens_for_the_preset_tokenizers(preset, opener):
     # Qwen merges "[A" into one token at the start of the answer (but not "[O"), so FIRST opens with " [".
     ranker = ListwiseRanker(stub, window_size=20, step=10, decoding="first")
     assert ranker.opener == opener and len(set(ranker.label_token_ids)) == 20
-    with pytest.raises(ValueError, match="not single tokens.*identifiers='letters'"):
+    with pytest.raises(ValueError, match="not single known tokens.*identifiers='letters'"):
         ListwiseRanker(stub, window_size=20, step=10, decoding="first", identifiers="numbers")
