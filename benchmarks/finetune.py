@@ -52,7 +52,6 @@ import argparse
 import gc
 import json
 import math
-import shlex
 import shutil
 import sys
 import time
@@ -60,10 +59,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from _common import command_line, environment, peak_rss_mib, rel  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from zero_shot import BM25_B, BM25_K1, _environment, _rel, load_dataset, peak_rss_mib  # noqa: E402
+from zero_shot import BM25_B, BM25_K1, load_dataset  # noqa: E402
 
 VARIANTS: dict[str, tuple[str, str, str]] = {
     "a": ("pointwise", "grouped_ce", "pointwise tokens head (z_yes - z_no), grouped softmax cross-entropy"),
@@ -345,7 +346,7 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
 
     out_dir = Path(cfg.output_dir)
     model_dir = out_dir / "model"
-    info: dict[str, Any] = {"output_dir": _rel(str(out_dir)), "model_dir": _rel(str(model_dir))}
+    info: dict[str, Any] = {"output_dir": rel(str(out_dir)), "model_dir": rel(str(model_dir))}
     bench.result["training"] = info
     bench.result["time_bound"] = bound = {
         "max_minutes": args.max_minutes,
@@ -560,7 +561,7 @@ def evaluate_dataset(
 
     def done(run_name: str, out: Path, report: Any, cached: bool) -> None:
         runs[run_name] = load_run(out)
-        entry["files"][run_name] = _rel(str(out))
+        entry["files"][run_name] = rel(str(out))
         entry["rerank"][run_name] = report_dict(report, cached)
         entry.update(score_runs(data["qrels"], runs))
         bench.write()
@@ -605,12 +606,12 @@ class Bench:
             "issue": 5,
             "variant": args.variant,
             "description": description,
-            "command": "python " + " ".join(shlex.quote(a) for a in [_rel(sys.argv[0]), *sys.argv[1:]]),
+            "command": command_line(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": "starting",
             "smoke": args.smoke,
             "model": args.model,
-            "environment": _environment(),
+            "environment": environment(),
             "evaluation": {
                 "top_k": TOP_K,
                 "measures": list(MEASURES),

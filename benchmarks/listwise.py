@@ -30,13 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import resource
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import command_line, environment, peak_rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -58,28 +57,6 @@ def load_dl19(data: Path) -> dict[str, Any]:
     return {"beir": beir, "run": run, "qids": qids}
 
 
-def peak_rss_mib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kib / 1024 if sys.platform != "darwin" else kib / 2**20, 1)
-
-
-def environment() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    import llmrerank
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "llmrerank": llmrerank.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, data: dict[str, Any]):
         self.args = args
@@ -87,7 +64,7 @@ class Bench:
         self.out = Path(args.out)
         self.result: dict[str, Any] = {
             "benchmark": "listwise",
-            "command": "python " + " ".join(shlex.quote(a) for a in [_rel(sys.argv[0]), *sys.argv[1:]]),
+            "command": command_line(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": "running",
             "dataset": "dl19",
@@ -254,13 +231,6 @@ def table(result: dict[str, Any]) -> str:
         f"tokens; p: paired t-test vs BM25 on nDCG@10 over the same queries"
     )
     return title + "\n\n" + "\n".join(lines)
-
-
-def _rel(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return path
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import resource
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import command_line, environment, peak_rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURE = "nDCG@10"
@@ -69,34 +68,6 @@ def load_dl19(data: Path, queries: int, top_k: int) -> dict[str, Any]:
     return {"beir": beir, "run": {q: list(run[q])[:top_k] for q in qids}, "qids": qids}
 
 
-def peak_rss_mib() -> float:
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kib / 1024 if sys.platform != "darwin" else kib / 2**20, 1)
-
-
-def environment() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    import llmrerank
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "llmrerank": llmrerank.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def _rel(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return path
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, data: dict[str, Any]):
         self.args = args
@@ -104,7 +75,7 @@ class Bench:
         self.out = Path(args.out)
         self.result: dict[str, Any] = {
             "benchmark": "pairwise",
-            "command": "python " + " ".join(shlex.quote(a) for a in [_rel(sys.argv[0]), *sys.argv[1:]]),
+            "command": command_line(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": "running",
             "dataset": "dl19",

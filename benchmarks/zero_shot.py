@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
-import resource
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import command_line, environment, peak_rss_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("dl19", "scifact")
@@ -92,12 +91,6 @@ def load_dataset(data: Path, dataset: str, top_k: int, limit: int | None) -> dic
 # --- measuring ----------------------------------------------------------------------------------------------
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kib / 1024 if sys.platform != "darwin" else kib / 2**20, 1)
-
-
 def cuda_peak_mib(device: Any) -> float | None:
     import torch
 
@@ -128,7 +121,7 @@ class Benchmark:
         self.out = Path(args.out)
         self.result: dict[str, Any] = {
             "benchmark": "zero_shot",
-            "command": "python " + " ".join(shlex.quote(a) for a in [_rel(sys.argv[0]), *sys.argv[1:]]),
+            "command": command_line(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": "running",
             "dataset": args.dataset,
@@ -141,7 +134,7 @@ class Benchmark:
             "query_ids": self.qids,
             "first_stage": data["first_stage"],
             "measures": list(MEASURES),
-            "environment": _environment(),
+            "environment": environment(),
             "methods": {},
             "runs": {},
         }
@@ -276,30 +269,6 @@ class Benchmark:
             "peak_rss_mib": peak_rss_mib(),
             "cuda_peak_mib": cuda_peak_mib(device),
         }
-
-
-def _rel(path: str) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return path
-
-
-def _environment() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    import llmrerank
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "llmrerank": llmrerank.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 # --- report -------------------------------------------------------------------------------------------------
