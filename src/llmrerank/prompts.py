@@ -231,6 +231,24 @@ def word_openers(context: str) -> tuple[str, str]:
 # --- rendering ----------------------------------------------------------------------------------------------
 
 
+class PassageRenderer:
+    """What the multi-passage renderers (listwise, pairwise/setwise) share: budgets, the chat switch, encoding."""
+
+    def __init__(self, template: Any, tokenizer: Any, passage_tokens: int = 100, max_length: int = 4096):
+        if passage_tokens < 1:
+            raise ValueError(f"passage_tokens must be positive, got {passage_tokens}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.template = template
+        self.tokenizer = tokenizer
+        self.passage_tokens = passage_tokens
+        self.max_length = max_length
+        self.use_chat = bool(template.chat and getattr(tokenizer, "chat_template", None))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
 class PromptTooLongError(ValueError):
     """The fixed parts of a prompt (instruction, query, suffix) leave no room for the document."""
 

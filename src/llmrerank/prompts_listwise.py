@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .prompts import PromptTooLongError, read_template_file, template_from_dict
+from .prompts import PassageRenderer, PromptTooLongError, read_template_file, template_from_dict
 from .types import Document
 
 _SLOT = "\u0000LLMRERANK_PASSAGE\u0000"
@@ -173,7 +173,7 @@ class RenderedWindow:
     passage_budget: int
 
 
-class ListwiseRenderer:
+class ListwiseRenderer(PassageRenderer):
     """Renders a listwise template for a tokenizer.
 
     Each passage is cut to ``passage_tokens``; if the prompt and ``reserve`` tokens (the answer) would still
@@ -182,18 +182,7 @@ class ListwiseRenderer:
     """
 
     def __init__(self, template: ListwiseTemplate, tokenizer: Any, passage_tokens: int = 100, max_length: int = 4096):
-        if passage_tokens < 1:
-            raise ValueError(f"passage_tokens must be positive, got {passage_tokens}")
-        if max_length < 1:
-            raise ValueError(f"max_length must be positive, got {max_length}")
-        self.template = template
-        self.tokenizer = tokenizer
-        self.passage_tokens = passage_tokens
-        self.max_length = max_length
-        self.use_chat = bool(template.chat and getattr(tokenizer, "chat_template", None))
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        super().__init__(template, tokenizer, passage_tokens, max_length)
 
     def text_pieces(self, query: str, identifiers: Sequence[str], answer_prefix: str = "") -> list[str]:
         """The prompt's text around the passage slots: ``len(identifiers) + 1`` pieces."""
@@ -234,8 +223,8 @@ class ListwiseRenderer:
         """Token ids of the prompt for ``docs`` labelled with ``identifiers``, leaving ``reserve`` tokens free."""
         if len(docs) != len(identifiers):
             raise ValueError(f"{len(docs)} passages but {len(identifiers)} identifiers")
-        pieces = [self._encode(p) for p in self.text_pieces(query, identifiers, answer_prefix)]
-        passages = [self._encode(self.template.document_text(d)) for d in docs]
+        pieces = [self.encode(p) for p in self.text_pieces(query, identifiers, answer_prefix)]
+        passages = [self.encode(self.template.document_text(d)) for d in docs]
         fixed = sum(len(p) for p in pieces) + reserve
         room = self.max_length - fixed
         budget = self.passage_tokens

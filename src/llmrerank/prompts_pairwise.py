@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .prompts import PromptTooLongError, read_template_file, template_from_dict
+from .prompts import PassageRenderer, PromptTooLongError, read_template_file, template_from_dict
 from .prompts_listwise import fill
 
 _SLOT = "\u0000LLMRERANK_PASSAGE\u0000"
@@ -137,7 +137,7 @@ class RenderedComparison:
     truncated: int
 
 
-class ComparisonRenderer:
+class ComparisonRenderer(PassageRenderer):
     """Renders a comparison template for a tokenizer; labels are ``A``, ``B``, ... in the order shown.
 
     The text around the passages is tokenised once per (query, number of passages) and cached, so the many
@@ -145,19 +145,8 @@ class ComparisonRenderer:
     """
 
     def __init__(self, template: ComparisonTemplate, tokenizer: Any, passage_tokens: int = 100, max_length: int = 4096):
-        if passage_tokens < 1:
-            raise ValueError(f"passage_tokens must be positive, got {passage_tokens}")
-        if max_length < 1:
-            raise ValueError(f"max_length must be positive, got {max_length}")
-        self.template = template
-        self.tokenizer = tokenizer
-        self.passage_tokens = passage_tokens
-        self.max_length = max_length
-        self.use_chat = bool(template.chat and getattr(tokenizer, "chat_template", None))
+        super().__init__(template, tokenizer, passage_tokens, max_length)
         self._pieces: dict[tuple[str, int], list[list[int]]] = {}
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
     def text_pieces(self, query: str, num: int) -> list[str]:
         """The prompt's text around ``num`` passage slots: ``num + 1`` pieces, the last ending with ``assistant``."""

@@ -29,6 +29,15 @@ class Ranker(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+def check_batch(queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[tuple[str, list[Document]]]:
+    """The (query, documents) pairs of a ``rank_many`` call, checked: a sequence of str and as many lists."""
+    if isinstance(queries, str):
+        raise TypeError("queries must be a sequence of str, not a single str")
+    if len(queries) != len(docs):
+        raise ValueError(f"got {len(queries)} queries but {len(docs)} candidate lists")
+    return [(check_query(q, i), as_documents(ds)) for i, (q, ds) in enumerate(zip(queries, docs))]
+
+
 class ListRanker:
     """Base of methods that order a whole candidate list at once (listwise, pairwise, setwise).
 
@@ -132,15 +141,9 @@ class PointScorer:
     def _score_many(
         self, queries: Sequence[str], docs: Sequence[Sequence[DocLike]]
     ) -> list[tuple[list[float], list[Encoded], list[Document]]]:
-        if isinstance(queries, str):
-            raise TypeError("queries must be a sequence of str, not a single str")
-        if len(queries) != len(docs):
-            raise ValueError(f"got {len(queries)} queries but {len(docs)} candidate lists")
         items: list[Encoded] = []
         spans = []
-        for i, (q, ds) in enumerate(zip(queries, docs)):
-            check_query(q, i)
-            documents = as_documents(ds)
+        for q, documents in check_batch(queries, docs):
             start = len(items)
             items.extend(self.encode(q, documents))
             spans.append((start, len(items), documents))

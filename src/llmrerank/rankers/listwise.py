@@ -34,8 +34,8 @@ import torch
 from ..backends.base import Backend
 from ..prompts import continuation_ids
 from ..prompts_listwise import RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, get_listwise_template
-from ..types import DocLike, Document, Ranking, as_documents
-from .base import ListRanker, check_query
+from ..types import DocLike, Document, Ranking
+from .base import ListRanker, check_batch
 from .permutation import (
     IDENTIFIER_KINDS,
     ParsedPermutation,
@@ -208,16 +208,11 @@ class ListwiseRanker(ListRanker):
     def rank_many(self, queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[Ranking]:
         """Rank several queries' lists. Windows of one query run in sequence (each depends on the previous);
         the k-th windows of all queries go to the model together in one batch."""
-        if isinstance(queries, str):
-            raise TypeError("queries must be a sequence of str, not a single str")
-        if len(queries) != len(docs):
-            raise ValueError(f"got {len(queries)} queries but {len(docs)} candidate lists")
         states = []
-        for i, (q, ds) in enumerate(zip(queries, docs)):
-            documents = as_documents(ds)
+        for q, documents in check_batch(queries, docs):
             n = len(documents)
             windows = plan_windows(n, self.window_size, self.step) * self.passes if n > 1 else []
-            states.append(_QueryState(check_query(q, i), documents, list(range(n)), windows))
+            states.append(_QueryState(q, documents, list(range(n)), windows))
         k = 0
         while any(k < len(s.windows) for s in states):
             active = [s for s in states if k < len(s.windows)]

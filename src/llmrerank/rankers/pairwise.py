@@ -43,8 +43,8 @@ import torch
 from ..backends.base import Backend
 from ..prompts import continuation_ids, word_openers
 from ..prompts_pairwise import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, get_comparison_template
-from ..types import DocLike, Document, Ranking, as_documents
-from .base import ListRanker, check_query
+from ..types import DocLike, Document, Ranking
+from .base import ListRanker, check_batch
 from .sorting import Comparison, SortProcess, all_pairs, bubble_sort, heap_sort, order_by_scores, win_sums
 
 AGGREGATIONS = ("allpairs", "heapsort", "bubblesort")
@@ -141,17 +141,10 @@ class ComparisonRanker(ListRanker):
 
     def rank_many(self, queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[Ranking]:
         """Rank several queries' lists; each round sends the pending comparisons of every query in one batch."""
-        if isinstance(queries, str):
-            raise TypeError("queries must be a sequence of str, not a single str")
-        if len(queries) != len(docs):
-            raise ValueError(f"got {len(queries)} queries but {len(docs)} candidate lists")
         states = []
-        for i, (q, ds) in enumerate(zip(queries, docs)):
-            documents = as_documents(ds)
+        for q, documents in check_batch(queries, docs):
             size = self._size(len(documents))
-            state = _QueryState(
-                check_query(q, i), documents, size, self._process(size), dict.fromkeys(self.counters, 0)
-            )
+            state = _QueryState(q, documents, size, self._process(size), dict.fromkeys(self.counters, 0))
             self._start(state)
             states.append(state)
         while True:
