@@ -83,6 +83,21 @@ class Bench:
         tmp.write_text(json.dumps(self.result, indent=1) + "\n", encoding="utf-8")
         tmp.replace(self.out)
 
+    def adopt(self, old: dict[str, Any], keep_running: bool = False) -> set[str]:
+        """Take over the runs of an earlier JSON made with the same model, template and passage budget:
+        finished ones (complete or stopped by the time budget), and with ``keep_running`` also unfinished
+        ones. Returns the names of the runs taken over; each is summarised again with the current code."""
+        for key in ("model", "template", "passage_tokens"):
+            if old.get(key) != self.result[key]:
+                raise SystemExit(f"{self.out}: made with {key}={old.get(key)!r}, not {self.result[key]!r}")
+        kept = {n: r for n, r in old["runs"].items() if keep_running or r.get("status") != "running"}
+        self.result["runs"].update(kept)
+        self.result["resumed_from"] = old.get("started")
+        for name in kept:
+            if kept[name].get("queries_done"):
+                self.summarise(name)
+        return set(kept)
+
     def qids(self, setting: str) -> list[str]:
         limit = SETTINGS[setting]["queries"]
         qids = self.data["qids"][:limit] if limit else list(self.data["qids"])
@@ -140,6 +155,7 @@ class Bench:
                 **counts,
                 "order": list(ranking.ids or ()),
                 "outputs": [t.get("output") for t in ranking.metadata["trace"] if "output" in t],
+                "window_orders": [t["order"] for t in ranking.metadata["trace"]],
             }
             entry["queries_done"] += 1
             self.summarise(name)
@@ -163,12 +179,19 @@ class Bench:
         per_query = entry["per_query"]
         done = list(per_query)
         n = len(done)
-        total = {k: sum(per_query[q].get(k, 0) for q in done) for k in ("llm_calls", "windows_repaired", "repairs")}
+        for q in done:
+            per_query[q].setdefault("windows_unchanged", unchanged_windows(per_query[q]))
+        total = {
+            k: sum(per_query[q].get(k, 0) for q in done)
+            for k in ("llm_calls", "windows_repaired", "windows_unchanged", "repairs")
+        }
         entry["seconds"] = round(sum(per_query[q]["seconds"] for q in done), 1)
         entry["seconds_per_query"] = round(entry["seconds"] / n, 2)
         for key in ("llm_calls", "prompt_tokens", "generated_tokens", "repairs", *REPAIR_KINDS):
             entry[f"{key}_per_query"] = round(sum(per_query[q].get(key, 0) for q in done) / n, 2)
-        entry["repair_rate"] = round(total["windows_repaired"] / total["llm_calls"], 4) if total["llm_calls"] else 0.0
+        calls = total["llm_calls"]
+        entry["repair_rate"] = round(total["windows_repaired"] / calls, 4) if calls else 0.0
+        entry["unchanged_rate"] = round(total["windows_unchanged"] / calls, 4) if calls else 0.0
         qrels = {q: dict(self.data["beir"].qrels[q]) for q in done}
         top_k = entry["top_k"]
         runs = {
@@ -183,6 +206,21 @@ class Bench:
         entry["rel"] = ev.rel
 
 
+def unchanged_windows(per_query: dict[str, Any]) -> int:
+    """Windows left in their input order. Runs made before the ranker counted ``windows_unchanged`` kept
+    either the window orders or (generate) the raw answers; an answer is read with the ranker's parser."""
+    from llmrerank.rankers.permutation import make_identifiers, parse_permutation
+
+    if "window_orders" in per_query:
+        return sum(list(o) == list(range(len(o))) for o in per_query["window_orders"])
+    count = 0
+    for text in per_query.get("outputs", []):
+        labels = make_identifiers("numbers", 20)  # every window of these settings holds 20 passages
+        order = parse_permutation(text, labels).order
+        count += list(order) == list(range(len(order)))
+    return count
+
+
 def table(result: dict[str, Any]) -> str:
     """A markdown table, one row per run."""
     header = [
@@ -193,6 +231,7 @@ def table(result: dict[str, Any]) -> str:
         "nDCG@10",
         "p",
         "repair rate",
+        "unchanged",
         "s/query",
         "LLM calls/q",
         "prompt tok/q",
@@ -215,6 +254,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{r[MEASURE]:.4f}",
                 "" if p is None else f"{p:.3g}",
                 f"{r['repair_rate']:.2f}",
+                f"{r.get('unchanged_rate', 0):.2f}",
                 f"{r['seconds_per_query']:.1f}",
                 f"{r['llm_calls_per_query']:.1f}",
                 f"{r['prompt_tokens_per_query']:.0f}",
@@ -248,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/listwise-dl19-{model}.json)")
+    parser.add_argument("--resume", action="store_true", help="keep the finished runs of an existing --out JSON")
+    parser.add_argument("--report", action="store_true", help="only summarise an existing --out JSON and print it")
     args = parser.parse_args(argv)
     if args.out is None:
         safe = Path(args.model).name.replace(".gguf", "")
@@ -257,6 +299,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     data = load_dl19(args.data)
     bench = Bench(args, data)
+    done: set[str] = set()
+    if args.resume or args.report:
+        done = bench.adopt(json.loads(Path(args.out).read_text(encoding="utf-8")), keep_running=args.report)
+    if args.report:
+        print(table(bench.result))
+        return bench.result
     t0 = time.perf_counter()
     backend = HFBackend.load(
         args.model, dtype=args.dtype, device=args.device, threads=args.threads, batch_size=args.batch_size
@@ -271,7 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bench.write()
     for setting in args.settings:
         for decoding in args.decodings:
-            bench.run(setting, decoding, backend)
+            if f"{setting}.{decoding}" not in done:
+                bench.run(setting, decoding, backend)
     bench.result["status"] = "complete"
     bench.result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     bench.write()

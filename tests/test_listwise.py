@@ -114,6 +114,7 @@ def test_fixed_answers_with_repairs_give_the_exact_final_order(tok):
     m = r.metadata
     assert (m["llm_calls"], m["repairs_missing"], m["repairs_duplicate"], m["repairs_unknown"]) == (2, 2, 1, 1)
     assert m["repairs"] == 4 and m["windows_repaired"] == 1
+    assert m["windows_unchanged"] == 0
     assert m["prompt_tokens"] == sum(len(p) for p in backend.prompts)
     assert m["generated_tokens"] == sum(len(o) for o in backend.outputs)
     assert m["tokens"] == m["prompt_tokens"] + m["generated_tokens"]
@@ -160,6 +161,15 @@ def test_25_candidates_one_and_two_passes(tok, decoding):
     two = ListwiseRanker(ScriptedBackend(tok), decoding=decoding, passes=2).rank(QUERY, docs_numbered(25))
     assert list(two.indices) == list(range(24, -1, -1))
     assert two.metadata["llm_calls"] == 4
+    # the second pass's front window (0,15) shows 24..10, already in order: the only window left unchanged
+    assert one.metadata["windows_unchanged"] == 0 and two.metadata["windows_unchanged"] == 1
+
+
+def test_a_model_that_copies_the_input_order_is_counted(tok):
+    backend = ScriptedBackend(tok, answers=["[1] > [2] > [3]", "[1] > [2] > [3]"])
+    r = ListwiseRanker(backend, window_size=3, step=2).rank(QUERY, docs_numbered(5))
+    assert r.indices == (0, 1, 2, 3, 4)
+    assert r.metadata["windows_unchanged"] == 2 and r.metadata["repairs"] == 0
 
 
 def test_rank_many_batches_the_kth_windows_of_all_queries(tok):

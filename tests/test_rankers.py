@@ -192,7 +192,6 @@ def test_dense_head_scores_the_hidden_state_at_an_appended_eos(qwen_backend, tmp
         PointwiseRanker(qwen_backend, head="mlp")
 
 
-
 def test_an_unknown_answer_word_is_refused(qwen_backend):
     with pytest.raises(ValueError, match="'zzz' not single known tokens"):
         PointwiseRanker(qwen_backend, tokens=("yes", "zzz"))

@@ -16,7 +16,9 @@ the sweep. A window is ordered in one of two ways (``decoding``):
 Scores are ``n - rank`` (strictly decreasing down the final order). Per-query accounting in
 ``Ranking.metadata``: ``llm_calls``, ``prompt_tokens``, ``generated_tokens``, ``tokens`` (their sum),
 ``truncated`` (passages cut to the budget, counted per window), ``repairs`` (= ``repairs_missing`` +
-``repairs_duplicate`` + ``repairs_unknown``), ``windows_repaired``; and ``trace``, one dict per window (its
+``repairs_duplicate`` + ``repairs_unknown``), ``windows_repaired``, ``windows_unchanged`` (windows the model
+left in their input order: a small model that copies the order it was shown ranks exactly as the first
+stage, and this count shows it); and ``trace``, one dict per window (its
 span, the raw answer, the order read from it and the repairs).
 
 References: Sun et al., 2023 (RankGPT); Pradeep et al., 2023 (RankZephyr); Reddy et al., 2024 (FIRST).
@@ -60,6 +62,7 @@ COUNTERS = (
     "repairs_duplicate",
     "repairs_unknown",
     "windows_repaired",
+    "windows_unchanged",
 )
 
 
@@ -231,6 +234,7 @@ class ListwiseRanker(ListRanker):
         c["generated_tokens"] += result.generated_tokens
         c["tokens"] += result.prompt_tokens + result.generated_tokens
         c["truncated"] += result.truncated
+        c["windows_unchanged"] += list(result.order) == list(range(len(result.order)))
         entry: dict[str, Any] = {"start": start, "end": end, "order": list(result.order)}
         p = result.parsed
         if p is not None:
