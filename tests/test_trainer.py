@@ -177,3 +177,42 @@ def test_a_callback_can_stop_training_cleanly(tiny_model_dir, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
     assert json.loads((result.model_dir / "llmrerank.json").read_text())["trained_with"]["steps"] == 2
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def _checkpointing(model) -> bool:
+    # transformers 5 renamed the flag; 4.x has only the old name
+    if hasattr(model, "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(model.is_gradient_checkpointing)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_gradient_checkpointing_recomputes_the_same_loss_and_gradients(tiny_model_dir, tmp_path, lora):
+    def loss_and_grads(checkpointing: bool):
+        cfg = _config(tiny_model_dir, tmp_path / str(checkpointing), lora=lora, gradient_checkpointing=checkpointing)
+        trainer = Trainer(cfg)
+        base = trainer.backend.model.get_base_model() if lora else trainer.backend.model
+        trainer.backend.model.train()
+        loss = trainer.batch_loss(trainer.groups[:2])
+        loss.backward()
+        named = {n: p.grad.clone() for n, p in trainer.backend.model.named_parameters() if p.grad is not None}
+        return _checkpointing(base), loss.item(), named
+
+    on, loss_on, grads_on = loss_and_grads(True)
+    off, loss_off, grads_off = loss_and_grads(False)
+    assert on and not off
+    assert loss_on == pytest.approx(loss_off, abs=1e-6)
+    assert grads_on.keys() == grads_off.keys() and len(grads_on) > 0
+    for name, grad in grads_on.items():
+        torch.testing.assert_close(grad, grads_off[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_set_checkpointing_switches_both_ways(tiny_model_dir, tmp_path):
+    from llmrerank.train.trainer import set_checkpointing
+
+    trainer = Trainer(_config(tiny_model_dir, tmp_path / "run"))
+    base = trainer.backend.model.get_base_model()
+    set_checkpointing(trainer.backend.model, True)
+    assert _checkpointing(base)
+    set_checkpointing(trainer.backend.model, False)
+    assert not _checkpointing(base)

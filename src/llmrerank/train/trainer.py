@@ -61,6 +61,24 @@ def _require_peft() -> Any:
     return peft
 
 
+def set_checkpointing(model: Any, on: bool) -> None:
+    """Turn activation (gradient) checkpointing of a transformers model on or off: recompute each layer's
+    activations in the backward pass instead of keeping them. transformers 5 renamed the switch
+    (``activation_checkpointing_enable``); 4.x has only ``gradient_checkpointing_enable``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if on:
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "enable_input_require_grads"):
+            base.enable_input_require_grads()  # LoRA: frozen embeddings would leave nothing to recompute through
+    elif hasattr(base, "activation_checkpointing_disable"):
+        base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_disable()
+
+
 class Trainer:
     """Fine-tune a pointwise or likelihood ranker.
 
@@ -80,7 +98,7 @@ class Trainer:
         backend: Any = None,
         groups: Sequence[Group] | None = None,
         dev: DevSet | None = None,
-        callbacks: Sequence[Callable[[Trainer, int], None]] = (),
+        callbacks: Sequence[Callable[[Trainer, int], bool | None]] = (),
     ):
         from ..train.losses import LOSSES
 
@@ -138,9 +156,7 @@ class Trainer:
             for p in model.parameters():
                 p.requires_grad_(True)
         if c.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
+            set_checkpointing(model, True)
         self.backend.model = model
 
     def _build_ranker(self) -> Any:
