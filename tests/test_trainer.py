@@ -216,3 +216,27 @@ def test_set_checkpointing_switches_both_ways(tiny_model_dir, tmp_path):
     assert _checkpointing(base)
     set_checkpointing(trainer.backend.model, False)
     assert not _checkpointing(base)
+
+
+def test_bf16_autocast_setting():
+    from llmrerank.train.trainer import bf16_enabled, native_bf16
+
+    assert TrainConfig(bf16_autocast="auto").bf16_autocast == "auto"
+    with pytest.raises(ValueError, match='bf16_autocast must be true, false or "auto"'):
+        TrainConfig(bf16_autocast="yes")
+    assert bf16_enabled(True, "cpu") is True and bf16_enabled(False, "cpu") is False
+    assert bf16_enabled("auto", "cpu") == native_bf16("cpu")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # Linux: the CPU's own flags say whether it has bfloat16 instructions
+        flags = set(cpuinfo.read_text().split())
+        assert native_bf16("cpu") == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_bf16_autocast_changes_the_arithmetic_not_the_result(tiny_model_dir, tmp_path):
+    losses = {}
+    for setting in (False, True):
+        trainer = Trainer(_config(tiny_model_dir, tmp_path / str(setting), bf16_autocast=setting))
+        with torch.no_grad():
+            losses[setting] = trainer.batch_loss(trainer.groups[:3]).item()
+    assert losses[True] != losses[False]  # bfloat16 matmuls round differently
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)

@@ -68,7 +68,9 @@ class TrainConfig:
     grad_accum: int = 4
     max_grad_norm: float | None = 1.0
     gradient_checkpointing: bool = False
-    bf16_autocast: bool = False  # matmuls in bfloat16 (fast on CPUs with AMX/AVX512-BF16), weights in float32
+    # matmuls in bfloat16, weights and optimiser state in float32: true, false, or "auto" (on where the device
+    # computes bfloat16 natively: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX)
+    bf16_autocast: bool | str = False
     seed: int = 0
 
     # output
@@ -89,6 +91,8 @@ class TrainConfig:
             raise ValueError("config: save_every and keep_checkpoints must be at least 1")
         if self.learning_rate <= 0 or self.head_learning_rate <= 0:
             raise ValueError("config: learning rates must be positive")
+        if self.bf16_autocast not in (True, False, "auto"):
+            raise ValueError(f'config: bf16_autocast must be true, false or "auto", got {self.bf16_autocast!r}')
         if self.method not in ("pointwise", "likelihood"):
             raise ValueError(f"config: method must be 'pointwise' or 'likelihood' to train, got {self.method!r}")
 

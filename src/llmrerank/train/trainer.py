@@ -61,6 +61,23 @@ def _require_peft() -> Any:
     return peft
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16
+    or AMX tiles (elsewhere bfloat16 autocast still runs, but emulated and slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but long-standing in torch.cpu
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def bf16_enabled(setting: bool | str, device: torch.device | str) -> bool:
+    """The config's ``bf16_autocast`` (true, false or "auto") for this device."""
+    return native_bf16(device) if setting == "auto" else bool(setting)
+
+
 def set_checkpointing(model: Any, on: bool) -> None:
     """Turn activation (gradient) checkpointing of a transformers model on or off: recompute each layer's
     activations in the backward pass instead of keeping them. transformers 5 renamed the switch
@@ -259,9 +276,9 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------------------------
 
     def _autocast(self) -> Any:
-        device = getattr(self.backend, "device", torch.device("cpu"))
+        device = torch.device(getattr(self.backend, "device", "cpu"))
         return torch.autocast(
-            device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=self.config.bf16_autocast
+            device_type=device.type, dtype=torch.bfloat16, enabled=bf16_enabled(self.config.bf16_autocast, device)
         )
 
     def batch_loss(self, groups: Sequence[Group]) -> torch.Tensor:
