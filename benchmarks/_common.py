@@ -26,7 +26,14 @@ def command_line() -> str:
 
 
 def peak_rss_mib() -> float:
-    """The process's peak resident memory so far (ru_maxrss)."""
+    """The process's peak resident memory so far: ``VmHWM`` of /proc/self/status on Linux (the peak of this
+    program's own memory), else ``ru_maxrss`` (which on Linux also counts the parent's resident memory at the
+    fork that started a child, so a child of a large process would report the parent's size)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(kib / 1024 if sys.platform != "darwin" else kib / 2**20, 1)
 

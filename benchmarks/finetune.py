@@ -96,7 +96,7 @@ BASE: dict[str, Any] = {
     "warmup_steps": 5,
     "groups_per_batch": 2,
     "grad_accum": 2,
-    "bf16_autocast": False,
+    "bf16_autocast": "auto",
     "seed": 0,
     "save_every": 5,
 }

@@ -78,7 +78,15 @@ def panel(ax: Any, title: str, bm25: float | None, rows: list[dict[str, Any]]) -
     ys = range(len(rows))
     ax.barh(list(ys), [r["ndcg"] for r in rows], color=[COLOURS[r["model"]] for r in rows])
     for y, r in zip(ys, rows):
-        ax.text(r["ndcg"] + 0.005, y, f"{r['ndcg']:.3f} · {r['s']:.1f} s/q", va="center", fontsize=8)
+        ax.text(
+            r["ndcg"] + 0.005,
+            y,
+            f"{r['ndcg']:.3f} · {r['s']:.1f} s/q",
+            va="center",
+            fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},
+            zorder=3,
+        )
     if bm25 is not None:
         ax.axvline(bm25, color="black", linestyle="--", linewidth=1, label=f"BM25 {bm25:.3f}")
         ax.legend(loc="lower right", fontsize=8)
