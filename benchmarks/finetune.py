@@ -352,16 +352,10 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         "max_minutes": args.max_minutes,
         "budget_seconds": round(args.max_minutes * 60, 1),
         "guard_seconds": round(args.max_minutes * 60 * GUARD, 1),
-        "trainer_can_stop_cleanly": False,
-        "why": (
-            "Trainer.train loops over range(start, total_steps) fixed at its start and ignores what callbacks "
-            "return: a callback can stop it only by raising, which skips the final dev evaluation and the save "
-            "of model/ and leaves the learning-rate decay unfinished"
-        ),
         "mechanism": (
             f"max_steps planned from a probe's timed first step so the run fits {PLAN_SHARE:.0%} of the budget "
-            f"left; a guard callback stops training past {GUARD} x the budget, then the script runs the final "
-            "dev evaluation and saves model/ itself"
+            "left, so the learning-rate decay ends with the run; a guard callback returns True (stop) past "
+            f"{GUARD} x the budget, and the trainer then ends as usual: checkpoint, final dev evaluation, model/"
         ),
     }
     if args.fresh and out_dir.exists():
