@@ -179,8 +179,6 @@ class Bench:
         per_query = entry["per_query"]
         done = list(per_query)
         n = len(done)
-        for q in done:
-            per_query[q].setdefault("windows_unchanged", unchanged_windows(per_query[q]))
         total = {
             k: sum(per_query[q].get(k, 0) for q in done)
             for k in ("llm_calls", "windows_repaired", "windows_unchanged", "repairs")
@@ -204,21 +202,6 @@ class Bench:
         entry[f"bm25_{MEASURE}"] = round(ev.aggregate["bm25"][MEASURE], 4)
         entry[f"p_{MEASURE}"] = None if p is None or math.isnan(p) else float(f"{p:.3g}")
         entry["rel"] = ev.rel
-
-
-def unchanged_windows(per_query: dict[str, Any]) -> int:
-    """Windows left in their input order. Runs made before the ranker counted ``windows_unchanged`` kept
-    either the window orders or (generate) the raw answers; an answer is read with the ranker's parser."""
-    from llmrerank.rankers.permutation import make_identifiers, parse_permutation
-
-    if "window_orders" in per_query:
-        return sum(list(o) == list(range(len(o))) for o in per_query["window_orders"])
-    count = 0
-    for text in per_query.get("outputs", []):
-        labels = make_identifiers("numbers", 20)  # every window of these settings holds 20 passages
-        order = parse_permutation(text, labels).order
-        count += list(order) == list(range(len(order)))
-    return count
 
 
 def table(result: dict[str, Any]) -> str:
@@ -254,7 +237,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{r[MEASURE]:.4f}",
                 "" if p is None else f"{p:.3g}",
                 f"{r['repair_rate']:.2f}",
-                f"{r.get('unchanged_rate', 0):.2f}",
+                f"{r['unchanged_rate']:.2f}",
                 f"{r['seconds_per_query']:.1f}",
                 f"{r['llm_calls_per_query']:.1f}",
                 f"{r['prompt_tokens_per_query']:.0f}",

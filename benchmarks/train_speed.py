@@ -65,14 +65,12 @@ def measure(trainer: Any, mode: str, batches: list[list[Any]]) -> dict[str, Any]
 
     set_mode(trainer, mode)
     trainer.backend.model.train()
-    tokens = 0
+    tokens = sum(e.length for groups in batches for g in groups for e in trainer.ranker.encode(g.query, g.docs))
     losses = []
     norms = []
     start = time.perf_counter()
     for groups in batches:
         trainer.optimizer.zero_grad(set_to_none=True)
-        items = [e for g in groups for e in trainer.ranker.encode(g.query, g.docs)]
-        tokens += sum(len(e.prompt) + len(getattr(e, "target", ())) for e in items)
         loss = trainer.batch_loss(groups)
         loss.backward()
         losses.append(loss.item())
