@@ -240,3 +240,53 @@ def test_bf16_autocast_changes_the_arithmetic_not_the_result(tiny_model_dir, tmp
             losses[setting] = trainer.batch_loss(trainer.groups[:3]).item()
     assert losses[True] != losses[False]  # bfloat16 matmuls round differently
     assert losses[True] == pytest.approx(losses[False], rel=0.05)
+
+
+def test_keep_best_writes_the_weights_of_the_best_dev_evaluation(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    config = _config(
+        tiny_model_dir, out, dev_split="test", eval_every=1, save_every=1, keep_checkpoints=10, max_steps=6,
+        learning_rate=3e-2, keep_best=True,
+    )
+    trainer = Trainer(config)
+    result = trainer.train(progress=False)
+    dev = [(e["step"], e["dev_nDCG@10"]) for e in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+           if "dev_nDCG@10" in e]
+    assert [s for s, _ in dev] == [1, 2, 3, 4, 5, 6]  # every step; the last is the final evaluation
+    best_step, best = max(dev, key=lambda sv: (sv[1], -sv[0]))  # the earliest of the best
+    assert result.best == {"step": best_step, "nDCG@10": best}
+    assert best_step < 6, "the tiny run's dev nDCG@10 should peak before its end for this test to bite"
+    # the trainer now holds the best step's weights, and model/ was written from them
+    saved = load_file(str(out / "checkpoints" / f"step-{best_step:08d}" / "trainable.safetensors"))
+    for name, value in trainer.trainable_state().items():
+        torch.testing.assert_close(value, saved[name], atol=0, rtol=0)
+    meta = json.loads((result.model_dir / "llmrerank.json").read_text())["trained_with"]
+    assert (meta["steps"], meta["run_steps"], meta["selected_by"]) == (best_step, 6, "best dev nDCG@10")
+    trainer.backend.model.eval()
+    restored = Reranker("pointwise", model=str(result.model_dir))
+    assert restored.score(QUERY, DOCS) == pytest.approx(trainer.ranker.score(QUERY, DOCS), abs=1e-4)
+
+    with pytest.raises(ValueError, match="keep_best.*dev_split"):
+        Trainer(_config(tiny_model_dir, tmp_path / "nodev", keep_best=True))
+
+
+def test_keep_best_survives_kill_9(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    settings = dict(dev_split="test", eval_every=1, save_every=2, learning_rate=3e-2, keep_best=True)
+    straight = Trainer(_config(tiny_model_dir, tmp_path / "straight", **settings)).train(progress=False)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(config=_config(tiny_model_dir, tmp_path / "killed", **settings).to_dict()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    for kill_at in ("3", "0"):  # killed after step 3 (its best.json may be newer than checkpoint 2), then resumed
+        subprocess.run([sys.executable, str(script), kill_at], env=env, capture_output=True, text=True)
+    a = json.loads((straight.model_dir / "llmrerank.json").read_text())["trained_with"]
+    b = json.loads((tmp_path / "killed" / "model" / "llmrerank.json").read_text())["trained_with"]
+    assert a == b and a["steps"] < 6
+    wa = load_file(str(straight.model_dir / "adapter_model.safetensors"))
+    wb = load_file(str(tmp_path / "killed" / "model" / "adapter_model.safetensors"))
+    assert set(wa) == set(wb)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=0)

@@ -47,6 +47,9 @@ class TrainConfig:
     dev_run: str | None = None
     dev_top_k: int = 20
     eval_every: int = 0  # optimiser steps; 0 = only at the end
+    # the trained folder holds the weights of the best dev evaluation (nDCG@10; the earliest of equals) instead
+    # of the last step's, as transformers' load_best_model_at_end
+    keep_best: bool = False
 
     # loss
     loss: str = "grouped_ce"

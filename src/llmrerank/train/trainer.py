@@ -31,6 +31,7 @@ from .groups import Group, build_groups
 CHECKPOINTS = "checkpoints"
 LOG = "log.jsonl"
 FINAL = "model"
+BEST = "best"
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TrainResult:
     steps: int
     resumed_from: int
     dev: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] | None = None  # keep_best: the step and dev nDCG@10 of the weights in model_dir
 
 
 def _require_peft() -> Any:
@@ -144,6 +146,9 @@ class Trainer:
         if len(sizes) != 1:
             raise ValueError(f"all groups must have the same size, got sizes {sorted(sizes)}")
         self.dev = dev if dev is not None else self._load_dev()
+        if c.keep_best and self.dev is None:
+            raise ValueError("config: keep_best picks the best dev evaluation: set dev_split (or pass a dev set)")
+        self._best: dict[str, float] | None = None
         self.params = [p for p in self._trainable_modules_params()]
         head_params = list(self.ranker.dense.parameters()) if getattr(self.ranker, "dense", None) else []
         head_ids = {id(p) for p in head_params}
@@ -328,6 +333,7 @@ class Trainer:
             (self.output_dir / LOG).unlink(missing_ok=True)
         (self.output_dir / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
         start = self._resume() if resume else 0
+        self._best = self._read_best(start)
         result = TrainResult(self.output_dir, self.output_dir / FINAL, self.total_steps, start)
         bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not progress)
         t0 = time.perf_counter()
@@ -348,8 +354,10 @@ class Trainer:
             entry: dict[str, Any] = {"step": done, "loss": step_loss, "lr": self.scheduler.get_last_lr()[0]}
             entry["seconds"] = round(time.perf_counter() - t0, 3)
             if c.eval_every and done % c.eval_every == 0 and done < self.total_steps:
-                entry.update({f"dev_{k}": v for k, v in self.evaluate_dev().items()})
+                dev = self.evaluate_dev()
+                entry.update({f"dev_{k}": v for k, v in dev.items()})
                 result.dev.append({"step": done, **{k: v for k, v in entry.items() if k.startswith("dev_")}})
+                self._track_best(done, dev)
             self._log(entry)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -364,8 +372,48 @@ class Trainer:
         if final:
             self._log({"step": result.steps, **{f"dev_{k}": v for k, v in final.items()}, "final": True})
             result.dev.append({"step": result.steps, **{f"dev_{k}": v for k, v in final.items()}})
-        self.save_model(result.model_dir, steps=result.steps)
+            self._track_best(result.steps, final)
+        steps = result.steps
+        if c.keep_best and self._best is not None:
+            result.best = dict(self._best)
+            if self._best["step"] != result.steps:  # an earlier evaluation was better: its weights go out
+                from safetensors.torch import load_file
+
+                self._load_trainable_state(load_file(str(self.output_dir / BEST / "trainable.safetensors")))
+                steps = int(self._best["step"])
+        self.save_model(result.model_dir, steps=steps, run_steps=result.steps)
         return result
+
+    # --- the best dev evaluation (keep_best) ----------------------------------------------------------------
+
+    def _track_best(self, step: int, dev: Mapping[str, float]) -> None:
+        """Keep the trainable weights of the best dev nDCG@10 so far (the earliest of equal ones)."""
+        if not self.config.keep_best or "nDCG@10" not in dev:
+            return
+        if self._best is not None and dev["nDCG@10"] <= self._best["nDCG@10"]:
+            return
+        from safetensors.torch import save_file
+
+        self._best = {"step": step, "nDCG@10": dev["nDCG@10"]}
+        tmp = self.output_dir / f".{BEST}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in self.trainable_state().items()}, str(tmp / "trainable.safetensors"))
+        (tmp / "best.json").write_text(json.dumps(self._best) + "\n")
+        shutil.rmtree(self.output_dir / BEST, ignore_errors=True)
+        tmp.rename(self.output_dir / BEST)
+
+    def _read_best(self, start: int) -> dict[str, float] | None:
+        """The best evaluation of the steps a resumed run keeps; one of a later (lost) step is dropped, since
+        the rerun evaluates that step again."""
+        folder = self.output_dir / BEST
+        record = folder / "best.json"
+        if self.config.keep_best and start > 0 and record.is_file():
+            best = json.loads(record.read_text())
+            if best["step"] <= start:
+                return best
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
     def _log(self, entry: Mapping[str, Any]) -> None:
         with open(self.output_dir / LOG, "a", encoding="utf-8") as f:
@@ -462,8 +510,10 @@ class Trainer:
 
     # --- the trained folder ---------------------------------------------------------------------------------
 
-    def save_model(self, folder: str | Path, steps: int | None = None) -> Path:
-        """Write a folder that ``Reranker(method, model=folder)`` restores exactly."""
+    def save_model(self, folder: str | Path, steps: int | None = None, run_steps: int | None = None) -> Path:
+        """Write a folder that ``Reranker(method, model=folder)`` restores exactly. ``steps``: the optimiser
+        steps of the weights written; ``run_steps``: of the whole run, when the weights are an earlier step's
+        (``keep_best``)."""
         c = self.config
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -493,5 +543,7 @@ class Trainer:
             "weights": "lora" if c.lora else "full",
             "trained_with": {"loss": c.loss, "steps": self.total_steps if steps is None else steps, "seed": c.seed},
         }
+        if run_steps is not None and steps is not None and run_steps != steps:
+            meta["trained_with"].update(run_steps=run_steps, selected_by="best dev nDCG@10")
         (folder / TRAINED_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return folder
