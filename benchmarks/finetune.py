@@ -26,7 +26,7 @@ and of the fine-tuned run, with paired two-sided t-tests of the fine-tuned run a
 
 Time bound (``--max-minutes``, training only): the number of steps is planned so that the linear learning-rate
 decay ends with the run: a probe trainer runs one optimiser step (timed by a callback, which then stops it) and
-scores two dev queries, and ``max_steps`` is the most steps (at most one epoch) whose estimated time, dev
+scores two dev queries, and ``max_steps`` is the most steps (at most ``--epochs`` epochs) whose estimated time, dev
 evaluations included, fits 90% of what is left of the budget; the real run is then a plain ``Trainer.train``,
 resumable. A guard callback stops the run cleanly past 1.1 x the budget as a last resort (a callback returning
 True: checkpoint, final dev evaluation and ``model/`` as usual) and ``stopped_early`` is recorded. Everything is
@@ -290,10 +290,10 @@ def estimated_seconds(steps: int, step_s: float, dev_s: float, eval_every: int, 
     return steps * step_s + evals * dev_s
 
 
-def plan_steps(epoch_steps: int, step_s: float, dev_s: float, eval_every: int, has_dev: bool, available: float) -> int:
-    """The most steps (1 to ``epoch_steps``) whose estimated time fits ``available`` seconds; at least 1."""
+def plan_steps(most: int, step_s: float, dev_s: float, eval_every: int, has_dev: bool, available: float) -> int:
+    """The most steps (1 to ``most``) whose estimated time fits ``available`` seconds; at least 1."""
     best = 1
-    for n in range(1, epoch_steps + 1):
+    for n in range(1, most + 1):
         if estimated_seconds(n, step_s, dev_s, eval_every, has_dev) > available:
             break
         best = n
@@ -380,8 +380,9 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         return cfg, model_dir, False
 
     groups, stats, dev = load_training(cfg)
-    epoch_steps = cfg.epochs * math.ceil(len(groups) / (cfg.groups_per_batch * cfg.grad_accum))
-    info.update(groups=stats, dev_queries=len(dev_queries(dev)), epoch_steps=epoch_steps)
+    epoch_steps = math.ceil(len(groups) / (cfg.groups_per_batch * cfg.grad_accum))
+    most = cfg.epochs * epoch_steps  # what --epochs allows
+    info.update(groups=stats, dev_queries=len(dev_queries(dev)), epoch_steps=epoch_steps, epochs_steps=most)
     if dev is None:
         info["dev_note"] = "no dev evaluation: " + ("--smoke" if args.smoke else "SciFact has no dev split")
     budget = args.max_minutes * 60
@@ -396,7 +397,7 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         left = budget - (now() - t0) - measured["load_seconds"] - SAVE_SECONDS
         available = PLAN_SHARE * left
         step_s, dev_s = measured["first_step_seconds"], measured["dev_eval_seconds_estimate"]
-        steps = plan_steps(epoch_steps, step_s, dev_s, cfg.eval_every, dev is not None, available)
+        steps = plan_steps(most, step_s, dev_s, cfg.eval_every, dev is not None, available)
         cfg = replace(cfg, max_steps=steps)
         est = estimated_seconds(steps, step_s, dev_s, cfg.eval_every, dev is not None)
         bound.update(
@@ -406,7 +407,7 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
             available_seconds=round(available, 1),
             planned_steps=steps,
             estimated_seconds=round(est, 1),
-            limited_by="epoch" if steps == epoch_steps else "time",
+            limited_by="epochs" if steps == most else "time",
         )
         if estimated_seconds(1, step_s, dev_s, cfg.eval_every, dev is not None) > available:
             bound["warning"] = "even one step does not fit the budget by the estimate; training one step anyway"

@@ -247,13 +247,23 @@ def test_keep_best_writes_the_weights_of_the_best_dev_evaluation(tiny_model_dir,
 
     out = tmp_path / "run"
     config = _config(
-        tiny_model_dir, out, dev_split="test", eval_every=1, save_every=1, keep_checkpoints=10, max_steps=6,
-        learning_rate=3e-2, keep_best=True,
+        tiny_model_dir,
+        out,
+        dev_split="test",
+        eval_every=1,
+        save_every=1,
+        keep_checkpoints=10,
+        max_steps=6,
+        learning_rate=3e-2,
+        keep_best=True,
     )
     trainer = Trainer(config)
     result = trainer.train(progress=False)
-    dev = [(e["step"], e["dev_nDCG@10"]) for e in map(json.loads, (out / "log.jsonl").read_text().splitlines())
-           if "dev_nDCG@10" in e]
+    dev = [
+        (e["step"], e["dev_nDCG@10"])
+        for e in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+        if "dev_nDCG@10" in e
+    ]
     assert [s for s, _ in dev] == [1, 2, 3, 4, 5, 6]  # every step; the last is the final evaluation
     best_step, best = max(dev, key=lambda sv: (sv[1], -sv[0]))  # the earliest of the best
     assert result.best == {"step": best_step, "nDCG@10": best}

@@ -1,0 +1,141 @@
+"""The fine-tuning benchmark's runs side by side: one table and one plot from ``benchmarks/results/finetune-*.json``.
+
+Each JSON is one run of ``benchmarks/finetune.py`` (a variant a-e, or the SciFact-train run). The table gives,
+per run, the training (loss, score, steps, epochs, seconds) and for DL19 and SciFact the fine-tuned nDCG@10
+with its difference from BM25 and from the zero-shot likelihood score of the same base model and its paired
+t-test p-values. The plot draws the same nDCG@10 as horizontal bars, one panel per dataset, with BM25 and the
+zero-shot likelihood run as lines.
+
+    python benchmarks/plot_finetune.py [--results benchmarks/results] [--out docs/finetune.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("dl19", "scifact")
+ORDER = ("a", "b", "c", "d", "e", "scifact")
+LEVEL = 0.05
+
+
+def load(results: Path) -> list[dict[str, Any]]:
+    """The complete runs, variants in the order a-e, then SciFact; a file's name tells runs of one variant apart."""
+    runs = []
+    for path in sorted(results.glob("finetune-*.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        if r.get("status") != "complete" or r.get("smoke") or r.get("variant") not in ORDER:
+            continue
+        r["_name"] = path.stem.removeprefix("finetune-")
+        runs.append(r)
+    return sorted(runs, key=lambda r: (ORDER.index(r["variant"]), r["training"]["steps"], r["_name"]))
+
+
+def label(r: dict[str, Any]) -> str:
+    c, t = r["config"], r["training"]
+    score = "likelihood" if c["method"] == "likelihood" else f"{c['head']} head"
+    data = "SciFact train" if r["variant"] == "scifact" else "DL21 train"
+    epochs = t["steps"] * c["groups_per_batch"] * c["grad_accum"] / max(t["groups"]["groups"], 1)
+    return f"{r['_name']}: {c['loss']}, {score}, {data}, {t['steps']} steps ({epochs:.1f} epochs)"
+
+
+def fmt_p(p: float | None) -> str:
+    return "" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    head = (
+        "| run | training s | " + " | ".join(f"{d} nDCG@10 | Δ BM25 | p | Δ zero-shot QL | p" for d in DATASETS) + " |"
+    )
+    lines = [head, "|" + "---|" * (2 + 5 * len(DATASETS))]
+    if runs:  # the baselines, shared by every run (same queries, candidates and max_length)
+        for name, key in (("BM25", "bm25"), ("zero-shot likelihood", "zero_shot_likelihood")):
+            cells = []
+            for d in DATASETS:
+                b = runs[0]["datasets"][d]["runs"][key]
+                delta = f"{b['delta_vs_bm25']:+.4f}" if "delta_vs_bm25" in b else ""
+                cells += [f"{b['nDCG@10']:.4f}", delta, fmt_p(b.get("p_vs_bm25")), "", ""]
+            lines.append(f"| {name} | | " + " | ".join(cells) + " |")
+    for r in runs:
+        cells = []
+        for d in DATASETS:
+            f = r["datasets"][d]["runs"]["finetuned"]
+            mark_b = "†" if f.get("significant_win_vs_bm25") else ""
+            mark_z = "†" if f.get("significant_win_vs_zero_shot_likelihood") else ""
+            cells += [
+                f"{f['nDCG@10']:.4f}",
+                f"{f['delta_vs_bm25']:+.4f}{mark_b}",
+                fmt_p(f.get("p_vs_bm25")),
+                f"{f['delta_vs_zero_shot_likelihood']:+.4f}{mark_z}",
+                fmt_p(f.get("p_vs_zero_shot_likelihood")),
+            ]
+        lines.append(f"| {label(r)} | {r['training']['seconds']:.0f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"† a significant win (paired two-sided t-test on per-query nDCG@10, p < {LEVEL}).")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DATASETS), figsize=(13, 2.0 + 0.5 * len(runs)), sharey=True)
+    names = [r["_name"] for r in runs]
+    for ax, d in zip(axes, DATASETS):
+        first = runs[0]["datasets"][d]
+        bm25 = first["runs"]["bm25"]["nDCG@10"]
+        zs = first["runs"]["zero_shot_likelihood"]["nDCG@10"]
+        values = [r["datasets"][d]["runs"]["finetuned"]["nDCG@10"] for r in runs]
+        colours = ["tab:green" if r["config"]["method"] == "likelihood" else "tab:blue" for r in runs]
+        ax.barh(range(len(runs)), values, color=colours)
+        for i, (v, r) in enumerate(zip(values, runs)):
+            f = r["datasets"][d]["runs"]["finetuned"]
+            marks = ("B" if f.get("significant_win_vs_bm25") else "") + (
+                "Z" if f.get("significant_win_vs_zero_shot_likelihood") else ""
+            )
+            ax.text(
+                v + 0.005,
+                i,
+                f"{v:.3f} {marks}".strip(),
+                va="center",
+                fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+            )
+        ax.axvline(bm25, color="black", linestyle="--", label=f"BM25 {bm25:.3f}")
+        ax.axvline(zs, color="tab:red", linestyle=":", label=f"zero-shot likelihood {zs:.3f}")
+        ax.set_title(f"{d} ({first['n_queries']} queries, BM25 top {first['top_k']})")
+        ax.set_xlabel("nDCG@10")
+        ax.set_xlim(0, 1)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize=8, frameon=False)
+    axes[0].set_yticks(range(len(runs)), names)
+    axes[0].invert_yaxis()
+    fig.suptitle(
+        "smollm2-135m fine-tuned (blue: yes/no logit, green: query likelihood); B/Z: significant win over BM25 / "
+        "zero-shot likelihood",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "finetune.png")
+    args = parser.parse_args(argv)
+    runs = load(args.results)
+    if not runs:
+        raise SystemExit(f"no complete finetune-*.json in {args.results}")
+    print(table(runs))
+    plot(runs, args.out)
+
+
+if __name__ == "__main__":
+    main()
