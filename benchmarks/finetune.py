@@ -44,6 +44,11 @@ Usage (from the repository root)::
     python benchmarks/finetune.py --variant a                  # ... b, c, d, e
     python benchmarks/finetune.py --variant scifact --loss grouped_ce --method likelihood
     python benchmarks/finetune.py --variant a --max-steps 1 --smoke   # a smoke run, files under results/
+    python benchmarks/finetune.py --variant e --max-positives 0 --tag allpos   # departs from BASE: named run
+
+``--max-positives N`` (0: all) and ``--keep-best`` (``model/`` = the best dev evaluation's weights) depart from
+the shared base, so such a run needs ``--tag``: its files are ``finetune-{variant}-{tag}.json`` and
+``results/finetune/{variant}-{tag}/``.
 """
 
 from __future__ import annotations
@@ -174,6 +179,10 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
     from llmrerank.train.config import TrainConfig
 
     settings = {**BASE, "model": args.model, "epochs": args.epochs, "max_steps": args.max_steps}
+    if args.max_positives is not None:
+        settings["max_positives"] = args.max_positives or None  # 0: every positive of a query
+    if args.keep_best:
+        settings["keep_best"] = True
     if args.variant == "scifact":
         method, loss = args.method, args.loss
         settings.update(
@@ -189,7 +198,7 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
         settings.update(data=str(args.data / "dl21"), split="train", run=str(args.data / "dl21" / "bm25-top100.trec"))
     if args.smoke:
         settings.update(dev_split=None, eval_every=0)
-    return TrainConfig(**settings, method=method, loss=loss, output_dir=str(work / args.variant))
+    return TrainConfig(**settings, method=method, loss=loss, output_dir=str(work / args.name))
 
 
 def load_training(cfg: Any) -> tuple[list[Any], dict[str, int], Any]:
@@ -568,7 +577,7 @@ def evaluate_dataset(
         print(f"{name}: fine-tuned {cfg.method}, max_length {max_length}", file=sys.stderr, flush=True)
         ranker = Reranker(cfg.method, model=str(model_dir), max_length=max_length)
         out = Path(cfg.output_dir) / f"{name}.trec"
-        report = rerank(ranker, data, out, not new_model, f"ft-{args.variant}", {**sidecar, "variant": args.variant})
+        report = rerank(ranker, data, out, not new_model, f"ft-{args.name}", {**sidecar, "variant": args.name})
         del ranker
         free_memory()
         done(FINETUNED, out, report, cached=report.queries == 0)
@@ -596,10 +605,18 @@ class Bench:
             description = f"{args.method}, {args.loss}, SciFact train (BM25 top-100 unjudged negatives)"
         else:
             description = "no training: BM25 and the zero-shot likelihood baselines"
+        departs = []
+        if args.max_positives is not None:
+            departs.append("every positive" if args.max_positives == 0 else f"at most {args.max_positives} positives")
+        if args.keep_best:
+            departs.append("model/ = the best dev evaluation")
+        if departs:
+            description += f" ({', '.join(departs)})"
         self.result: dict[str, Any] = {
             "benchmark": "finetune",
             "issue": 5,
             "variant": args.variant,
+            "name": args.name,
             "description": description,
             "command": command_line(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -683,6 +700,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; --smoke: 1)")
     parser.add_argument("--fresh", action="store_true", help="start the variant over (drop its checkpoints and model)")
     parser.add_argument(
+        "--max-positives", type=int, default=None, help="positives a query at most (default 3 as in BASE; 0: all)"
+    )
+    parser.add_argument("--keep-best", action="store_true", help="model/ holds the best dev evaluation's weights")
+    parser.add_argument(
+        "--tag", default=None, help="a name for a run that departs from its variant's settings: files get -TAG"
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="a smoke run: 2 queries per dataset, no dev evaluation, --fresh, files under results/",
@@ -696,6 +720,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--loss and --method are for --variant scifact; variants a-e fix their own")
     if args.max_minutes <= 0:
         parser.error("--max-minutes must be positive")
+    if args.max_positives is not None and args.max_positives < 0:
+        parser.error("--max-positives must be 0 (all) or more")
+    if args.keep_best and args.variant in ("scifact", "zero-shot"):
+        parser.error("--keep-best needs a dev split: DL21 variants only")
+    if args.tag is not None and not args.tag.replace("-", "").isalnum():
+        parser.error("--tag: letters, digits and - only")
+    departs = args.max_positives is not None or args.keep_best
+    if departs and args.tag is None:
+        parser.error("--max-positives and --keep-best depart from the variant's settings: name the run with --tag")
+    args.name = args.variant + (f"-{args.tag}" if args.tag else "")
     args.data = args.data.resolve()
     if args.smoke:
         args.eval_queries = args.eval_queries or 2
@@ -707,7 +741,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.work = args.work.resolve()
     if args.out is None:
         folder = REPO / "results" if args.smoke else REPO / "benchmarks" / "results"
-        args.out = str(folder / f"finetune{'-smoke' if args.smoke else ''}-{args.variant}.json")
+        args.out = str(folder / f"finetune{'-smoke' if args.smoke else ''}-{args.name}.json")
     return args
 
 
