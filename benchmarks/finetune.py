@@ -25,10 +25,11 @@ nDCG@10 and Judged@10 of BM25, of the zero-shot likelihood run of the same base 
 and of the fine-tuned run, with paired two-sided t-tests of the fine-tuned run against both.
 
 Time bound (``--max-minutes``, training only): the number of steps is planned so that the linear learning-rate
-decay ends with the run: a probe trainer runs one optimiser step (timed by a callback, which then stops it) and
-scores two dev queries, and ``max_steps`` is the most steps (at most ``--epochs`` epochs) whose estimated time, dev
-evaluations included, fits 90% of what is left of the budget; the real run is then a plain ``Trainer.train``,
-resumable. A guard callback stops the run cleanly past 1.1 x the budget as a last resort (a callback returning
+decay ends with the run: a probe trainer scores the dev queries before any training (timed; also the zero-shot
+point of the dev curve, recorded) and runs one optimiser step (timed by a callback, which then stops it), and
+``max_steps`` is the most steps (at most ``--epochs`` epochs) whose estimated time, dev evaluations included,
+fits 90% of what is left of the budget; the real run is then a plain ``Trainer.train``, resumable. A guard
+callback stops the run cleanly past 1.1 x the budget as a last resort (a callback returning
 True: checkpoint, final dev evaluation and ``model/`` as usual) and ``stopped_early`` is recorded. Everything is
 in the JSON (``time_bound``), which is rewritten after the plan, after training and after each evaluation.
 
@@ -114,7 +115,6 @@ QUERIES_PER_BATCH = 4
 SCIFACT_TRAIN_TOP_K = 100
 PLAN_SHARE = 0.9  # the planned steps fill this share of the budget left after the probe
 GUARD = 1.1  # the guard stops training past this multiple of the budget
-PROBE_DEV_QUERIES = 2
 SAVE_SECONDS = 10.0  # allowance for writing model/ at the end
 LEVEL = 0.05
 BM25, ZERO_SHOT, FINETUNED = "bm25", "zero_shot_likelihood", "finetuned"
@@ -240,52 +240,44 @@ def dev_queries(dev: Any) -> list[str]:
 
 
 def probe(cfg: Any, groups: list[Any], dev: Any) -> dict[str, Any]:
-    """Time one optimiser step (and a dev evaluation of a few queries) on a throw-away trainer."""
-    from llmrerank.train.trainer import DevSet, Trainer
+    """On a throw-away trainer: the dev evaluation before any training (LoRA's B matrices start at zero, so this
+    is the base model: the zero-shot point of the dev curve), timed, then one timed optimiser step."""
+    from llmrerank.train.trainer import Trainer
 
     folder = Path(cfg.output_dir) / "probe"
     shutil.rmtree(folder, ignore_errors=True)
-    sub = None
-    qids = dev_queries(dev)[:PROBE_DEV_QUERIES]
-    if qids:
-        sub = DevSet(
-            {q: dev.queries[q] for q in qids},
-            dev.corpus,
-            {q: dev.qrels[q] for q in qids},
-            {q: dev.run[q] for q in qids},
-            top_k=dev.top_k,
-        )
     marks: dict[str, float] = {}
 
     def stop_after_first_step(trainer: Any, step: int) -> None:
         marks["step"] = now()
         raise _ProbeDone
 
-    print("probe: timing one optimiser step to plan max_steps", file=sys.stderr, flush=True)
+    print("probe: dev evaluation before training, then one timed optimiser step", file=sys.stderr, flush=True)
     t = now()
     trainer = Trainer(
-        replace(cfg, output_dir=str(folder), max_steps=None), groups=groups, dev=sub, callbacks=[stop_after_first_step]
+        replace(cfg, output_dir=str(folder), max_steps=None), groups=groups, dev=dev, callbacks=[stop_after_first_step]
     )
     load_s = now() - t
+    dev_s, before = 0.0, None
+    if dev is not None:
+        t = now()
+        before = trainer.evaluate_dev()["nDCG@10"]
+        dev_s = now() - t
     t = now()
     try:
         trainer.train(resume=False, progress=False)
     except _ProbeDone:
         pass
     step_s = marks["step"] - t
-    dev_s = 0.0
-    if sub is not None:
-        t = now()
-        trainer.evaluate_dev()
-        dev_s = (now() - t) / len(qids) * len(dev_queries(dev))
     del trainer
     free_memory()
     shutil.rmtree(folder, ignore_errors=True)
     out = {
         "load_seconds": round(load_s, 1),
         "first_step_seconds": round(step_s, 1),
-        "dev_probe_queries": len(qids),
-        "dev_eval_seconds_estimate": round(dev_s, 1),
+        "dev_queries": len(dev_queries(dev)),
+        "dev_eval_seconds": round(dev_s, 1),
+        "dev_nDCG@10_before_training": before,
     }
     print(f"probe: {out}", file=sys.stderr, flush=True)
     return out
@@ -405,7 +397,7 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         measured = probe(cfg, groups, dev)
         left = budget - (now() - t0) - measured["load_seconds"] - SAVE_SECONDS
         available = PLAN_SHARE * left
-        step_s, dev_s = measured["first_step_seconds"], measured["dev_eval_seconds_estimate"]
+        step_s, dev_s = measured["first_step_seconds"], measured["dev_eval_seconds"]
         steps = plan_steps(most, step_s, dev_s, cfg.eval_every, dev is not None, available)
         cfg = replace(cfg, max_steps=steps)
         est = estimated_seconds(steps, step_s, dev_s, cfg.eval_every, dev is not None)
