@@ -42,15 +42,26 @@ def label(r: dict[str, Any]) -> str:
     return f"{r['_name']}: {c['loss']}, {score}, {data}, {t['steps']} steps ({epochs:.1f} epochs)"
 
 
+def dev_curve(r: dict[str, Any]) -> str:
+    """Dev nDCG@10 before training (the probe's evaluation of the base model) and at the end of training."""
+    dev = r["training"].get("dev") or []
+    before = r.get("time_bound", {}).get("probe", {}).get("dev_nDCG@10_before_training")
+    if not dev:
+        return ""
+    return ("?" if before is None else f"{before:.3f}") + f" → {dev[-1]['nDCG@10']:.3f}"
+
+
 def fmt_p(p: float | None) -> str:
     return "" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def table(runs: list[dict[str, Any]]) -> str:
     head = (
-        "| run | training s | " + " | ".join(f"{d} nDCG@10 | Δ BM25 | p | Δ zero-shot QL | p" for d in DATASETS) + " |"
+        "| run | training s | DL21 dev before → end | "
+        + " | ".join(f"{d} nDCG@10 | Δ BM25 | p | Δ zero-shot QL | p" for d in DATASETS)
+        + " |"
     )
-    lines = [head, "|" + "---|" * (2 + 5 * len(DATASETS))]
+    lines = [head, "|" + "---|" * (3 + 5 * len(DATASETS))]
     if runs:  # the baselines, shared by every run (same queries, candidates and max_length)
         for name, key in (("BM25", "bm25"), ("zero-shot likelihood", "zero_shot_likelihood")):
             cells = []
@@ -58,7 +69,7 @@ def table(runs: list[dict[str, Any]]) -> str:
                 b = runs[0]["datasets"][d]["runs"][key]
                 delta = f"{b['delta_vs_bm25']:+.4f}" if "delta_vs_bm25" in b else ""
                 cells += [f"{b['nDCG@10']:.4f}", delta, fmt_p(b.get("p_vs_bm25")), "", ""]
-            lines.append(f"| {name} | | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | | | " + " | ".join(cells) + " |")
     for r in runs:
         cells = []
         for d in DATASETS:
@@ -72,7 +83,7 @@ def table(runs: list[dict[str, Any]]) -> str:
                 f"{f['delta_vs_zero_shot_likelihood']:+.4f}{mark_z}",
                 fmt_p(f.get("p_vs_zero_shot_likelihood")),
             ]
-        lines.append(f"| {label(r)} | {r['training']['seconds']:.0f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(r)} | {r['training']['seconds']:.0f} | {dev_curve(r)} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"† a significant win (paired two-sided t-test on per-query nDCG@10, p < {LEVEL}).")
     return "\n".join(lines)
