@@ -90,3 +90,25 @@ def test_console_script_runs():
     result = subprocess.run([*cmd, "--help"], capture_output=True, text=True, check=True)
     for sub in ("retrieve", "rerank", "evaluate", "demo"):
         assert sub in result.stdout
+
+
+def test_train_command_writes_a_model_the_rerank_command_loads(tmp_path, tiny_model_dir, capsys):
+    pytest.importorskip("peft")
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'model = "{tiny_model_dir}"\ndata = "{TINY}"\nsplit = "test"\nrun = "{TINY / "run.trec"}"\n'
+        "group_size = 3\ntop_k = 4\nmax_length = 96\ngroups_per_batch = 1\ngrad_accum = 2\nmax_steps = 4\n"
+        'learning_rate = 3e-2\ndev_split = "test"\neval_every = 1\nkeep_best = true\n'
+    )
+    assert main(["train", "--config", str(config), "--output-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    dev = [json.loads(line) for line in out if line.startswith("{")]
+    assert [e["step"] for e in dev] == [1, 2, 3, 4]
+    best = max(dev, key=lambda e: (e["dev_nDCG@10"], -e["step"]))
+    assert f"keep_best: the weights of step {best['step']} (dev nDCG@10 {best['dev_nDCG@10']:.4f})" in out
+    model = tmp_path / "run" / "model"
+    assert out[-1] == f"trained model: {model} (use --model {model} --method pointwise)"
+    reranked = tmp_path / "ft.trec"
+    args = ["rerank", "--data", str(TINY), "--run", str(TINY / "run.trec"), "--top-k", "3", "--model", str(model)]
+    assert main([*args, "--method", "pointwise", "--out", str(reranked), "--quiet"]) == 0
+    assert len(load_run(reranked)) == 3

@@ -237,6 +237,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = Trainer(config).train(resume=not args.no_resume, progress=not args.quiet)
     for entry in result.dev:
         print(json.dumps(entry))
+    if result.best is not None:
+        print(f"keep_best: the weights of step {result.best['step']} (dev nDCG@10 {result.best['nDCG@10']:.4f})")
     print(f"trained model: {result.model_dir} (use --model {result.model_dir} --method {config.method})")
 
 
