@@ -688,6 +688,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=BASE["model"], help="the base model (default smollm2-135m)")
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/finetune-{variant}.json)")
     parser.add_argument("--work", type=Path, default=None, help="training folders and runs (default results/finetune)")
+    parser.add_argument(
+        "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="evaluate on these (default both)"
+    )
     parser.add_argument("--eval-queries", type=int, default=None, help="only the first N queries of each dataset")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; --smoke: 1)")
     parser.add_argument("--fresh", action="store_true", help="start the variant over (drop its checkpoints and model)")
@@ -761,7 +764,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench.result["status"] = "evaluating"
         bench.write()
         zero_shot = ZeroShot(args.model)
-        for name in DATASETS:
+        for name in args.datasets:
             evaluate_dataset(args, bench, name, cfg, model_dir, new_model, zero_shot, args.work)
     except BaseException as e:
         bench.result["status"] = "failed"

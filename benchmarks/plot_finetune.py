@@ -55,6 +55,16 @@ def fmt_p(p: float | None) -> str:
     return "" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def finetuned(r: dict[str, Any], dataset: str) -> dict[str, Any] | None:
+    """The fine-tuned run's numbers on ``dataset``, or None when the run was not evaluated there (--datasets)."""
+    return r["datasets"].get(dataset, {}).get("runs", {}).get("finetuned")
+
+
+def baselines(runs: list[dict[str, Any]], dataset: str) -> dict[str, Any]:
+    """The dataset's entry (BM25 and zero-shot runs; the same in every run) from the first run evaluated on it."""
+    return next(r["datasets"][dataset] for r in runs if finetuned(r, dataset) is not None)
+
+
 def table(runs: list[dict[str, Any]]) -> str:
     head = (
         "| run | training s | DL21 dev before → end | "
@@ -66,14 +76,17 @@ def table(runs: list[dict[str, Any]]) -> str:
         for name, key in (("BM25", "bm25"), ("zero-shot likelihood", "zero_shot_likelihood")):
             cells = []
             for d in DATASETS:
-                b = runs[0]["datasets"][d]["runs"][key]
+                b = baselines(runs, d)["runs"][key]
                 delta = f"{b['delta_vs_bm25']:+.4f}" if "delta_vs_bm25" in b else ""
                 cells += [f"{b['nDCG@10']:.4f}", delta, fmt_p(b.get("p_vs_bm25")), "", ""]
             lines.append(f"| {name} | | | " + " | ".join(cells) + " |")
     for r in runs:
         cells = []
         for d in DATASETS:
-            f = r["datasets"][d]["runs"]["finetuned"]
+            f = finetuned(r, d)
+            if f is None:
+                cells += ["not evaluated", "", "", "", ""]
+                continue
             mark_b = "†" if f.get("significant_win_vs_bm25") else ""
             mark_z = "†" if f.get("significant_win_vs_zero_shot_likelihood") else ""
             cells += [
@@ -98,14 +111,16 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
     fig, axes = plt.subplots(1, len(DATASETS), figsize=(13, 2.0 + 0.5 * len(runs)), sharey=True)
     names = [r["_name"] for r in runs]
     for ax, d in zip(axes, DATASETS):
-        first = runs[0]["datasets"][d]
+        first = baselines(runs, d)
         bm25 = first["runs"]["bm25"]["nDCG@10"]
         zs = first["runs"]["zero_shot_likelihood"]["nDCG@10"]
-        values = [r["datasets"][d]["runs"]["finetuned"]["nDCG@10"] for r in runs]
-        colours = ["tab:green" if r["config"]["method"] == "likelihood" else "tab:blue" for r in runs]
-        ax.barh(range(len(runs)), values, color=colours)
-        for i, (v, r) in enumerate(zip(values, runs)):
-            f = r["datasets"][d]["runs"]["finetuned"]
+        for i, r in enumerate(runs):
+            f = finetuned(r, d)
+            if f is None:
+                ax.text(0.005, i, "not evaluated", va="center", fontsize=8, color="grey")
+                continue
+            v = f["nDCG@10"]
+            ax.barh(i, v, color="tab:green" if r["config"]["method"] == "likelihood" else "tab:blue")
             marks = ("B" if f.get("significant_win_vs_bm25") else "") + (
                 "Z" if f.get("significant_win_vs_zero_shot_likelihood") else ""
             )
