@@ -38,14 +38,15 @@ def label(r: dict[str, Any]) -> str:
     c, t = r["config"], r["training"]
     score = "likelihood" if c["method"] == "likelihood" else f"{c['head']} head"
     data = "SciFact train" if r["variant"] == "scifact" else "DL21 train"
-    epochs = t["steps"] * c["groups_per_batch"] * c["grad_accum"] / max(t["groups"]["groups"], 1)
+    epochs = t["steps"] / t["epoch_steps"]  # an epoch: every group once, the last step possibly short
     return f"{r['_name']}: {c['loss']}, {score}, {data}, {t['steps']} steps ({epochs:.1f} epochs)"
 
 
 def dev_curve(r: dict[str, Any]) -> str:
     """Dev nDCG@10 before training (the probe's evaluation of the base model) and at the end of training."""
     dev = r["training"].get("dev") or []
-    before = r.get("time_bound", {}).get("probe", {}).get("dev_nDCG@10_before_training")
+    bound = r.get("time_bound", {})
+    before = bound.get("probe", {}).get("dev_nDCG@10_before_training", bound.get("dev_nDCG@10_before_training"))
     if not dev:
         return ""
     return ("?" if before is None else f"{before:.3f}") + f" → {dev[-1]['nDCG@10']:.3f}"
