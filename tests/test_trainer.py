@@ -290,8 +290,11 @@ def test_keep_best_survives_kill_9(tiny_model_dir, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.format(config=_config(tiny_model_dir, tmp_path / "killed", **settings).to_dict()))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
-    for kill_at in ("3", "0"):  # killed after step 3 (its best.json may be newer than checkpoint 2), then resumed
-        subprocess.run([sys.executable, str(script), kill_at], env=env, capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, str(script), "3"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr  # after step 3; the last checkpoint is step 2
+    assert (tmp_path / "killed" / "best" / "best.json").is_file()
+    resumed = subprocess.run([sys.executable, str(script), "0"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "step 2 of 6" in resumed.stderr, resumed.stderr
     a = json.loads((straight.model_dir / "llmrerank.json").read_text())["trained_with"]
     b = json.loads((tmp_path / "killed" / "model" / "llmrerank.json").read_text())["trained_with"]
     assert a == b and a["steps"] < 6

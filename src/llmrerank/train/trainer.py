@@ -392,16 +392,10 @@ class Trainer:
             return
         if self._best is not None and dev["nDCG@10"] <= self._best["nDCG@10"]:
             return
-        from safetensors.torch import save_file
-
         self._best = {"step": step, "nDCG@10": dev["nDCG@10"]}
-        tmp = self.output_dir / f".{BEST}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.contiguous() for k, v in self.trainable_state().items()}, str(tmp / "trainable.safetensors"))
+        tmp = self._start_state_folder(self.output_dir / BEST)
         (tmp / "best.json").write_text(json.dumps(self._best) + "\n")
-        shutil.rmtree(self.output_dir / BEST, ignore_errors=True)
-        tmp.rename(self.output_dir / BEST)
+        self._finish_state_folder(tmp, self.output_dir / BEST)
 
     def _read_best(self, start: int) -> dict[str, float] | None:
         """The best evaluation of the steps a resumed run keeps; one of a later (lost) step is dropped, since
@@ -437,15 +431,27 @@ class Trainer:
             for n, p in named.items():
                 p.copy_(state[n])
 
-    def _save_checkpoint(self, step: int) -> None:
+    def _start_state_folder(self, final: Path) -> Path:
+        """A fresh temporary sibling of ``final`` holding the trainable weights; ``_finish_state_folder`` renames
+        it into place, so a folder killed half-written is never taken for a complete one."""
         from safetensors.torch import save_file
 
-        root = self.output_dir / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".step-{step:08d}.tmp"
+        tmp = final.with_name(f".{final.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_file({k: v.contiguous() for k, v in self.trainable_state().items()}, str(tmp / "trainable.safetensors"))
+        return tmp
+
+    @staticmethod
+    def _finish_state_folder(tmp: Path, final: Path) -> None:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+    def _save_checkpoint(self, step: int) -> None:
+        root = self.output_dir / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step-{step:08d}"
+        tmp = self._start_state_folder(final)
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
@@ -457,9 +463,7 @@ class Trainer:
             tmp / "state.pt",
         )
         (tmp / "step.json").write_text(json.dumps({"step": step, "total_steps": self.total_steps}) + "\n")
-        final = root / f"step-{step:08d}"
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # a checkpoint exists only once complete
+        self._finish_state_folder(tmp, final)  # a checkpoint exists only once complete
         for old in sorted(root.glob("step-*"))[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
