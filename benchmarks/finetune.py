@@ -395,6 +395,7 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         bound["how"] = "resumed: max_steps planned by the earlier, interrupted run (its config.json)"
     else:
         measured = probe(cfg, groups, dev)
+        info["dev_nDCG@10_before_training"] = measured["dev_nDCG@10_before_training"]
         left = budget - (now() - t0) - measured["load_seconds"] - SAVE_SECONDS
         available = PLAN_SHARE * left
         step_s, dev_s = measured["first_step_seconds"], measured["dev_eval_seconds"]
@@ -597,13 +598,8 @@ class Bench:
             description = f"{args.method}, {args.loss}, SciFact train (BM25 top-100 unjudged negatives)"
         else:
             description = "no training: BM25 and the zero-shot likelihood baselines"
-        departs = []
-        if args.max_positives is not None:
-            departs.append("every positive" if args.max_positives == 0 else f"at most {args.max_positives} positives")
-        if args.keep_best:
-            departs.append("model/ = the best dev evaluation")
-        if departs:
-            description += f" ({', '.join(departs)})"
+        if args.departs:
+            description += f" ({', '.join(args.departs)})"
         self.result: dict[str, Any] = {
             "benchmark": "finetune",
             "issue": 5,
@@ -686,7 +682,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data", type=Path, default=REPO.parent / "shared" / "data", help="folder holding dl19/, dl21/, scifact/"
     )
     parser.add_argument("--model", default=BASE["model"], help="the base model (default smollm2-135m)")
-    parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/finetune-{variant}.json)")
+    parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/finetune-{variant}[-{tag}].json)")
     parser.add_argument("--work", type=Path, default=None, help="training folders and runs (default results/finetune)")
     parser.add_argument(
         "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="evaluate on these (default both)"
@@ -721,8 +717,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--keep-best needs a dev split: DL21 variants only")
     if args.tag is not None and not args.tag.replace("-", "").isalnum():
         parser.error("--tag: letters, digits and - only")
-    departs = args.max_positives is not None or args.keep_best
-    if departs and args.tag is None:
+    args.departs = []  # from the shared settings, in words
+    if args.max_positives is not None:
+        args.departs.append("every positive" if args.max_positives == 0 else f"at most {args.max_positives} positives")
+    if args.keep_best:
+        args.departs.append("model/ = the best dev evaluation")
+    if args.departs and args.tag is None:
         parser.error("--max-positives and --keep-best depart from the variant's settings: name the run with --tag")
     args.name = args.variant + (f"-{args.tag}" if args.tag else "")
     args.data = args.data.resolve()

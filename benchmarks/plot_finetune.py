@@ -43,10 +43,9 @@ def label(r: dict[str, Any]) -> str:
 
 
 def dev_curve(r: dict[str, Any]) -> str:
-    """Dev nDCG@10 before training (the probe's evaluation of the base model) and at the end of training."""
+    """Dev nDCG@10 before training (the base model, as finetune.py's probe scores it) and at the end."""
     dev = r["training"].get("dev") or []
-    bound = r.get("time_bound", {})
-    before = bound.get("probe", {}).get("dev_nDCG@10_before_training", bound.get("dev_nDCG@10_before_training"))
+    before = r["training"].get("dev_nDCG@10_before_training")
     if not dev:
         return ""
     return ("?" if before is None else f"{before:.3f}") + f" → {dev[-1]['nDCG@10']:.3f}"
