@@ -36,7 +36,8 @@ in the JSON (``time_bound``), which is rewritten after the plan, after training 
 Files: the training folder ``results/finetune/{variant}/`` (checkpoints, ``log.jsonl``, ``model/``, and the
 reranked runs ``dl19.trec``, ``scifact.trec`` with their sidecars), git-ignored; the JSON defaults to
 ``benchmarks/results/finetune-{variant}.json``. Started again, a run resumes: a finished ``model/`` with the
-same settings is reused (its runs resumed), a killed training resumes from its last checkpoint with the
+same settings is reused (its runs resumed; the JSON keeps the training record and command of the invocation
+that trained it, ``trained_by``), a killed training resumes from its last checkpoint with the
 planned steps; ``--fresh`` starts the variant over.
 
 Usage (from the repository root)::
@@ -373,9 +374,17 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
     if same and (model_dir / "llmrerank.json").is_file():
         cfg = replace(cfg, max_steps=saved.get("max_steps"))
         meta = read_json(model_dir / "llmrerank.json") or {}
-        info.update(reused=True, steps=meta.get("trained_with", {}).get("steps"), **read_log(out_dir))
-        bound["how"] = "reused: model/ of an earlier run with these settings"
         bench.result["config"] = json_round(cfg.to_dict())
+        earlier = bench.previous
+        if earlier.get("config") == bench.result["config"] and "seconds" in earlier.get("training", {}):
+            # the JSON of the run that trained this folder: keep its training record and how it was bounded
+            info.update(earlier["training"])
+            bound.update(earlier.get("time_bound", {}))
+            bench.result["trained_by"] = {"command": earlier.get("command"), "started": earlier.get("started")}
+        info.update(reused=True, steps=meta.get("trained_with", {}).get("steps"), **read_log(out_dir))
+        bound["how"] = "reused: model/ of an earlier run with these settings" + (
+            f" ({bound['how']})" if bound.get("how") else ""
+        )
         bench.write()
         print(f"reusing the trained model in {model_dir}", file=sys.stderr, flush=True)
         return cfg, model_dir, False
@@ -592,6 +601,8 @@ def evaluate_dataset(
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.out = Path(args.out)
+        # what an earlier invocation wrote there: a run that reuses its trained folder keeps its training record
+        self.previous = read_json(self.out) or {}
         if args.variant in VARIANTS:
             description = VARIANTS[args.variant][2] + ", DL21 train"
         elif args.variant == "scifact":

@@ -3,8 +3,8 @@
 Each JSON is one run of ``benchmarks/finetune.py`` (a variant a-e, or the SciFact-train run). The table gives,
 per run, the training (loss, score, steps, epochs, seconds) and for DL19 and SciFact the fine-tuned nDCG@10
 with its difference from BM25 and from the zero-shot likelihood score of the same base model and its paired
-t-test p-values. The plot draws the same nDCG@10 as horizontal bars, one panel per dataset, with BM25 and the
-zero-shot likelihood run as lines.
+t-test p-values; a second table per dataset puts the runs against each other. The plot draws the same nDCG@10
+as horizontal bars, one panel per dataset, with BM25 and the zero-shot likelihood run as lines.
 
     python benchmarks/plot_finetune.py [--results benchmarks/results] [--out docs/finetune.png]
 """
@@ -99,6 +99,53 @@ def table(runs: list[dict[str, Any]]) -> str:
         lines.append(f"| {label(r)} | {r['training']['seconds']:.0f} | {dev_curve(r)} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"† a significant win (paired two-sided t-test on per-query nDCG@10, p < {LEVEL}).")
+    if any(r["training"].get("dev") and r["training"].get("dev_nDCG@10_before_training") is None for r in runs):
+        lines.append(
+            "? not measured: a run given `--max-steps` skips the probe that scores the dev set before training; "
+            "it starts where the runs with the same score (method and head) start."
+        )
+    return "\n".join(lines)
+
+
+def comparison(runs: list[dict[str, Any]], dataset: str) -> str:
+    """The runs against each other on ``dataset``: row minus column nDCG@10 and the paired t-test's p.
+
+    Every run reranks the same queries and candidates, so their per-query nDCG@10 pair up. The p-values are not
+    corrected for the number of comparisons.
+    """
+    from llmrerank.evaluate import _paired_p
+
+    evaluated = [r for r in runs if finetuned(r, dataset) is not None]
+    per_query = {  # lists aligned with query_ids
+        r["_name"]: dict(
+            zip(r["datasets"][dataset]["query_ids"], r["datasets"][dataset]["per_query_nDCG@10"]["finetuned"])
+        )
+        for r in evaluated
+    }
+    names = list(per_query)
+    if len(names) < 2:
+        return f"{dataset}: fewer than two runs evaluated, nothing to compare"
+    lines = [
+        f"{dataset}: row − column nDCG@10 (paired two-sided t-test p)",
+        "",
+        "| | " + " | ".join(names[1:]) + " |",
+        "|---|" + "---|" * (len(names) - 1),
+    ]
+    for i, a in enumerate(names[:-1]):
+        queries = sorted(per_query[a])
+        cells = []
+        for j, b in enumerate(names[1:], start=1):
+            if j <= i:
+                cells.append("")
+                continue
+            if per_query[a].keys() != per_query[b].keys():  # e.g. a run evaluated with --eval-queries
+                cells.append("other queries")
+                continue
+            x = [per_query[a][q] for q in queries]
+            y = [per_query[b][q] for q in queries]
+            delta = (sum(x) - sum(y)) / len(queries)
+            cells.append(f"{delta:+.4f} ({fmt_p(_paired_p(x, y))})")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -160,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         raise SystemExit(f"no complete finetune-*.json in {args.results}")
     print(table(runs))
+    for dataset in DATASETS:
+        print()
+        print(comparison(runs, dataset))
     plot(runs, args.out)
 
 
