@@ -113,7 +113,7 @@ def comparison(runs: list[dict[str, Any]], dataset: str) -> str:
     Every run reranks the same queries and candidates, so their per-query nDCG@10 pair up. The p-values are not
     corrected for the number of comparisons.
     """
-    from llmrerank.evaluate import _paired_p
+    from llmrerank.evaluate import paired_p
 
     evaluated = [r for r in runs if finetuned(r, dataset) is not None]
     per_query = {  # lists aligned with query_ids
@@ -144,7 +144,7 @@ def comparison(runs: list[dict[str, Any]], dataset: str) -> str:
             x = [per_query[a][q] for q in queries]
             y = [per_query[b][q] for q in queries]
             delta = (sum(x) - sum(y)) / len(queries)
-            cells.append(f"{delta:+.4f} ({fmt_p(_paired_p(x, y))})")
+            cells.append(f"{delta:+.4f} ({fmt_p(paired_p(x, y))})")
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from llmrerank.evaluate import (
     default_rel,
     evaluate_runs,
     format_table,
+    paired_p,
     plot_per_query,
     resolve_measures,
 )
@@ -260,3 +261,13 @@ def test_two_names_for_one_measure_are_refused():
         evaluate_runs(qrels, {"r": run}, ["RR@10", "RR(rel=2)@10"])
     with pytest.raises(ValueError, match="same measure"):
         evaluate_runs(qrels, {"r": run}, ["nDCG@10", "nDCG(cutoff=10)"])
+
+
+def test_paired_p_edge_cases_and_scipy_parity():
+    x, y = [0.9, 0.4, 0.7, 0.2], [0.5, 0.5, 0.6, 0.1]
+    assert paired_p(x, y) == pytest.approx(ttest_rel(x, y).pvalue, rel=1e-12)
+    assert paired_p(x, list(x)) == 1.0
+    assert paired_p([0.75, 0.5, 0.25], [0.5, 0.25, 0.0]) == 0.0  # a constant difference: certain, not NaN
+    assert math.isnan(paired_p([0.5], [0.4]))
+    with pytest.raises(ValueError, match="aligned"):
+        paired_p(x, y[:3])

@@ -110,8 +110,16 @@ class Evaluation:
         }
 
 
-def _paired_p(values: Sequence[float], baseline: Sequence[float]) -> float:
+def paired_p(values: Sequence[float], baseline: Sequence[float]) -> float:
+    """The two-sided paired t-test's p-value of ``values`` against ``baseline`` (per-query values, aligned).
+
+    Identical sequences give 1.0; a constant non-zero difference (zero variance, where scipy answers NaN) gives
+    0.0; fewer than two pairs give NaN.
+    """
     from scipy.stats import ttest_rel
+
+    if len(values) != len(baseline):
+        raise ValueError(f"paired_p needs aligned values: {len(values)} values against {len(baseline)} baseline values")
 
     if len(values) < 2:
         return math.nan
@@ -193,7 +201,7 @@ def evaluate_runs(
             continue
         ours = ev.per_query[run_name]
         ev.p_values[run_name] = {
-            n: _paired_p([ours[n][q] for q in query_ids], [base[n][q] for q in query_ids]) for n in names
+            n: paired_p([ours[n][q] for q in query_ids], [base[n][q] for q in query_ids]) for n in names
         }
     return ev
 
