@@ -377,14 +377,17 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         bench.result["config"] = json_round(cfg.to_dict())
         earlier = bench.previous
         if earlier.get("config") == bench.result["config"] and "seconds" in earlier.get("training", {}):
-            # the JSON of the run that trained this folder: keep its training record and how it was bounded
+            # the JSON of the invocation that trained this folder (or of one that reused it, which kept it):
+            # keep its training record, how it was bounded, and which invocation trained
             info.update(earlier["training"])
             bound.update(earlier.get("time_bound", {}))
-            bench.result["trained_by"] = {"command": earlier.get("command"), "started": earlier.get("started")}
+            bench.result["trained_by"] = earlier.get("trained_by") or {
+                "command": earlier.get("command"),
+                "started": earlier.get("started"),
+                "how": earlier.get("time_bound", {}).get("how"),
+            }
         info.update(reused=True, steps=meta.get("trained_with", {}).get("steps"), **read_log(out_dir))
-        bound["how"] = "reused: model/ of an earlier run with these settings" + (
-            f" ({bound['how']})" if bound.get("how") else ""
-        )
+        bound["how"] = "reused: model/ of an earlier run with these settings (trained_by)"
         bench.write()
         print(f"reusing the trained model in {model_dir}", file=sys.stderr, flush=True)
         return cfg, model_dir, False

@@ -132,7 +132,7 @@ def comparison(runs: list[dict[str, Any]], dataset: str) -> str:
         "|---|" + "---|" * (len(names) - 1),
     ]
     for i, a in enumerate(names[:-1]):
-        queries = sorted(per_query[a])
+        queries = list(per_query[a])
         cells = []
         for j, b in enumerate(names[1:], start=1):
             if j <= i:

@@ -120,7 +120,6 @@ def paired_p(values: Sequence[float], baseline: Sequence[float]) -> float:
 
     if len(values) != len(baseline):
         raise ValueError(f"paired_p needs aligned values: {len(values)} values against {len(baseline)} baseline values")
-
     if len(values) < 2:
         return math.nan
     if all(a == b for a, b in zip(values, baseline)):
