@@ -256,10 +256,9 @@ def plot_per_query(ev: Evaluation, measure: str, path: PathLike) -> Path:
         ImportError: matplotlib is not installed (``pip install "llmrerank[plot]"``).
         ValueError: an unknown measure, or only the baseline run to compare.
     """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError('plot_per_query needs matplotlib: pip install "llmrerank[plot]"') from None
+    from .extras import require
+
+    Figure = require("matplotlib.figure", "plot_per_query").Figure
     if measure not in ev.measures:
         raise ValueError(f"measure {measure!r} was not evaluated; have: {', '.join(ev.measures)}")
     others = ev.run_names[1:]

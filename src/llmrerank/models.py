@@ -219,11 +219,10 @@ def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, o
     meta = trained_config(model)
     if meta is not None and meta["weights"] == "lora":
         lm, tokenizer, _ = load_causal_lm(meta["base_model"], dtype, device)
-        try:
-            from peft import PeftModel
-        except ImportError as e:
-            raise ImportError(f'{model} holds LoRA adapters, which need peft: pip install "llmrerank[train]"') from e
-        lm = PeftModel.from_pretrained(lm, str(Path(model).expanduser())).merge_and_unload()
+        from .extras import require
+
+        peft = require("peft", f"loading the LoRA adapters in {model}")
+        lm = peft.PeftModel.from_pretrained(lm, str(Path(model).expanduser())).merge_and_unload()
         lm.eval()
         return lm, tokenizer, str(model)
     source = resolve(model)

@@ -121,10 +121,9 @@ class TrainConfig:
             if p.suffix == ".toml":
                 data = tomllib.loads(text)
             elif p.suffix in (".yaml", ".yml"):
-                try:
-                    import yaml
-                except ImportError as e:
-                    raise ImportError('YAML configs need PyYAML: pip install "llmrerank[train]"') from e
+                from ..extras import require
+
+                yaml = require("yaml", "YAML configs")
                 try:
                     data = yaml.safe_load(text) or {}
                 except yaml.YAMLError as e:

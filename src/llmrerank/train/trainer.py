@@ -55,14 +55,6 @@ class TrainResult:
     best: dict[str, float] | None = None  # keep_best: the step and dev nDCG@10 of the weights in model_dir
 
 
-def _require_peft() -> Any:
-    try:
-        import peft
-    except ImportError as e:
-        raise ImportError('LoRA training needs peft: pip install "llmrerank[train]"') from e
-    return peft
-
-
 def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16
     or AMX tiles (elsewhere bfloat16 autocast still runs, but emulated and slower than float32)."""
@@ -167,7 +159,9 @@ class Trainer:
         c = self.config
         model = self.backend.model
         if c.lora:
-            peft = _require_peft()
+            from ..extras import require
+
+            peft = require("peft", "LoRA training")
             for p in model.parameters():
                 p.requires_grad_(False)
             lora = peft.LoraConfig(

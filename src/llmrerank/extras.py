@@ -1,0 +1,38 @@
+"""Optional dependencies: one place that imports them and, when one is missing, names the extra to install.
+
+The core (``pip install llmrerank``) ranks, evaluates and writes runs; features beyond it live in extras::
+
+    peft = require("peft", extra="train", feature="LoRA training")
+
+raises :class:`MissingExtraError` (an ``ImportError``) with ``pip install "llmrerank[train]"`` in its message
+when peft is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# For each optional top-level module: the distribution that provides it, and the extra that installs it.
+EXTRAS: dict[str, tuple[str, str]] = {
+    "peft": ("peft", "train"),
+    "yaml": ("PyYAML", "train"),
+    "matplotlib": ("matplotlib", "plot"),
+}
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def require(module: str, feature: str, extra: str | None = None) -> ModuleType:
+    """Import ``module`` for ``feature``, or raise :class:`MissingExtraError` naming the pip command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        top = module.split(".")[0]
+        dist, default_extra = EXTRAS.get(top, (top, None))
+        extra = extra or default_extra
+        if extra is None:
+            raise MissingExtraError(f"{feature} needs {dist}: pip install {dist}") from e
+        raise MissingExtraError(f'{feature} needs {dist}: pip install "llmrerank[{extra}]"') from e
