@@ -1,4 +1,9 @@
-"""Reranking a whole TREC run: the top k of each query reranked, the rest kept below, resumable."""
+"""Reranking a whole run: the in-memory iterator every layer shares, and writing a TREC run (resumable).
+
+:func:`rerank` is the one reranking loop: it takes queries, a corpus and a first-stage run and yields each
+query's :class:`~llmrerank.types.Ranking` of its top k in run order, batching the queries together. The
+file writer :func:`rerank_run`, the trainer's dev evaluation and the benchmark scripts all call it.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,60 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .data import format_run_lines
 from .rankers.base import Ranker
-from .types import Document
+from .types import Document, Ranking
 
 Run = Mapping[str, Sequence[tuple[str, float]]]
+
+
+def rerank(
+    ranker: Ranker,
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Document],
+    run: Run,
+    top_k: int = 100,
+    skip: Collection[str] = (),
+    queries_per_batch: int = 4,
+) -> Iterator[tuple[str, Ranking]]:
+    """Rerank the top ``top_k`` candidates of each query of ``run``: ``(query id, Ranking)`` in run order.
+
+    Queries of ``run`` that are not in ``queries`` (another split) or are in ``skip`` are passed over. The
+    candidates of ``queries_per_batch`` queries go to :meth:`~llmrerank.rankers.base.Ranker.rank_many`
+    together. Each Ranking orders the query's top ``top_k`` (``ranking.ids`` are the run's document ids).
+    The arguments are checked before anything is ranked: a ``top_k`` or batch below 1, or a candidate
+    without text in ``corpus`` (a KeyError naming the query and the document), raise at the call.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if queries_per_batch < 1:
+        raise ValueError(f"queries_per_batch must be at least 1, got {queries_per_batch}")
+    todo = [q for q in run if q in queries and q not in skip]
+    for qid in todo:
+        missing = [d for d, _ in list(run[qid])[:top_k] if d not in corpus]
+        if missing:
+            raise KeyError(f"query {qid}: {len(missing)} candidate(s) have no text in the corpus, e.g. {missing[0]!r}")
+    return _rerank(ranker, queries, corpus, run, top_k, todo, queries_per_batch)
+
+
+def _rerank(
+    ranker: Ranker,
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Document],
+    run: Run,
+    top_k: int,
+    todo: list[str],
+    queries_per_batch: int,
+) -> Iterator[tuple[str, Ranking]]:
+    for b in range(0, len(todo), queries_per_batch):
+        chunk = todo[b : b + queries_per_batch]
+        docs = [[_with_id(corpus[d], d) for d, _ in list(run[q])[:top_k]] for q in chunk]
+        yield from zip(chunk, ranker.rank_many([queries[q] for q in chunk], docs))
 
 
 def chain_scores(head_scores: Sequence[float], n_tail: int) -> list[float]:
@@ -151,10 +200,6 @@ def rerank_run(
     """
     from tqdm.auto import tqdm
 
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if queries_per_batch < 1:
-        raise ValueError(f"queries_per_batch must be at least 1, got {queries_per_batch}")
     out = Path(out)
     tag = tag or f"llmrerank-{ranker.method}"
     qids = [q for q in run if q in queries]
@@ -168,11 +213,8 @@ def rerank_run(
     report.queries_skipped_resume = sum(q in done for q in qids)
     old_per_query = previous.get("report", {}).get("per_query", {})
     report.per_query.update({q: old_per_query[q] for q in done if q in old_per_query})
+    rankings = rerank(ranker, queries, corpus, run, top_k, skip=done, queries_per_batch=queries_per_batch)
     todo = [q for q in qids if q not in done]
-    for qid in todo:
-        missing = [d for d, _ in list(run[qid])[:top_k] if d not in corpus]
-        if missing:
-            raise KeyError(f"query {qid}: {len(missing)} candidate(s) have no text in the corpus, e.g. {missing[0]!r}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_sidecar(out, {"run": str(out), "status": "running", **settings, "queries_per_batch": queries_per_batch})
@@ -185,20 +227,14 @@ def rerank_run(
                 f.write(done[qid])
         f.flush()
         bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
-        for b in range(0, len(todo), queries_per_batch):
-            chunk = todo[b : b + queries_per_batch]
-            heads = [list(run[q])[:top_k] for q in chunk]
-            docs = [[_with_id(corpus[d], d) for d, _ in head] for head in heads]
-            rankings = ranker.rank_many([queries[q] for q in chunk], docs)
-            for qid, head, ranking in zip(chunk, heads, rankings):
-                tail = list(run[qid])[top_k:]
-                order = [head[i][0] for i in ranking.indices] + [d for d, _ in tail]
-                scores = chain_scores(ranking.scores, len(tail))
-                f.write(format_run_lines(qid, list(zip(order, scores)), tag))
-                report.documents += len(head)
-                report.add(qid, ranking.metadata)
+        for qid, ranking in rankings:
+            tail = list(run[qid])[top_k:]
+            order = [*(ranking.ids or ()), *(d for d, _ in tail)]
+            f.write(format_run_lines(qid, list(zip(order, chain_scores(ranking.scores, len(tail)))), tag))
             f.flush()
-            bar.update(len(chunk))
+            report.documents += len(ranking)
+            report.add(qid, ranking.metadata)
+            bar.update(1)
             if stats is None:
                 bar.set_postfix(docs=report.documents)
             else:
