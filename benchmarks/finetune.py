@@ -203,34 +203,14 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
 
 
 def load_training(cfg: Any) -> tuple[list[Any], dict[str, int], Any]:
-    """The training groups (as the trainer would build them from ``cfg``), their counts, and the dev set."""
+    """The training groups and the dev set, as the trainer builds them from ``cfg``, and the groups' counts."""
     from dataclasses import asdict
 
-    from llmrerank.data import load_beir, load_run
-    from llmrerank.train.groups import build_groups
-    from llmrerank.train.trainer import DevSet
+    from llmrerank.train.groups import load_dev, load_groups
 
-    beir = load_beir(cfg.data, split=cfg.split)
-    run = load_run(cfg.run)
-    groups, stats = build_groups(
-        beir.queries,
-        beir.corpus,
-        beir.qrels,
-        run,
-        group_size=cfg.group_size,
-        top_k=cfg.top_k,
-        rel=cfg.rel,
-        unjudged=cfg.unjudged,
-        max_positives=cfg.max_positives,
-        seed=cfg.seed,
-    )
+    groups, stats = load_groups(cfg)
     print(f"training groups: {stats}", file=sys.stderr)
-    dev = None
-    if cfg.dev_split:
-        d = load_beir(cfg.data, split=cfg.dev_split)
-        dev_run = load_run(cfg.dev_run) if cfg.dev_run else run
-        dev = DevSet(d.queries, d.corpus, d.qrels, dev_run, top_k=cfg.dev_top_k)
-    return groups, asdict(stats), dev
+    return groups, asdict(stats), load_dev(cfg)
 
 
 def dev_queries(dev: Any) -> list[str]:

@@ -19,9 +19,13 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..evaluate import default_rel
 from ..types import Document
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -151,3 +155,55 @@ def _teacher_scores(teacher_run: Mapping[str, Sequence[tuple[str, float]]], qid:
     if mode == "order":
         return {d: -float(rank) for rank, (d, _) in enumerate(items, start=1)}
     return {d: float(s) for d, s in items}
+
+
+@dataclass
+class DevSet:
+    """Queries to evaluate on during training: their candidates (best first by the first stage) and qrels."""
+
+    queries: Mapping[str, str]
+    corpus: Mapping[str, Document]
+    qrels: Mapping[str, Mapping[str, int]]
+    run: Mapping[str, Sequence[tuple[str, float]]]
+    top_k: int = 20
+
+
+def load_groups(config: TrainConfig) -> tuple[list[Group], GroupStats]:
+    """The training groups of a config: its BEIR folder's ``split``, first-stage ``run`` and ``teacher_run``."""
+    from ..data import find_run, load_beir, load_run
+
+    c = config
+    if not c.data:
+        raise ValueError("config: set `data` (a BEIR folder) or pass groups")
+    ds = load_beir(c.data, split=c.split)
+    run_path = c.run or find_run(c.data)
+    if run_path is None:
+        raise ValueError(f"config: no `run` given and {c.data} does not hold exactly one .trec file")
+    return build_groups(
+        ds.queries,
+        ds.corpus,
+        ds.qrels,
+        load_run(run_path),
+        group_size=c.group_size,
+        top_k=c.top_k,
+        rel=c.rel,
+        unjudged=c.unjudged,
+        max_positives=c.max_positives,
+        teacher_run=load_run(c.teacher_run) if c.teacher_run else None,
+        teacher_mode=c.teacher_mode,
+        seed=c.seed,
+    )
+
+
+def load_dev(config: TrainConfig) -> DevSet | None:
+    """The dev set of a config (``dev_split`` of its BEIR folder, reranking ``dev_run`` or ``run``), if any."""
+    from ..data import find_run, load_beir, load_run
+
+    c = config
+    if not c.dev_split:
+        return None
+    ds = load_beir(c.data, split=c.dev_split)
+    run_path = c.dev_run or c.run or find_run(c.data)
+    if run_path is None:
+        raise ValueError("config: dev evaluation needs `dev_run` or `run`")
+    return DevSet(ds.queries, ds.corpus, ds.qrels, load_run(run_path), top_k=c.dev_top_k)

@@ -24,25 +24,13 @@ from typing import Any
 import torch
 
 from ..models import TRAINED_CONFIG
-from ..types import Document
 from .config import TrainConfig
-from .groups import Group, build_groups
+from .groups import DevSet, Group, load_dev, load_groups
 
 CHECKPOINTS = "checkpoints"
 LOG = "log.jsonl"
 FINAL = "model"
 BEST = "best"
-
-
-@dataclass
-class DevSet:
-    """Queries to evaluate on during training: their candidates (best first by the first stage) and qrels."""
-
-    queries: Mapping[str, str]
-    corpus: Mapping[str, Document]
-    qrels: Mapping[str, Mapping[str, int]]
-    run: Mapping[str, Sequence[tuple[str, float]]]
-    top_k: int = 20
 
 
 @dataclass
@@ -129,7 +117,10 @@ class Trainer:
         self.backend = backend
         self._wrap_model()
         self.ranker = self._build_ranker()
-        self.groups = list(groups) if groups is not None else self._load_groups()
+        if groups is None:
+            groups, stats = load_groups(c)
+            print(f"training groups: {stats}", file=sys.stderr)
+        self.groups = list(groups)
         if not self.groups:
             raise ValueError("no training groups: check the split, the run and the relevance threshold")
         if self.distill and any(g.teacher is None for g in self.groups):
@@ -137,7 +128,7 @@ class Trainer:
         sizes = {len(g.docs) for g in self.groups}
         if len(sizes) != 1:
             raise ValueError(f"all groups must have the same size, got sizes {sorted(sizes)}")
-        self.dev = dev if dev is not None else self._load_dev()
+        self.dev = dev if dev is not None else load_dev(c)
         if c.keep_best and self.dev is None:
             raise ValueError("config: keep_best picks the best dev evaluation: set dev_split (or pass a dev set)")
         self._best: dict[str, float] | None = None
@@ -198,46 +189,6 @@ class Trainer:
             params += list(self.ranker.dense.parameters())
         return params
 
-    def _load_groups(self) -> list[Group]:
-        from ..data import find_run, load_beir, load_run
-
-        c = self.config
-        if not c.data:
-            raise ValueError("config: set `data` (a BEIR folder) or pass groups")
-        ds = load_beir(c.data, split=c.split)
-        run_path = c.run or find_run(c.data)
-        if run_path is None:
-            raise ValueError(f"config: no `run` given and {c.data} does not hold exactly one .trec file")
-        teacher = load_run(c.teacher_run) if c.teacher_run else None
-        groups, stats = build_groups(
-            ds.queries,
-            ds.corpus,
-            ds.qrels,
-            load_run(run_path),
-            group_size=c.group_size,
-            top_k=c.top_k,
-            rel=c.rel,
-            unjudged=c.unjudged,
-            max_positives=c.max_positives,
-            teacher_run=teacher,
-            teacher_mode=c.teacher_mode,
-            seed=c.seed,
-        )
-        print(f"training groups: {stats}", file=sys.stderr)
-        return groups
-
-    def _load_dev(self) -> DevSet | None:
-        from ..data import find_run, load_beir, load_run
-
-        c = self.config
-        if not c.dev_split:
-            return None
-        ds = load_beir(c.data, split=c.dev_split)
-        run_path = c.dev_run or c.run or find_run(c.data)
-        if run_path is None:
-            raise ValueError("config: dev evaluation needs `dev_run` or `run`")
-        return DevSet(ds.queries, ds.corpus, ds.qrels, load_run(run_path), top_k=c.dev_top_k)
-
     # --- schedule and data order ----------------------------------------------------------------------------
 
     @property
@@ -290,27 +241,19 @@ class Trainer:
         return self.loss_fn(scores, labels)
 
     def evaluate_dev(self) -> dict[str, float]:
+        """nDCG@10 of the ranker being trained on the dev set (its top ``top_k`` reranked), or {} without one."""
         from ..evaluate import evaluate_runs
+        from ..pipeline import rerank
 
         if self.dev is None:
             return {}
         d = self.dev
         self.backend.model.eval()
         run = {}
-        qids = [q for q in d.run if q in d.queries]
-        for start in range(0, len(qids), 4):
-            chunk = qids[start : start + 4]
-            heads = [[doc for doc, _ in list(d.run[q])[: d.top_k]] for q in chunk]
-            missing = [doc for h in heads for doc in h if doc not in d.corpus]
-            if missing:
-                raise KeyError(f"dev run: {len(missing)} candidate(s) have no text in the corpus, e.g. {missing[0]!r}")
-            with self._autocast():
-                rankings = self.ranker.rank_many(
-                    [d.queries[q] for q in chunk], [[d.corpus[x] for x in h] for h in heads]
-                )
-            for q, h, r in zip(chunk, heads, rankings):
-                run[q] = [(h[i], s) for i, s in zip(r.indices, r.scores)]
-        ev = evaluate_runs({q: d.qrels[q] for q in qids}, {"model": run}, measures=["nDCG@10"])
+        with self._autocast():
+            for qid, r in rerank(self.ranker, d.queries, d.corpus, d.run, top_k=d.top_k, queries_per_batch=4):
+                run[qid] = list(zip(r.ids or (), r.scores))
+        ev = evaluate_runs({q: d.qrels[q] for q in run}, {"model": run}, measures=["nDCG@10"])
         return {"nDCG@10": ev.aggregate["model"]["nDCG@10"]}
 
     # --- the loop -------------------------------------------------------------------------------------------
