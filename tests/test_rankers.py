@@ -177,7 +177,8 @@ def test_dense_head_scores_the_hidden_state_at_an_appended_eos(qwen_backend, tmp
         ranker.dense.linear.bias.fill_(0.25)
     ranker.dense.save(tmp_path / "head.safetensors")
     loaded = PointwiseRanker(qwen_backend, head="dense", head_weights=tmp_path / "head.safetensors")
-    assert loaded.dense.trained and loaded.options() == {"head": "dense"}
+    assert loaded.dense.trained and loaded.options.head == "dense"
+    assert "tokens" not in loaded.describe() and "normalisation" not in loaded.describe()
     scores = loaded.score(QUERY, DOCS)
     w, b = ranker.dense.linear.weight[0], ranker.dense.linear.bias[0]
     for doc, got in zip(DOCS, scores):

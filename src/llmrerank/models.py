@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_ENV = "LLMRERANK_CACHE"
-TRAINED_CONFIG = "llmrerank.json"  # marks a folder written by `llmrerank train`
 
 
 class ModelNotInstalledError(ImportError):
@@ -195,30 +194,15 @@ def _dequantise_to(folder: Path, gguf_name: str, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def trained_config(model: str | Path) -> dict | None:
-    """The training record of a folder written by ``llmrerank train``, or None for any other model."""
-    import json
-
-    path = Path(model).expanduser() / TRAINED_CONFIG
-    if not path.is_file():
-        return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from e
-    missing = [k for k in ("method", "options", "base_model", "weights") if k not in meta]
-    if missing:
-        raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
-    return meta
-
-
 def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, object, str]:
     """Load (model, tokenizer, name) for a preset, folder, GGUF file, or trained folder (base + adapter)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    meta = trained_config(model)
-    if meta is not None and meta["weights"] == "lora":
-        lm, tokenizer, _ = load_causal_lm(meta["base_model"], dtype, device)
+    from . import trained
+
+    folder = trained.read(model)
+    if folder is not None and folder.weights == "lora":
+        lm, tokenizer, _ = load_causal_lm(folder.base_model, dtype, device)
         from .extras import require
 
         peft = require("peft", f"loading the LoRA adapters in {model}")

@@ -1,15 +1,18 @@
-"""An explicit table from method name to ranker class, and the :func:`Reranker` factory.
+"""An explicit table from method name to ranker class, and the :data:`Reranker` factory.
 
 Methods are chosen by name only, never guessed from a model's name. Options are split between the backend
-(how the model runs) and the ranker (how it scores); an option neither knows is an error that names it.
+(how the model runs: :class:`~llmrerank.options.BackendOptions`) and the ranker (how it scores: the method's
+options table); an option neither knows is an error that names it. ``Reranker.from_config(ranker.config())``
+rebuilds a ranker anywhere (a server's config file, a worker process).
 """
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from .backends.base import Backend
+from .options import BackendOptions, Options
 from .rankers.base import Ranker
 from .rankers.likelihood import LikelihoodRanker
 from .rankers.listwise import ListwiseRanker
@@ -25,60 +28,92 @@ METHODS: dict[str, type] = {
     "setwise": SetwiseRanker,
 }
 
-BACKEND_OPTIONS = ("dtype", "device", "threads", "batch_size")
+BACKEND_OPTIONS = tuple(BackendOptions.specs())
+CONFIG_KEYS = ("method", "model", "backend", "options")
 
 
-def method_options(method: str) -> list[str]:
-    """The options a method's ranker accepts (besides the backend)."""
-    params = inspect.signature(_method_class(method).__init__).parameters
-    return [p for p in params if p not in ("self", "backend")]
-
-
-def _method_class(method: str) -> type:
+def method_class(method: str) -> type:
+    """The ranker class of a method name; an unknown name is a ValueError listing the methods."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(sorted(METHODS))}")
     return METHODS[method]
 
 
-def Reranker(method: str, model: str = "default", backend: Backend | None = None, **options: Any) -> Ranker:  # noqa: N802
-    """Build a ranker: ``Reranker("likelihood", model="smollm2-135m", max_length=256)``.
+def options_class(method: str) -> type[Options]:
+    """The options table of a method (e.g. :class:`~llmrerank.rankers.pointwise.PointwiseOptions`)."""
+    return method_class(method).Options
 
-    Args:
-        method: a name from :data:`METHODS` (``pointwise``, ``likelihood``, ``listwise``, ``pairwise``,
-            ``setwise``).
-        model: a preset (``default`` = ``qwen2.5-0.5b``, ``smollm2-135m``), a Hugging Face folder or a ``.gguf``
-            path. Ignored when ``backend`` is given.
-        backend: an already loaded backend to share between rankers.
-        **options: backend options (``dtype``, ``device``, ``threads``, ``batch_size``) and the method's own
-            (``max_length``, ``template``, and e.g. ``tokens``/``normalisation``, ``reduction``, or for listwise
-            ``window_size``/``step``/``passes``/``decoding``, for pairwise ``aggregation``/``sort_top_k``/
-            ``pair_top_k``, for setwise ``set_size``/``aggregation``/``sort_top_k``).
-    """
-    from .models import trained_config
 
-    cls = _method_class(method)
-    accepted = method_options(method)
-    meta = trained_config(model) if backend is None else None
-    if meta is not None:  # a folder written by `llmrerank train`: restore what was trained, options given win
-        if meta["method"] != method:
-            raise ValueError(f"{model} was trained for method {meta['method']!r}, not {method!r}")
-        saved = dict(meta["options"])
-        if saved.get("head") == "dense":
-            from pathlib import Path
+def method_options(method: str) -> list[str]:
+    """The options a method's ranker accepts (besides the backend's)."""
+    return list(options_class(method).specs())
 
-            saved["head_weights"] = str(Path(model).expanduser() / "head.safetensors")
-        options = {**saved, **options}
-    unknown = sorted(set(options) - set(accepted) - set(BACKEND_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) for method {method!r}: {', '.join(unknown)}; "
-            f"accepted: {', '.join([*accepted, *BACKEND_OPTIONS])}"
-        )
-    backend_opts = {k: options.pop(k) for k in BACKEND_OPTIONS if k in options}
-    if backend is None:
-        from .backends.hf import HFBackend
 
-        backend = HFBackend.load(model, **backend_opts)
-    elif backend_opts:
-        raise TypeError(f"backend options {sorted(backend_opts)} cannot be given with an existing backend")
-    return cls(backend, **options)
+class RerankerFactory:
+    """Build rankers by method name: ``Reranker("likelihood", model="smollm2-135m", max_length=256)``, or from a
+    config dict: ``Reranker.from_config({"method": ..., "model": ..., "backend": {...}, "options": {...}})``."""
+
+    def __call__(self, method: str, model: str = "default", backend: Backend | None = None, **options: Any) -> Ranker:
+        """Build a ranker.
+
+        Args:
+            method: a name from :data:`METHODS` (``pointwise``, ``likelihood``, ``listwise``, ``pairwise``,
+                ``setwise``).
+            model: a preset (``default`` = ``qwen2.5-0.5b``, ``smollm2-135m``), a Hugging Face folder, a ``.gguf``
+                path, or a folder written by ``llmrerank train`` (its method and options are restored; options
+                given here win). Ignored when ``backend`` is given.
+            backend: an already loaded backend to share between rankers.
+            **options: backend options (``dtype``, ``device``, ``threads``, ``batch_size``) and the method's own
+                (see ``method_options(method)``: e.g. ``max_length``, ``template``, ``tokens``/``normalisation``,
+                ``reduction``, ``window_size``/``step``/``decoding``, ``aggregation``/``sort_top_k``, ``set_size``).
+        """
+        from . import trained
+
+        cls = method_class(method)
+        folder = trained.read(model) if backend is None else None
+        if folder is not None:  # a folder written by `llmrerank train`: restore what was trained, options given win
+            if folder.method != method:
+                raise ValueError(f"{model} was trained for method {folder.method!r}, not {method!r}")
+            options = {**folder.ranker_options(), **options}
+        backend_given = {k: options.pop(k) for k in BACKEND_OPTIONS if k in options}
+        unknown = sorted(set(options) - set(cls.Options.specs()))
+        if unknown:
+            accepted = [*cls.Options.specs(), *BACKEND_OPTIONS]
+            raise TypeError(
+                f"unknown option(s) for method {method!r}: {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+            )
+        ranker_options = cls.Options.build(options)  # checked before any model is loaded
+        if backend is None:
+            from .backends.hf import HFBackend
+
+            backend = HFBackend.load(model, **BackendOptions.build(backend_given).to_dict())
+        elif backend_given:
+            raise TypeError(f"backend options {sorted(backend_given)} cannot be given with an existing backend")
+        return cls(backend, ranker_options)
+
+    def from_config(self, config: Mapping[str, Any], backend: Backend | None = None) -> Ranker:
+        """Rebuild a ranker from ``ranker.config()`` (or a config file's table of the same keys: ``method``,
+        and optionally ``model`` (default ``"default"``), ``backend`` and ``options``)."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"a ranker config is a mapping, got {type(config).__name__}")
+        unknown = sorted(set(config) - set(CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"unknown ranker config key(s): {', '.join(unknown)}; accepted: {', '.join(CONFIG_KEYS)}")
+        if "method" not in config:
+            raise ValueError("a ranker config needs 'method'")
+        tables = {k: config.get(k) or {} for k in ("backend", "options")}
+        for key, table in tables.items():
+            if not isinstance(table, Mapping):
+                raise ValueError(f"ranker config {key!r} must be a table of names to values, got {table!r}")
+        clash = sorted(set(tables["backend"]) & set(tables["options"]))
+        if clash:
+            raise ValueError(f"ranker config: {', '.join(clash)} given both as backend and as method options")
+        backend_table = {} if backend is not None else dict(tables["backend"])
+        unknown_backend = sorted(set(backend_table) - set(BACKEND_OPTIONS))
+        if unknown_backend:
+            raise ValueError(f"unknown backend option(s): {', '.join(unknown_backend)}")
+        model = config.get("model") or "default"
+        return self(config["method"], model=model, backend=backend, **backend_table, **tables["options"])
+
+
+Reranker = RerankerFactory()

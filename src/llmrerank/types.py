@@ -61,17 +61,25 @@ class Ranking:
         return len(self.indices)
 
 
+def make_ranking(
+    order: Sequence[int],
+    docs: Sequence[Document],
+    scores: Sequence[float] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Ranking:
+    """The one way a Ranking is built: ``docs`` in ``order`` (input positions, best first), with ``scores``
+    aligned to ``order`` (default ``n - rank``, strictly decreasing), and ids when every document has one."""
+    n = len(order)
+    ids = None
+    if docs and all(d.id is not None for d in docs):
+        ids = tuple(docs[i].id for i in order)  # type: ignore[misc]
+    values = tuple(float(s) for s in scores) if scores is not None else tuple(float(n - r) for r in range(n))
+    return Ranking(indices=tuple(order), scores=values, ids=ids, metadata=dict(metadata or {}))
+
+
 def ranking_from_scores(
     scores: Sequence[float], docs: Sequence[Document], metadata: Mapping[str, Any] | None = None
 ) -> Ranking:
     """Sort by score, descending; equal scores keep their input order (a stable sort)."""
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    ids = None
-    if docs and all(d.id is not None for d in docs):
-        ids = tuple(docs[i].id for i in order)  # type: ignore[misc]
-    return Ranking(
-        indices=tuple(order),
-        scores=tuple(float(scores[i]) for i in order),
-        ids=ids,
-        metadata=dict(metadata or {}),
-    )
+    return make_ranking(order, docs, [scores[i] for i in order], metadata)

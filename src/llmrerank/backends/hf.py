@@ -69,8 +69,13 @@ class HFBackend:
         threads: int | None = None,
         batch_size: int = 16,
     ) -> HFBackend:
-        """Load a preset, a Hugging Face folder or a GGUF file (see :func:`llmrerank.models.resolve`)."""
+        """Load a preset, a Hugging Face folder or a GGUF file (see :func:`llmrerank.models.resolve`).
+
+        The backend keeps what it was loaded with as ``options`` (a :class:`~llmrerank.options.BackendOptions`),
+        so a ranker's ``config()`` can rebuild it.
+        """
         from ..models import load_causal_lm
+        from ..options import BackendOptions
 
         if threads is not None:
             if threads < 1:
@@ -78,7 +83,10 @@ class HFBackend:
             torch.set_num_threads(threads)
         dev = resolve_device(device)
         lm, tokenizer, name = load_causal_lm(model, parse_dtype(dtype), dev)
-        return cls(lm, tokenizer, batch_size=batch_size, device=dev, name=name)
+        backend = cls(lm, tokenizer, batch_size=batch_size, device=dev, name=name)
+        if isinstance(dtype, str):
+            backend.options = BackendOptions(batch_size=batch_size, dtype=dtype, device=device, threads=threads)
+        return backend
 
     # --- batching -------------------------------------------------------------------------------------------
 

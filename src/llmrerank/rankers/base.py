@@ -1,24 +1,26 @@
-"""The Ranker contract, and the shared machinery of rankers that score each document on its own."""
+"""The Ranker contract, and what every method shares: its options table, ``describe()`` and ``config()``, input
+checks, the finite-score check, and the machinery of rankers that score each document on its own."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from ..backends.base import Backend
-from ..prompts import PromptRenderer, PromptTemplate
+from ..options import BackendOptions, Options
+from ..prompts import PromptRenderer
 from ..types import DocLike, Document, Ranking, as_documents, ranking_from_scores
 
 
 @runtime_checkable
 class Ranker(Protocol):
-    """What every method offers: scores in input order, and rankings best first."""
+    """What every method offers: scores in input order, rankings best first, and the options that rebuild it."""
 
     method: str
+    options: Options
 
     def score(self, query: str, docs: Sequence[DocLike]) -> list[float]: ...
 
@@ -27,6 +29,15 @@ class Ranker(Protocol):
     def rank_many(self, queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[Ranking]: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+def check_query(query: Any, position: int | None = None) -> str:
+    if not isinstance(query, str):
+        where = f" (query {position})" if position is not None else ""
+        raise TypeError(f"query must be a str, got {type(query).__name__}{where}")
+    return query
 
 
 def check_batch(queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[tuple[str, list[Document]]]:
@@ -38,7 +49,83 @@ def check_batch(queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> li
     return [(check_query(q, i), as_documents(ds)) for i, (q, ds) in enumerate(zip(queries, docs))]
 
 
-class ListRanker:
+def check_finite(values: torch.Tensor, what: str = "scores") -> torch.Tensor:
+    """``values`` unchanged, or a FloatingPointError when the model produced NaN or infinite ones."""
+    bad = int((~torch.isfinite(values)).sum()) if values.numel() else 0
+    if bad:
+        raise FloatingPointError(f"the model produced {bad} non-finite {what} (NaN or inf); check the dtype")
+    return values
+
+
+def backend_options(backend: Any) -> dict[str, Any]:
+    """How ``backend`` runs, as the backend options table: what it was loaded with, else what it shows."""
+    loaded = getattr(backend, "options", None)
+    if isinstance(loaded, BackendOptions):
+        return loaded.to_dict()
+    model = getattr(backend, "model", None)
+    dtype = str(getattr(next(model.parameters()), "dtype", "")) if hasattr(model, "parameters") else ""
+    out: dict[str, Any] = {"batch_size": getattr(backend, "batch_size", BackendOptions.batch_size)}
+    if dtype.removeprefix("torch.") in ("float32", "bfloat16", "float16"):
+        out["dtype"] = dtype.removeprefix("torch.")
+    if getattr(backend, "device", None) is not None:
+        out["device"] = str(backend.device)
+    return out
+
+
+class RankerBase:
+    """What every ranker shares: the backend, the validated options table (``Options``, declared by each method
+    beside its ranker), option values as attributes (``ranker.max_length``), ``describe()`` and ``config()``.
+
+    A ranker is built from keyword options (``PointwiseRanker(backend, normalisation="logit")``) or from an
+    options object, optionally with keyword overrides.
+    """
+
+    method: ClassVar[str] = "ranker"
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, backend: Backend, options: Options | None = None, **given: Any):
+        if options is None:
+            options = self.Options.build(given)
+        elif not isinstance(options, self.Options):
+            raise TypeError(f"{self.method} takes {self.Options.__name__}, got {type(options).__name__}")
+        elif given:
+            options = replace(options, **given)
+        self.backend = backend
+        self.options = options
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: option values read as attributes
+        options = self.__dict__.get("options")
+        if options is not None and name in type(options).__dataclass_fields__:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def details(self) -> dict[str, Any]:
+        """What ``describe()`` adds to the options: values derived at start-up (override)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """The method, the model and every option in force, for run sidecars and logs."""
+        renderer = getattr(self, "renderer", None)
+        out = {"method": self.method, "model": getattr(self.backend, "name", None), **self.options.to_dict()}
+        if renderer is not None:
+            out["chat_template_applied"] = renderer.use_chat
+        return {**out, **self.details()}
+
+    def config(self) -> dict[str, Any]:
+        """What rebuilds this ranker anywhere: ``Reranker.from_config(ranker.config())``.
+
+        ``{"method", "model", "backend": {...}, "options": {...}}``, all plain JSON data.
+        """
+        return {
+            "method": self.method,
+            "model": getattr(self.backend, "name", None),
+            "backend": backend_options(self.backend),
+            "options": self.options.to_dict(),
+        }
+
+
+class ListRanker(RankerBase):
     """Base of methods that order a whole candidate list at once (listwise, pairwise, setwise).
 
     Subclasses implement ``rank_many``; ``rank`` and ``score`` follow from it.
@@ -73,29 +160,21 @@ class Encoded:
         return len(self.prompt) + len(self.target)
 
 
-def check_query(query: Any, position: int | None = None) -> str:
-    if not isinstance(query, str):
-        where = f" (query {position})" if position is not None else ""
-        raise TypeError(f"query must be a str, got {type(query).__name__}{where}")
-    return query
-
-
-class PointScorer:
+class PointScorer(RankerBase):
     """Base of methods that give each (query, document) pair a score independently of the others.
 
     Subclasses implement :meth:`encode_pair` (tokens for one pair) and :meth:`score_encoded` (a float tensor of
     scores for a list of encoded pairs, differentiable when ``grad`` is true). Everything else — input checks,
     batching across queries, stable ranking, accounting — lives here, so inference, training
-    (:meth:`score_tensor`) and the server all run the same scoring function.
+    (:meth:`score_tensor`) and the server all run the same scoring function. Their options hold ``template``
+    (a prompt template) and ``max_length``.
     """
 
-    method = "pointscorer"
+    method: ClassVar[str] = "pointscorer"
 
-    def __init__(self, backend: Backend, template: PromptTemplate, max_length: int = 512):
-        self.backend = backend
-        self.template = template
-        self.max_length = max_length
-        self.renderer = PromptRenderer(template, backend.tokenizer, max_length)
+    def __init__(self, backend: Backend, options: Options | None = None, **given: Any):
+        super().__init__(backend, options, **given)
+        self.renderer = PromptRenderer(self.options.template, backend.tokenizer, self.options.max_length)
 
     # -- to implement ----------------------------------------------------------------------------------------
 
@@ -104,9 +183,6 @@ class PointScorer:
 
     def score_encoded(self, items: Sequence[Encoded], grad: bool = False) -> torch.Tensor:
         raise NotImplementedError
-
-    def options(self) -> dict[str, Any]:
-        return {}
 
     # -- shared ----------------------------------------------------------------------------------------------
 
@@ -147,18 +223,5 @@ class PointScorer:
             start = len(items)
             items.extend(self.encode(q, documents))
             spans.append((start, len(items), documents))
-        flat = self.score_encoded(items).tolist() if items else []
-        nan = sum(math.isnan(s) for s in flat)
-        if nan:
-            raise FloatingPointError(f"the model produced NaN scores for {nan} document(s); check the dtype")
+        flat = check_finite(self.score_encoded(items)).tolist() if items else []
         return [(flat[a:b], items[a:b], documents) for a, b, documents in spans]
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "model": getattr(self.backend, "name", None),
-            "max_length": self.max_length,
-            "template": self.template.to_dict(),
-            "chat_template_applied": self.renderer.use_chat,
-            **self.options(),
-        }

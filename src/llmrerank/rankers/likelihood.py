@@ -10,11 +10,12 @@ Reference: Sachan et al., 2022, "Improving Passage Retrieval with Zero-Shot Ques
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from ..backends.base import Backend
+from ..options import Options, option, template_option
 from ..prompts import QUERY_LIKELIHOOD, PromptParts, PromptTemplate, get_template
 from ..types import Document
 from .base import Encoded, PointScorer
@@ -22,27 +23,37 @@ from .base import Encoded, PointScorer
 REDUCTIONS = ("mean", "sum")
 
 
-class LikelihoodRanker(PointScorer):
-    """Scores a document by the (mean) log-probability of the query's tokens after a prompt holding it."""
+@dataclass(frozen=True)
+class LikelihoodOptions(Options):
+    """The options of :class:`LikelihoodRanker`."""
 
-    method = "likelihood"
+    method: ClassVar[str] = "likelihood"
 
-    def __init__(
-        self,
-        backend: Backend,
-        reduction: str = "mean",
-        template: str | PromptTemplate | None = None,
-        max_length: int = 512,
-    ):
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"unknown reduction {reduction!r}: choose one of {', '.join(REDUCTIONS)}")
-        tmpl = get_template(template) if template is not None else QUERY_LIKELIHOOD
-        if tmpl.target is None:
+    reduction: str = option("mean", "mean or total log-probability of the query's tokens", choices=REDUCTIONS)
+    template: Any = template_option(
+        None, "a query-likelihood template (a name or a .toml/.json file)", PromptTemplate, get_template
+    )
+    max_length: int = option(512, "token budget of one prompt (documents are cut)")
+
+    def check(self) -> None:
+        if self.template is None:
+            object.__setattr__(self, "template", QUERY_LIKELIHOOD)
+        if self.template.target is None:
             raise ValueError(
-                f"template {tmpl.name!r} has no target: a query-likelihood template needs target='{{query}}'"
+                f"template {self.template.name!r} has no target: a query-likelihood template needs "
+                "target='{query}'"
             )
-        super().__init__(backend, tmpl, max_length)
-        self.reduction = reduction
+
+
+class LikelihoodRanker(PointScorer):
+    """Scores a document by the (mean) log-probability of the query's tokens after a prompt holding it.
+
+    Options (:class:`LikelihoodOptions`): ``reduction`` (``mean``, default, or ``sum``), ``template`` and
+    ``max_length``.
+    """
+
+    method: ClassVar[str] = "likelihood"
+    Options: ClassVar[type[Options]] = LikelihoodOptions
 
     def encode_pair(self, query: str, doc: Document, parts: PromptParts) -> Encoded:
         doc_ids, cut = self.renderer.document_ids(doc, parts)
@@ -52,8 +63,5 @@ class LikelihoodRanker(PointScorer):
         if not items:
             return torch.empty(0)
         per_token = self.backend.target_logprobs([e.prompt for e in items], [e.target for e in items], grad=grad)
-        reduce = torch.mean if self.reduction == "mean" else torch.sum
+        reduce = torch.mean if self.options.reduction == "mean" else torch.sum
         return torch.stack([reduce(lp) for lp in per_token])
-
-    def options(self) -> dict[str, Any]:
-        return {"reduction": self.reduction}

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, ClassVar
 
 from ..backends.base import Backend
+from ..options import Options, option, template_option
 from ..prompts import continuation_ids
 from ..prompts_listwise import RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, get_listwise_template
-from ..types import DocLike, Document, Ranking
-from .base import ListRanker, check_batch
+from ..types import DocLike, Document, Ranking, make_ranking
+from .base import ListRanker, check_batch, check_finite
 from .permutation import (
     IDENTIFIER_KINDS,
     ParsedPermutation,
@@ -86,11 +84,43 @@ class _WindowResult:
     parsed: ParsedPermutation | None = None
 
 
+@dataclass(frozen=True)
+class ListwiseOptions(Options):
+    """The options of :class:`ListwiseRanker`."""
+
+    method: ClassVar[str] = "listwise"
+
+    window_size: int = option(20, "candidates per window", minimum=2)
+    step: int = option(10, "how far the window moves up the list", minimum=1)
+    passes: int = option(1, "sweeps over the list", minimum=1)
+    decoding: str = option(
+        "generate", "generate a permutation, or FIRST (first-token logits, one forward pass)", choices=DECODINGS
+    )
+    identifiers: str | None = option(
+        None, "passage identifiers (default numbers; letters for FIRST)", types=str, choices=IDENTIFIER_KINDS
+    )
+    template: Any = template_option(
+        None, "a listwise template (rankzephyr, rankgpt, or a file)", ListwiseTemplate, get_listwise_template
+    )
+    passage_tokens: int = option(100, "each passage is cut to this many tokens")
+    max_length: int = option(4096, "token budget of one window's prompt and its answer")
+    max_new_tokens: int | None = option(
+        None, "generation cap (default: a full permutation)", types=int, minimum=1, when=("decoding", ("generate",))
+    )
+
+    def check(self) -> None:
+        if self.template is None:
+            object.__setattr__(self, "template", RANKZEPHYR)
+        plan_windows(self.window_size, self.window_size, self.step)  # step may not exceed window_size
+        if self.identifiers is None:
+            object.__setattr__(self, "identifiers", "letters" if self.decoding == "first" else "numbers")
+        make_identifiers(self.identifiers, self.window_size)  # letters go up to 26
+
+
 class ListwiseRanker(ListRanker):
     """Sliding-window listwise reranking by permutation generation or by first-token logits (FIRST).
 
-    Args:
-        backend: the model.
+    Options (:class:`ListwiseOptions`):
         window_size: candidates per window (20).
         step: how far each window moves up the list (10); at most ``window_size``.
         passes: how many times the whole sweep runs (1).
@@ -105,49 +135,18 @@ class ListwiseRanker(ListRanker):
             needs plus two (an end token and slack).
     """
 
-    method = "listwise"
+    method: ClassVar[str] = "listwise"
+    Options: ClassVar[type[Options]] = ListwiseOptions
 
-    def __init__(
-        self,
-        backend: Backend,
-        window_size: int = 20,
-        step: int = 10,
-        passes: int = 1,
-        decoding: str = "generate",
-        identifiers: str | None = None,
-        template: str | Path | ListwiseTemplate | None = None,
-        passage_tokens: int = 100,
-        max_length: int = 4096,
-        max_new_tokens: int | None = None,
-    ):
-        if decoding not in DECODINGS:
-            raise ValueError(f"unknown decoding {decoding!r}: choose one of {', '.join(DECODINGS)}")
-        if passes < 1:
-            raise ValueError(f"passes must be at least 1, got {passes}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if max_new_tokens is not None and decoding == "first":
-            raise ValueError("max_new_tokens applies to decoding='generate' only (FIRST generates nothing)")
-        identifiers = identifiers or ("letters" if decoding == "first" else "numbers")
-        if identifiers not in IDENTIFIER_KINDS:
-            raise ValueError(f"unknown identifiers {identifiers!r}: choose one of {', '.join(IDENTIFIER_KINDS)}")
-        plan_windows(window_size, window_size, step)  # validates window_size and step
-        self.backend = backend
-        self.window_size = window_size
-        self.step = step
-        self.passes = passes
-        self.decoding = decoding
-        self.identifiers = identifiers
-        self.labels = make_identifiers(identifiers, window_size)
-        self.template = get_listwise_template(template if template is not None else RANKZEPHYR)
-        self.passage_tokens = passage_tokens
-        self.max_length = max_length
-        self.max_new_tokens = max_new_tokens
-        self.renderer = ListwiseRenderer(self.template, backend.tokenizer, passage_tokens, max_length)
+    def __init__(self, backend: Backend, options: ListwiseOptions | None = None, **given: Any):
+        super().__init__(backend, options, **given)
+        o = self.options
+        self.labels = make_identifiers(o.identifiers, o.window_size)
+        self.renderer = ListwiseRenderer(o.template, backend.tokenizer, o.passage_tokens, o.max_length)
         self._caps: dict[int, int] = {}
         self.opener = ""
         self.label_token_ids: list[int] = []
-        if decoding == "first":
+        if o.decoding == "first":
             self.opener, self.label_token_ids = self._first_token_ids()
 
     # -- start-up checks -------------------------------------------------------------------------------------
@@ -187,9 +186,7 @@ class ListwiseRanker(ListRanker):
         sizes = [len(docs) for _, docs in jobs]
         if self.decoding == "first":
             rendered = [self.renderer.render(q, docs, self.labels[: len(docs)], 0, self.opener) for q, docs in jobs]
-            logits = self.backend.last_logits([r.ids for r in rendered])
-            if torch.isnan(logits).any():
-                raise FloatingPointError("the model produced NaN logits; check the dtype")
+            logits = check_finite(self.backend.last_logits([r.ids for r in rendered]), "logits")
             results = []
             for row, r, m in zip(logits, rendered, sizes):
                 scores = row[self.label_token_ids[:m]].tolist()
@@ -252,33 +249,10 @@ class ListwiseRanker(ListRanker):
         state.trace.append(entry)
 
     def _ranking(self, state: _QueryState) -> Ranking:
-        n = len(state.order)
-        ids = None
-        if state.docs and all(d.id is not None for d in state.docs):
-            ids = tuple(state.docs[i].id for i in state.order)  # type: ignore[misc]
-        return Ranking(
-            indices=tuple(state.order),
-            scores=tuple(float(n - r) for r in range(n)),
-            ids=ids,
-            metadata={**state.counts, "trace": state.trace},
-        )
+        return make_ranking(state.order, state.docs, metadata={**state.counts, "trace": state.trace})
 
-    def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "method": self.method,
-            "model": getattr(self.backend, "name", None),
-            "decoding": self.decoding,
-            "window_size": self.window_size,
-            "step": self.step,
-            "passes": self.passes,
-            "identifiers": self.identifiers,
-            "passage_tokens": self.passage_tokens,
-            "max_length": self.max_length,
-            "template": self.template.to_dict(),
-            "chat_template_applied": self.renderer.use_chat,
-        }
-        if self.decoding == "generate":
-            d["max_new_tokens"] = self.max_new_tokens if self.max_new_tokens is not None else "full permutation + 2"
-        else:
-            d["answer_opener"] = self.opener
-        return d
+    def details(self) -> dict[str, Any]:
+        if self.options.decoding == "first":
+            return {"answer_opener": self.opener}
+        cap = self.options.max_new_tokens
+        return {"max_new_tokens": cap if cap is not None else "full permutation + 2"}

@@ -30,217 +30,22 @@ References: Pradeep et al., 2021 (duoT5, the mono-duo pattern); Qin et al., 2024
 Effective Text Rankers with Pairwise Ranking Prompting" (PRP).
 """
 
+
 from __future__ import annotations
 
 import math
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
+from ..options import Options, option
+from ..prompts_pairwise import PRP, ComparisonTemplate
+from .comparison import COUNTERS, DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, _QueryState
+from .sorting import SORTS, Comparison, SortProcess, all_pairs, bubble_sort, heap_sort, order_by_scores, win_sums
 
-from ..backends.base import Backend
-from ..prompts import continuation_ids, word_openers
-from ..prompts_pairwise import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, get_comparison_template
-from ..types import DocLike, Document, Ranking
-from .base import ListRanker, check_batch
-from .sorting import Comparison, SortProcess, all_pairs, bubble_sort, heap_sort, order_by_scores, win_sums
-
-AGGREGATIONS = ("allpairs", "heapsort", "bubblesort")
-DEFAULT_SORT_TOP_K = 10
-COUNTERS = ("comparisons", "llm_calls", "rounds", "prompt_tokens", "tokens", "truncated", "memo_hits")
-# Sequences per backend call: bounds the [n, vocab] logits tensor a big round would otherwise return at once.
-CHUNK = 128
-
-
-@dataclass
-class _QueryState:
-    query: str
-    docs: list[Document]
-    size: int  # candidates taking part (the first `size` of docs)
-    process: Generator[list[Comparison], list[int], Any]
-    counts: dict[str, int]
-    round: list[Comparison] | None = None
-    pending: list[Comparison] = field(default_factory=list)
-    memo: dict[frozenset[int], Any] = field(default_factory=dict)
-    passages: dict[int, list[int]] = field(default_factory=dict)
-    result: Any = None
-
-
-class ComparisonRanker(ListRanker):
-    """What pairwise and setwise reranking share: label tokens, prompts, the memo, batched rounds, accounting.
-
-    Subclasses say how a comparison is shown (:meth:`_presentations`), what the label logits of its prompts
-    mean (:meth:`_record`, kept in the memo), who won (:meth:`_winner`), the process to run
-    (:meth:`_process`) and the final order and scores (:meth:`_finish`).
-    """
-
-    method = "comparison"
-    counters: tuple[str, ...] = COUNTERS
-
-    def _setup(
-        self,
-        backend: Backend,
-        template: str | Path | ComparisonTemplate,
-        passage_tokens: int,
-        max_length: int,
-        labels: int,
-    ) -> None:
-        self.backend = backend
-        self.template = get_comparison_template(template)
-        self.passage_tokens = passage_tokens
-        self.max_length = max_length
-        self.renderer = ComparisonRenderer(self.template, backend.tokenizer, passage_tokens, max_length)
-        self.labels = list(LABELS[:labels])
-        self.opener, self.label_token_ids = self._label_token_ids()
-
-    # -- start-up checks -------------------------------------------------------------------------------------
-
-    def _label_token_ids(self) -> tuple[str, list[int]]:
-        """The space written before the labels (none after whitespace, else a space first) and one token id per
-        label: each label must extend the prompt by exactly one token, distinct, and not the unknown token."""
-        tail = self.renderer.text_pieces("query", len(self.labels))[-1]
-        problems = []
-        for space in word_openers(tail):
-            try:  # continuation_ids also refuses a label that is only the unknown token
-                _, ids = continuation_ids(self.backend.tokenizer, tail, [space + label for label in self.labels])
-                return space, ids
-            except ValueError as e:
-                problems.append(str(e))
-        raise ValueError(
-            f"{self.method} needs the labels {', '.join(self.labels)} to be single, distinct tokens after the answer "
-            f"prefix {self.template.assistant!r} for this tokenizer, but {'; '.join(problems)}; "
-            "change the template's 'assistant' or 'passage' text"
-        )
-
-    # -- to implement ----------------------------------------------------------------------------------------
-
-    def _presentations(self, comparison: Comparison) -> list[Comparison]:
-        raise NotImplementedError
-
-    def _record(self, state: _QueryState, comparison: Comparison, rows: list[list[float]]) -> Any:
-        raise NotImplementedError
-
-    def _winner(self, comparison: Comparison, value: Any) -> int:
-        raise NotImplementedError
-
-    def _process(self, size: int) -> SortProcess:
-        raise NotImplementedError
-
-    def _size(self, n: int) -> int:
-        return n
-
-    def _finish(self, state: _QueryState) -> tuple[list[int], list[float]]:
-        """The final order over all of ``state.docs`` and its scores (default: the sort's order, ``n - rank``)."""
-        order = [*state.result, *range(state.size, len(state.docs))]
-        n = len(order)
-        return order, [float(n - r) for r in range(n)]
-
-    # -- the rounds ------------------------------------------------------------------------------------------
-
-    def rank_many(self, queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[Ranking]:
-        """Rank several queries' lists; each round sends the pending comparisons of every query in one batch."""
-        states = []
-        for q, documents in check_batch(queries, docs):
-            size = self._size(len(documents))
-            state = _QueryState(q, documents, size, self._process(size), dict.fromkeys(self.counters, 0))
-            self._start(state)
-            states.append(state)
-        while True:
-            waiting = [s for s in states if s.round is not None]
-            if not waiting:
-                break
-            self._evaluate([(s, c) for s in waiting for c in s.pending])
-            for s in waiting:
-                s.counts["rounds"] += 1
-                self._advance(s)
-        return [self._ranking(s) for s in states]
-
-    def _start(self, state: _QueryState) -> None:
-        try:
-            state.round = next(state.process)
-        except StopIteration as done:
-            state.result = done.value
-            return
-        self._settle(state)
-
-    def _settle(self, state: _QueryState) -> None:
-        """Advance through rounds the memo answers whole, up to one that needs the model (or the end)."""
-        while state.round is not None:
-            state.pending = list(dict.fromkeys(c for c in state.round if frozenset(c) not in state.memo))
-            if state.pending:
-                return
-            self._advance(state)
-
-    def _advance(self, state: _QueryState) -> None:
-        assert state.round is not None
-        state.counts["memo_hits"] += len(state.round) - len(state.pending)
-        state.pending = []
-        winners = [self._winner(c, state.memo[frozenset(c)]) for c in state.round]
-        try:
-            state.round = state.process.send(winners)
-        except StopIteration as done:
-            state.round, state.result = None, done.value
-            return
-        self._settle(state)
-
-    def _passage(self, state: _QueryState, item: int) -> list[int]:
-        if item not in state.passages:
-            doc = state.docs[item]
-            state.passages[item] = self.renderer.passage_ids(doc.text, doc.title)
-        return state.passages[item]
-
-    def _evaluate(self, jobs: Sequence[tuple[_QueryState, Comparison]]) -> None:
-        """Ask the model every comparison of ``jobs`` (one prompt per presentation) and fill the memos."""
-        prompts: list[tuple[int, ...]] = []
-        sizes: list[int] = []
-        for state, comparison in jobs:
-            for shown in self._presentations(comparison):
-                rendered = self.renderer.render(state.query, [self._passage(state, i) for i in shown])
-                prompts.append(rendered.ids)
-                sizes.append(len(shown))
-                c = state.counts
-                c["llm_calls"] += 1
-                c["prompt_tokens"] += len(rendered.ids)
-                c["tokens"] += len(rendered.ids)
-                c["truncated"] += rendered.truncated
-        label_ids = torch.tensor(self.label_token_ids)
-        rows: list[list[float]] = []
-        for start in range(0, len(prompts), CHUNK):
-            logits = self.backend.last_logits(prompts[start : start + CHUNK])[:, label_ids]
-            if torch.isnan(logits).any():
-                raise FloatingPointError("the model produced NaN logits; check the dtype")
-            rows.extend(row[:m] for row, m in zip(logits.tolist(), sizes[start : start + CHUNK]))
-        k = 0
-        for state, comparison in jobs:
-            n_shown = len(self._presentations(comparison))
-            state.memo[frozenset(comparison)] = self._record(state, comparison, rows[k : k + n_shown])
-            state.counts["comparisons"] += 1
-            k += n_shown
-
-    def _ranking(self, state: _QueryState) -> Ranking:
-        if not state.docs:
-            return Ranking((), (), None, dict(state.counts))
-        order, scores = self._finish(state)
-        ids = None
-        if all(d.id is not None for d in state.docs):
-            ids = tuple(state.docs[i].id for i in order)  # type: ignore[misc]
-        return Ranking(tuple(order), tuple(scores), ids, dict(state.counts))
-
-    # -- the Ranker contract ---------------------------------------------------------------------------------
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "model": getattr(self.backend, "name", None),
-            "passage_tokens": self.passage_tokens,
-            "max_length": self.max_length,
-            "template": self.template.to_dict(),
-            "chat_template_applied": self.renderer.use_chat,
-            "labels": self.labels,
-            "label_opener": self.opener,
-        }
+AGGREGATIONS = ("allpairs", *SORTS)
+SORTING = ("aggregation", SORTS)
+ALL_PAIRS = ("aggregation", ("allpairs",))
 
 
 def _all_pairs_process(size: int) -> Generator[list[Comparison], list[int], None]:
@@ -263,11 +68,28 @@ def pair_probability(a_first: Sequence[float], b_first: Sequence[float]) -> tupl
     return (p_xy + 1.0 - p_yx) / 2.0, (p_xy - 0.5) * (p_yx - 0.5) > 0
 
 
+@dataclass(frozen=True)
+class PairwiseOptions(ComparisonOptions):
+    """The options of :class:`PairwiseRanker`."""
+
+    method: ClassVar[str] = "pairwise"
+    default_template: ClassVar[ComparisonTemplate] = PRP
+
+    aggregation: str = option(
+        "allpairs", "allpairs (sum of win probabilities), heapsort or bubblesort of the top k", choices=AGGREGATIONS
+    )
+    sort_top_k: int = option(
+        DEFAULT_SORT_TOP_K, "sorting: fully sort this many; the rest keep their input order", minimum=1, when=SORTING
+    )
+    pair_top_k: int | None = option(
+        None, "allpairs: compare all pairs of the first N (default all)", types=int, minimum=1, when=ALL_PAIRS
+    )
+
+
 class PairwiseRanker(ComparisonRanker):
     """Pairwise reranking: all pairs summed (duoT5) or heap/bubble sort of the top k (PRP).
 
-    Args:
-        backend: the model.
+    Options (:class:`PairwiseOptions`):
         aggregation: ``"allpairs"`` (default), ``"heapsort"`` or ``"bubblesort"``.
         sort_top_k: sorting only: how many of the best are fully sorted (default 10); the rest keep their input
             order below them.
@@ -283,33 +105,12 @@ class PairwiseRanker(ComparisonRanker):
         ranker.rank("who wrote pride and prejudice", passages).indices
     """
 
-    method = "pairwise"
-    counters = (*COUNTERS, "position_conflicts")
+    method: ClassVar[str] = "pairwise"
+    Options: ClassVar[type[Options]] = PairwiseOptions
+    counters: ClassVar[tuple[str, ...]] = (*COUNTERS, "position_conflicts")
 
-    def __init__(
-        self,
-        backend: Backend,
-        aggregation: str = "allpairs",
-        sort_top_k: int | None = None,
-        pair_top_k: int | None = None,
-        template: str | Path | ComparisonTemplate | None = None,
-        passage_tokens: int = 100,
-        max_length: int = 4096,
-    ):
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
-        if aggregation == "allpairs" and sort_top_k is not None:
-            raise ValueError("sort_top_k applies to aggregation='heapsort' or 'bubblesort'; allpairs uses pair_top_k")
-        if aggregation != "allpairs" and pair_top_k is not None:
-            raise ValueError("pair_top_k applies to aggregation='allpairs' only; sorting uses sort_top_k")
-        if sort_top_k is not None and sort_top_k < 1:
-            raise ValueError(f"sort_top_k must be at least 1, got {sort_top_k}")
-        if pair_top_k is not None and pair_top_k < 1:
-            raise ValueError(f"pair_top_k must be at least 1, got {pair_top_k}")
-        self.aggregation = aggregation
-        self.sort_top_k = sort_top_k if sort_top_k is not None else DEFAULT_SORT_TOP_K
-        self.pair_top_k = pair_top_k
-        self._setup(backend, template if template is not None else PRP, passage_tokens, max_length, labels=2)
+    def _label_count(self) -> int:
+        return 2
 
     def _size(self, n: int) -> int:
         if self.aggregation == "allpairs" and self.pair_top_k is not None:
@@ -350,12 +151,3 @@ class PairwiseRanker(ComparisonRanker):
         head = order_by_scores(scores)
         tail = list(range(size, len(state.docs)))
         return [*head, *tail], [*(scores[i] for i in head), *(-1.0 - r for r in range(len(tail)))]
-
-    def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d["aggregation"] = self.aggregation
-        if self.aggregation == "allpairs":
-            d["pair_top_k"] = self.pair_top_k
-        else:
-            d["sort_top_k"] = self.sort_top_k
-        return d

@@ -20,13 +20,15 @@ Qin et al. / Zhuang et al. (2023) on relevance generation with LLMs; BGE's LLM r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend
+from ..options import Options, option, template_option
 from ..prompts import (
     TRUE_FALSE,
     YES_NO,
@@ -37,7 +39,7 @@ from ..prompts import (
     word_openers,
 )
 from ..types import DocLike, Document
-from .base import Encoded, PointScorer
+from .base import Encoded, PointScorer, check_finite
 
 NORMALISATIONS = ("pair_softmax", "vocab_softmax", "yes_logit", "logit")
 HEADS = ("tokens", "dense")
@@ -77,63 +79,92 @@ def answer_token_ids(tokenizer: Any, renderer: Any, words: Sequence[str]) -> lis
     )
 
 
-class PointwiseRanker(PointScorer):
-    """Relevance from the logits of two answer tokens after a yes/no style prompt.
+def parse_pair(text: str) -> str | tuple[str, ...]:
+    """The ``--tokens`` flag: a pair's name, or two words separated by a comma (``Relevant,Irrelevant``)."""
+    return tuple(text.split(",")) if "," in text else text
 
-    Args:
-        backend: the model.
+
+@dataclass(frozen=True)
+class PointwiseOptions(Options):
+    """The options of :class:`PointwiseRanker`."""
+
+    method: ClassVar[str] = "pointwise"
+
+    tokens: str | tuple[str, ...] = option(
+        "yes_no",
+        "pointwise answer tokens: yes_no, true_false, or 'WORD,WORD'",
+        types=(str, tuple, list),
+        parse=parse_pair,
+        when=("head", ("tokens",)),
+    )
+    normalisation: str = option(
+        "pair_softmax",
+        "pointwise score normalisation (logit = z_yes - z_no)",
+        choices=NORMALISATIONS,
+        when=("head", ("tokens",)),
+    )
+    template: Any = template_option(
+        None, "a yes/no prompt template (a built-in name, or a .toml/.json file)", PromptTemplate, get_template
+    )
+    max_length: int = option(512, "token budget of one prompt (documents are cut)")
+    head: str = option("tokens", "score from two answer tokens, or a dense head on the EOS state", choices=HEADS)
+    head_weights: str | Path | None = option(None, "the dense head's weights file", types=(str, Path), flag="")
+
+    def check(self) -> None:
+        if self.head_weights is not None and self.head != "dense":
+            raise ValueError("head_weights only apply to head='dense'")
+        template = self.template
+        if template is None:
+            template = TRUE_FALSE if self.tokens == "true_false" else YES_NO
+        if template.target is not None:
+            raise ValueError(f"template {template.name!r} is a query-likelihood template, not a pointwise one")
+        object.__setattr__(self, "template", template)
+        if self.head == "tokens":  # the dense head reads no answer tokens (``when`` keeps them at the default)
+            object.__setattr__(self, "tokens", answer_words(self.tokens))
+
+
+def answer_words(tokens: str | Sequence[str]) -> tuple[str, ...]:
+    """The (positive, negative) answer words of a token pair's name or of two words."""
+    if isinstance(tokens, str):
+        if tokens not in TOKEN_PAIRS:
+            raise ValueError(f"unknown token pair {tokens!r}: give {sorted(TOKEN_PAIRS)} or two words")
+        return TOKEN_PAIRS[tokens]
+    words = tuple(tokens)
+    if len(words) != 2 or not all(isinstance(w, str) for w in words):
+        raise ValueError(f"tokens must be a pair of words (positive, negative), got {tokens!r}")
+    return words
+
+
+class PointwiseRanker(PointScorer):
+    """Relevance from the logits of two answer tokens after a yes/no style prompt, or a dense head.
+
+    Options (:class:`PointwiseOptions`):
         tokens: ``"yes_no"`` (default), ``"true_false"``, or a pair of single-token words (positive first).
-        normalisation: ``pair_softmax`` (default), ``vocab_softmax`` or ``yes_logit``.
+        normalisation: ``pair_softmax`` (default), ``vocab_softmax``, ``yes_logit`` or ``logit``.
         template: a prompt template (name, file path or PromptTemplate); defaults to the one matching the
             token pair.
         max_length: the token budget of a whole prompt; only the document is cut to fit.
+        head: ``"tokens"`` (default) or ``"dense"``; head_weights: the dense head's trained weights.
     """
 
-    method = "pointwise"
+    method: ClassVar[str] = "pointwise"
+    Options: ClassVar[type[Options]] = PointwiseOptions
 
-    def __init__(
-        self,
-        backend: Backend,
-        tokens: str | Sequence[str] = "yes_no",
-        normalisation: str = "pair_softmax",
-        template: str | PromptTemplate | None = None,
-        max_length: int = 512,
-        head: str = "tokens",
-        head_weights: str | Path | None = None,
-    ):
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
-        if head_weights is not None and head != "dense":
-            raise ValueError("head_weights only apply to head='dense'")
-        if normalisation not in NORMALISATIONS:
-            raise ValueError(f"unknown normalisation {normalisation!r}: choose one of {', '.join(NORMALISATIONS)}")
-        if isinstance(tokens, str):
-            if tokens not in TOKEN_PAIRS:
-                raise ValueError(f"unknown token pair {tokens!r}: give {sorted(TOKEN_PAIRS)} or two words")
-            default_template = TRUE_FALSE if tokens == "true_false" else YES_NO
-            words = TOKEN_PAIRS[tokens]
-        else:
-            words = tuple(tokens)
-            if len(words) != 2 or not all(isinstance(w, str) for w in words):
-                raise ValueError(f"tokens must be a pair of words (positive, negative), got {tokens!r}")
-            default_template = YES_NO
-        tmpl = get_template(template) if template is not None else default_template
-        if tmpl.target is not None:
-            raise ValueError(f"template {tmpl.name!r} is a query-likelihood template, not a pointwise one")
-        super().__init__(backend, tmpl, max_length)
-        self.words = words
-        self.yes_id, self.no_id = answer_token_ids(backend.tokenizer, self.renderer, words)
-        self.normalisation = normalisation
-        self.head = head
+    def __init__(self, backend: Backend, options: PointwiseOptions | None = None, **given: Any):
+        super().__init__(backend, options, **given)
+        o = self.options
         self.dense: DenseHead | None = None
-        if head == "dense":
+        if o.head == "tokens":
+            self.words = o.tokens
+            self.yes_id, self.no_id = answer_token_ids(backend.tokenizer, self.renderer, o.tokens)
+        if o.head == "dense":
             eos = backend.tokenizer.eos_token_id
             if eos is None:
                 raise ValueError("head='dense' appends the EOS token, but this tokenizer has none")
             self.eos_id = int(eos)
             self.dense = DenseHead(_hidden_size(backend)).to(getattr(backend, "device", "cpu"))
-            if head_weights is not None:
-                self.dense.load(head_weights)
+            if o.head_weights is not None:
+                self.dense.load(o.head_weights)
 
     def encode_pair(self, query: str, doc: Document, parts: PromptParts) -> Encoded:
         doc_ids, cut = self.renderer.document_ids(doc, parts)
@@ -164,15 +195,8 @@ class PointwiseRanker(PointScorer):
         items = self.encode(query, docs)
         if not items:
             return {n: [] for n in NORMALISATIONS}
-        logits = self.backend.last_logits([e.prompt for e in items])
-        if torch.isnan(logits).any():
-            raise FloatingPointError("the model produced NaN logits; check the dtype")
+        logits = check_finite(self.backend.last_logits([e.prompt for e in items]), "logits")
         return {n: normalise(logits, self.yes_id, self.no_id, n).tolist() for n in NORMALISATIONS}
-
-    def options(self) -> dict[str, Any]:
-        if self.dense is not None:
-            return {"head": "dense"}
-        return {"head": "tokens", "tokens": list(self.words), "normalisation": self.normalisation}
 
 
 class DenseHead(torch.nn.Module):

@@ -22,20 +22,31 @@ Large Language Models".
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from ..backends.base import Backend
+from ..options import Options, option
 from ..prompts_pairwise import LABELS, SETWISE, ComparisonTemplate
-from .pairwise import DEFAULT_SORT_TOP_K, ComparisonRanker, _QueryState
+from .comparison import DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, _QueryState
 from .sorting import SORTS, Comparison, SortProcess, bubble_sort, heap_sort
+
+
+@dataclass(frozen=True)
+class SetwiseOptions(ComparisonOptions):
+    """The options of :class:`SetwiseRanker`."""
+
+    method: ClassVar[str] = "setwise"
+    default_template: ClassVar[ComparisonTemplate] = SETWISE
+
+    set_size: int = option(4, "passages per prompt (labels A..Z)", minimum=2, maximum=len(LABELS))
+    aggregation: str = option("heapsort", "heapsort or bubblesort of the top k", choices=SORTS)
+    sort_top_k: int = option(DEFAULT_SORT_TOP_K, "fully sort this many; the rest keep their input order", minimum=1)
 
 
 class SetwiseRanker(ComparisonRanker):
     """Setwise reranking: pick the best of ``set_size`` passages, heap or bubble sort of the top k on top.
 
-    Args:
-        backend: the model.
+    Options (:class:`SetwiseOptions`):
         set_size: passages per prompt, 2 to 26 (default 4).
         aggregation: ``"heapsort"`` (default) or ``"bubblesort"``.
         sort_top_k: how many of the best are fully sorted (default 10); the rest keep their input order.
@@ -48,28 +59,11 @@ class SetwiseRanker(ComparisonRanker):
         ranker = Reranker("setwise", model="smollm2-135m", set_size=3, aggregation="bubblesort")
     """
 
-    method = "setwise"
+    method: ClassVar[str] = "setwise"
+    Options: ClassVar[type[Options]] = SetwiseOptions
 
-    def __init__(
-        self,
-        backend: Backend,
-        set_size: int = 4,
-        aggregation: str = "heapsort",
-        sort_top_k: int | None = None,
-        template: str | Path | ComparisonTemplate | None = None,
-        passage_tokens: int = 100,
-        max_length: int = 4096,
-    ):
-        if aggregation not in SORTS:
-            raise ValueError(f"unknown aggregation {aggregation!r} for setwise: choose one of {', '.join(SORTS)}")
-        if not 2 <= set_size <= len(LABELS):
-            raise ValueError(f"set_size must be 2 to {len(LABELS)} (labels A..Z), got {set_size}")
-        if sort_top_k is not None and sort_top_k < 1:
-            raise ValueError(f"sort_top_k must be at least 1, got {sort_top_k}")
-        self.set_size = set_size
-        self.aggregation = aggregation
-        self.sort_top_k = sort_top_k if sort_top_k is not None else DEFAULT_SORT_TOP_K
-        self._setup(backend, template if template is not None else SETWISE, passage_tokens, max_length, set_size)
+    def _label_count(self) -> int:
+        return self.options.set_size
 
     def _process(self, size: int) -> SortProcess:
         sort = heap_sort if self.aggregation == "heapsort" else bubble_sort
@@ -86,11 +80,3 @@ class SetwiseRanker(ComparisonRanker):
 
     def _winner(self, comparison: Comparison, value: int) -> int:
         return value
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "set_size": self.set_size,
-            "aggregation": self.aggregation,
-            "sort_top_k": self.sort_top_k,
-        }

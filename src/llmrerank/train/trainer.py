@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..models import TRAINED_CONFIG
+from ..trained import RECORD as TRAINED_CONFIG
 from .config import TrainConfig
 from .groups import DevSet, Group, load_dev, load_groups
 

@@ -1,0 +1,189 @@
+"""Declared options: each ranker's settings as one frozen dataclass whose fields carry their type, choices,
+default, bounds and help.
+
+A ranker module declares its table once::
+
+    @dataclass(frozen=True)
+    class LikelihoodOptions(Options):
+        method: ClassVar[str] = "likelihood"
+        reduction: str = option("mean", "mean or total log-probability of the query's tokens",
+                                choices=("mean", "sum"))
+
+and everything else reads it: the ranker validates and keeps it, the CLI generates its flags from it,
+``describe()`` and the run sidecar list it, training configs carry it as one table, a trained folder writes
+it back, and ``Reranker.from_config`` rebuilds the ranker from its dict (see :meth:`Options.to_dict`).
+
+Validation happens when an options object is made: a wrong type, a value outside the choices or the bounds,
+or an option given where it does not apply (``when``) raises a ``ValueError`` naming the option; an unknown
+option name is a ``TypeError`` that lists the accepted ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T", bound="Options")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What is declared about one option (kept in the dataclass field's metadata).
+
+    Attributes:
+        help: one line for ``--help`` and the docs.
+        types: the Python types a value may have (``None`` is allowed when the default is ``None``).
+        choices: the allowed values, if they are a closed set.
+        minimum, maximum: inclusive bounds of a number.
+        when: ``(other option, values)``: the option applies only while the other one has one of these values;
+            elsewhere it must keep its default, and ``to_dict`` leaves it out.
+        convert: turns an accepted value into the form the ranker keeps (e.g. a template name into a template);
+            its errors are the option's.
+        flag: the command-line flag (default ``--`` + the name with dashes); ``""`` means none.
+        parse: turns the flag's text into a value (default: the type; e.g. ``"A,B"`` into a pair).
+        dump: turns a kept value back into plain JSON data for ``to_dict`` (default: tuples become lists).
+    """
+
+    help: str
+    types: tuple[type, ...] = ()
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    when: tuple[str, tuple[Any, ...]] | None = None
+    convert: Callable[[Any], Any] | None = None
+    flag: str | None = None
+    parse: Callable[[str], Any] | None = None
+    dump: Callable[[Any], Any] | None = None
+
+    def cli_flag(self, name: str) -> str | None:
+        if self.flag == "":
+            return None
+        return self.flag or "--" + name.replace("_", "-")
+
+
+def option(default: Any, help: str, *, types: tuple[type, ...] | type = (), **spec: Any) -> Any:  # noqa: A002
+    """A declared option field: ``default``, a ``help`` line, and the rest of :class:`Spec`.
+
+    ``types`` defaults to the type of ``default`` (``float`` also accepts ``int``).
+    """
+    if isinstance(types, type):
+        types = (types,)
+    if not types and default is not None:
+        types = (float, int) if isinstance(default, float) else (type(default),)
+    return field(default=default, metadata={"spec": Spec(help=help, types=tuple(types), **spec)})
+
+
+def template_option(default: Any, help: str, template_type: type, get: Callable[[Any], Any]) -> Any:  # noqa: A002
+    """The ``template`` option of a method: a template object, a built-in name, a mapping or a .toml/.json file
+    (``--prompt-file``), turned into a ``template_type`` by ``get``."""
+    return option(default, help, types=(str, Path, Mapping, template_type), convert=get, flag="--prompt-file")
+
+
+def spec_of(f: Any) -> Spec:
+    return f.metadata["spec"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Base of the options tables. Subclasses add fields made with :func:`option` and may add cross-option
+    rules in :meth:`check` (run after each field's own checks, before the ``when`` rules)."""
+
+    method: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, self._checked(f, value))
+        self.check()
+        for f in fields(self):
+            spec = spec_of(f)
+            if spec.when and not self.applies(f.name) and getattr(self, f.name) != f.default:
+                other, values = spec.when
+                allowed = " or ".join(repr(v) for v in values)
+                raise ValueError(f"{f.name} applies to {other}={allowed} only")
+
+    def _checked(self, f: Any, value: Any) -> Any:
+        spec = spec_of(f)
+        where = f"{self.method} option {f.name}" if self.method else f"option {f.name}"
+        if value is None and f.default is None:
+            return None
+        if spec.types and (
+            not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types)
+        ):
+            want = " or ".join(t.__name__ for t in spec.types)
+            raise ValueError(f"{where} must be {want}, got {type(value).__name__} {value!r}")
+        if spec.choices is not None and value not in spec.choices:
+            raise ValueError(
+                f"unknown {f.name} {value!r} for {self.method}: choose one of {', '.join(map(str, spec.choices))}"
+            )
+        low, high = spec.minimum, spec.maximum
+        if low is not None and high is not None and not low <= value <= high:
+            raise ValueError(f"{f.name} must be {low:g} to {high:g}, got {value}")
+        if low is not None and value < low:
+            raise ValueError(f"{f.name} must be at least {low:g}, got {value}")
+        if high is not None and value > high:
+            raise ValueError(f"{f.name} must be at most {high:g}, got {value}")
+        return spec.convert(value) if spec.convert is not None else value
+
+    def check(self) -> None:
+        """Rules between options (override); raise ValueError naming what is wrong."""
+
+    def applies(self, name: str) -> bool:
+        """Whether option ``name`` takes effect under the other options' values (its ``when`` rule)."""
+        spec = spec_of(self.__dataclass_fields__[name])
+        return spec.when is None or getattr(self, spec.when[0]) in spec.when[1]
+
+    @classmethod
+    def build(cls: type[T], given: Mapping[str, Any]) -> T:
+        """The options from a mapping of names to values; an unknown name is a TypeError listing the known."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) for method {cls.method!r}: {', '.join(unknown)}; accepted: {', '.join(known)}"
+            )
+        return cls(**given)
+
+    @classmethod
+    def specs(cls) -> dict[str, tuple[Spec, Any]]:
+        """Each option's name -> (its Spec, its default)."""
+        return {f.name: (spec_of(f), None if f.default is MISSING else f.default) for f in fields(cls)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options that apply, as plain JSON data: ``type(self).build(self.to_dict())`` equals ``self``."""
+        out = {}
+        for f in fields(self):
+            if not self.applies(f.name):
+                continue
+            value = getattr(self, f.name)
+            dump = spec_of(f).dump
+            out[f.name] = dump(value) if dump is not None and value is not None else plain(value)
+        return out
+
+
+def plain(value: Any) -> Any:
+    """A value as JSON data: tuples as lists, paths as strings, templates (anything with to_dict) as dicts."""
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value
+
+
+# --- how the model runs: the backend's options, shared by every method --------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendOptions(Options):
+    """How the model is loaded and run (see :meth:`llmrerank.backends.hf.HFBackend.load`)."""
+
+    method: ClassVar[str] = "backend"
+
+    batch_size: int = option(16, "sequences per forward pass", minimum=1)
+    dtype: str = option("float32", "weights and activations", choices=("float32", "bfloat16", "float16"))
+    device: str = option("auto", "cpu, cuda, cuda:1, or auto")
+    threads: int | None = option(None, "CPU threads for torch", types=int, minimum=1)
