@@ -1,0 +1,7 @@
+"""``python -m llmrerank.cli``: the ``llmrerank`` command without the console script."""
+
+from __future__ import annotations
+
+from . import main
+
+raise SystemExit(main())

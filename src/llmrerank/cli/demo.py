@@ -1,0 +1,48 @@
+"""``llmrerank demo``: rerank a bundled DL19 sample with the default model and show nDCG@10."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .ranker_args import add_model_args, ranker_from_args
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``demo`` subparser."""
+    p = subparsers.add_parser("demo", help="rerank a bundled DL19 sample with the default model and show nDCG@10")
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--out-dir", default=None)
+    p.add_argument("--quiet", action="store_true")
+    add_model_args(p, "likelihood")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Rerank the bundled sample's BM25 run and print BM25 against the reranked run."""
+    from ..data import find_run, load_beir, load_run, sample_path
+    from ..evaluate import evaluate_runs, format_table
+    from ..pipeline import rerank_run
+
+    folder = sample_path()
+    ds = load_beir(folder, split="test")
+    run_path = find_run(folder)
+    if run_path is None:
+        raise SystemExit(f"error: the bundled sample at {folder} has no run file")
+    run = load_run(run_path)
+    print(
+        f"demo: {len(ds.queries)} TREC DL19 queries, BM25 top-{max(len(v) for v in run.values())} each; "
+        f"reranking with --method {args.method} --model {args.model}",
+        file=sys.stderr,
+    )
+    ranker = ranker_from_args(args)
+    out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="llmrerank-demo-"))
+    out = out_dir / f"{args.method}.trec"
+    report = rerank_run(ranker, ds.queries, ds.corpus, run, out, top_k=args.top_k, progress=not args.quiet)
+    print(f"{report.summary()}", file=sys.stderr)
+    ev = evaluate_runs(ds.qrels, {"BM25": run, f"{args.method} ({args.model})": load_run(out)})
+    print(format_table(ev))
+    print(f"\nreranked run: {out}")

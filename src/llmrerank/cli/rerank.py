@@ -1,0 +1,61 @@
+"""``llmrerank rerank``: rerank the top k of a TREC run with an LLM."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .ranker_args import add_model_args, ranker_from_args
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``rerank`` subparser."""
+    p = subparsers.add_parser("rerank", help="rerank the top k of a TREC run with an LLM")
+    p.add_argument("--data", required=True, help="BEIR folder with the corpus and queries")
+    p.add_argument("--split", default="test", help="qrels split whose queries are reranked")
+    p.add_argument("--run", default=None, help="input TREC run (default: the one .trec file in --data)")
+    p.add_argument("--top-k", type=int, default=100, help="rerank this many per query; the rest follow unchanged")
+    p.add_argument("--out", required=True, help="output TREC run; a JSON sidecar is written next to it")
+    p.add_argument("--resume", action="store_true", help="keep the queries already complete in --out")
+    p.add_argument("--queries-per-batch", type=int, default=4, help="batch the documents of this many queries")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_args(p, "pointwise")
+    p.set_defaults(func=run)
+
+
+def load_run_arg(args: argparse.Namespace) -> Path:
+    """The input run: ``--run``, or else the one .trec file in ``--data``."""
+    from ..data import find_run
+
+    if args.run:
+        return Path(args.run)
+    found = find_run(args.data)
+    if found is None:
+        raise SystemExit(f"error: no --run given and {args.data} does not hold exactly one .trec file")
+    return found
+
+
+def run(args: argparse.Namespace) -> None:
+    """Rerank the input run and write the output run with its sidecar."""
+    from ..data import load_beir, load_run
+    from ..pipeline import rerank_run
+
+    ds = load_beir(args.data, split=args.split)
+    run_path = load_run_arg(args)
+    run = load_run(run_path)
+    ranker = ranker_from_args(args)
+    report = rerank_run(
+        ranker,
+        ds.queries,
+        ds.corpus,
+        run,
+        args.out,
+        top_k=args.top_k,
+        resume=args.resume,
+        queries_per_batch=args.queries_per_batch,
+        progress=not args.quiet,
+        sidecar={"data": str(args.data), "split": args.split, "input_run": str(run_path)},
+    )
+    print(f"wrote {args.out}: {report.summary()}", file=sys.stderr)

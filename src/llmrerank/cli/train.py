@@ -1,0 +1,32 @@
+"""``llmrerank train``: fine-tune a ranker (LoRA or full) from a TOML/YAML config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``train`` subparser."""
+    p = subparsers.add_parser("train", help="fine-tune a ranker (LoRA or full) from a TOML/YAML config")
+    p.add_argument("--config", required=True, help="a .toml, .yaml or .json file (see examples/)")
+    p.add_argument("--output-dir", default=None, help="overrides output_dir of the config")
+    p.add_argument("--max-steps", type=int, default=None, help="overrides max_steps of the config")
+    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train as the config says; print the dev evaluations and where the trained model is."""
+    from ..train.config import TrainConfig
+    from ..train.trainer import Trainer
+
+    config = TrainConfig.load(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
+    result = Trainer(config).train(resume=not args.no_resume, progress=not args.quiet)
+    for entry in result.dev:
+        print(json.dumps(entry))
+    if result.best is not None:
+        print(f"keep_best: the weights of step {result.best['step']} (dev nDCG@10 {result.best['nDCG@10']:.4f})")
+    print(f"trained model: {result.model_dir} (use --model {result.model_dir} --method {config.method})")
