@@ -79,7 +79,7 @@ class PairwiseOptions(ComparisonOptions):
         "allpairs", "allpairs (sum of win probabilities), heapsort or bubblesort of the top k", choices=AGGREGATIONS
     )
     sort_top_k: int = option(
-        DEFAULT_SORT_TOP_K, "sorting: fully sort this many; the rest keep their input order", minimum=1, when=SORTING
+        DEFAULT_SORT_TOP_K, "fully sort this many; the rest keep their input order", minimum=1, when=SORTING
     )
     pair_top_k: int | None = option(
         None, "allpairs: compare all pairs of the first N (default all)", types=int, minimum=1, when=ALL_PAIRS

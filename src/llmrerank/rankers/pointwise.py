@@ -92,14 +92,14 @@ class PointwiseOptions(Options):
 
     tokens: str | tuple[str, ...] = option(
         "yes_no",
-        "pointwise answer tokens: yes_no, true_false, or 'WORD,WORD'",
+        "answer tokens: yes_no, true_false, or 'WORD,WORD'",
         types=(str, tuple, list),
         parse=parse_pair,
         when=("head", ("tokens",)),
     )
     normalisation: str = option(
         "pair_softmax",
-        "pointwise score normalisation (logit = z_yes - z_no)",
+        "score normalisation (logit = z_yes - z_no)",
         choices=NORMALISATIONS,
         when=("head", ("tokens",)),
     )
@@ -107,7 +107,9 @@ class PointwiseOptions(Options):
         None, "a yes/no prompt template (a built-in name, or a .toml/.json file)", PromptTemplate, get_template
     )
     max_length: int = option(512, "token budget of one prompt (documents are cut)")
-    head: str = option("tokens", "score from two answer tokens, or a dense head on the EOS state", choices=HEADS)
+    head: str = option(
+        "tokens", "score from two answer tokens, or a trained dense head on the EOS state", choices=HEADS, flag=""
+    )
     head_weights: str | Path | None = option(None, "the dense head's weights file", types=(str, Path), flag="")
 
     def check(self) -> None:
