@@ -208,7 +208,7 @@ def test_gradient_checkpointing_recomputes_the_same_loss_and_gradients(tiny_mode
 
 
 def test_set_checkpointing_switches_both_ways(tiny_model_dir, tmp_path):
-    from llmrerank.train.trainer import set_checkpointing
+    from llmrerank.backends.hf import set_checkpointing
 
     trainer = Trainer(_config(tiny_model_dir, tmp_path / "run"))
     base = trainer.backend.model.get_base_model()

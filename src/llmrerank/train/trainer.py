@@ -60,24 +60,6 @@ def bf16_enabled(setting: bool | str, device: torch.device | str) -> bool:
     return native_bf16(device) if setting == "auto" else bool(setting)
 
 
-def set_checkpointing(model: Any, on: bool) -> None:
-    """Turn activation (gradient) checkpointing of a transformers model on or off: recompute each layer's
-    activations in the backward pass instead of keeping them. transformers 5 renamed the switch
-    (``activation_checkpointing_enable``); 4.x has only ``gradient_checkpointing_enable``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if on:
-        if hasattr(base, "activation_checkpointing_enable"):
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(base, "enable_input_require_grads"):
-            base.enable_input_require_grads()  # LoRA: frozen embeddings would leave nothing to recompute through
-    elif hasattr(base, "activation_checkpointing_disable"):
-        base.activation_checkpointing_disable()
-    else:
-        base.gradient_checkpointing_disable()
-
-
 class Trainer:
     """Fine-tune a pointwise or likelihood ranker.
 
@@ -148,23 +130,12 @@ class Trainer:
 
     def _wrap_model(self) -> None:
         c = self.config
-        model = self.backend.model
         if c.lora:
-            from ..extras import require
-
-            peft = require("peft", "LoRA training")
-            for p in model.parameters():
-                p.requires_grad_(False)
-            lora = peft.LoraConfig(
-                r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=c.lora_targets
-            )
-            model = peft.get_peft_model(model, lora)
+            self.backend.add_lora(c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets)
         else:
-            for p in model.parameters():
-                p.requires_grad_(True)
+            self.backend.unfreeze()
         if c.gradient_checkpointing:
-            set_checkpointing(model, True)
-        self.backend.model = model
+            self.backend.set_checkpointing(True)
 
     def _build_ranker(self) -> Any:
         from ..registry import METHODS
@@ -184,7 +155,7 @@ class Trainer:
         return METHODS["likelihood"](self.backend, reduction=c.reduction, template=c.template, max_length=c.max_length)
 
     def _trainable_modules_params(self) -> list[torch.nn.Parameter]:
-        params = [p for p in self.backend.model.parameters() if p.requires_grad]
+        params = [p for _, p in self.backend.trainable_parameters()]
         if getattr(self.ranker, "dense", None) is not None:
             params += list(self.ranker.dense.parameters())
         return params
@@ -248,7 +219,7 @@ class Trainer:
         if self.dev is None:
             return {}
         d = self.dev
-        self.backend.model.eval()
+        self.backend.train_mode(False)
         run = {}
         with self._autocast():
             for qid, r in rerank(self.ranker, d.queries, d.corpus, d.run, top_k=d.top_k, queries_per_batch=4):
@@ -275,7 +246,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not progress)
         t0 = time.perf_counter()
         for step in range(start, self.total_steps):
-            self.backend.model.train()
+            self.backend.train_mode(True)
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro in range(c.grad_accum):
@@ -353,13 +324,13 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------------------
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        state = {f"model.{n}": p.detach().clone() for n, p in self.backend.model.named_parameters() if p.requires_grad}
+        state = {f"model.{n}": p.detach().clone() for n, p in self.backend.trainable_parameters()}
         if getattr(self.ranker, "dense", None) is not None:
             state.update({f"head.{n}": p.detach().clone() for n, p in self.ranker.dense.named_parameters()})
         return state
 
     def _load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        named = {f"model.{n}": p for n, p in self.backend.model.named_parameters() if p.requires_grad}
+        named = {f"model.{n}": p for n, p in self.backend.trainable_parameters()}
         if getattr(self.ranker, "dense", None) is not None:
             named.update({f"head.{n}": p for n, p in self.ranker.dense.named_parameters()})
         if set(named) != set(state):
@@ -458,12 +429,7 @@ class Trainer:
         c = self.config
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        model = self.backend.model
-        if c.lora:
-            model.save_pretrained(folder)  # the adapter only
-        else:
-            model.save_pretrained(folder)
-            self.backend.tokenizer.save_pretrained(folder)
+        self.backend.save_weights(folder)  # the adapter only under LoRA
         options: dict[str, Any] = {"max_length": c.max_length, "template": self.ranker.template.to_dict()}
         if c.method == "pointwise":
             options["head"] = c.head
