@@ -219,7 +219,7 @@ def test_set_checkpointing_switches_both_ways(tiny_model_dir, tmp_path):
 
 
 def test_bf16_autocast_setting():
-    from llmrerank.train.trainer import bf16_enabled, native_bf16
+    from llmrerank.train.setup import bf16_enabled, native_bf16
 
     assert TrainConfig(bf16_autocast="auto").bf16_autocast == "auto"
     with pytest.raises(ValueError, match='bf16_autocast must be true, false or "auto"'):
