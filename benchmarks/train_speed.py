@@ -53,10 +53,8 @@ def build_trainer(args: argparse.Namespace) -> Any:
 
 def set_mode(trainer: Any, mode: str) -> None:
     """Switch autocast (read by the trainer at every call) and gradient checkpointing on the loaded model."""
-    from llmrerank.train.trainer import set_checkpointing
-
     trainer.config.bf16_autocast = MODES[mode]["bf16_autocast"]
-    set_checkpointing(trainer.backend.model, MODES[mode]["gradient_checkpointing"])
+    trainer.backend.set_checkpointing(MODES[mode]["gradient_checkpointing"])
 
 
 def measure(trainer: Any, mode: str, batches: list[list[Any]]) -> dict[str, Any]:
@@ -64,7 +62,7 @@ def measure(trainer: Any, mode: str, batches: list[list[Any]]) -> dict[str, Any]
     import torch
 
     set_mode(trainer, mode)
-    trainer.backend.model.train()
+    trainer.backend.train_mode(True)
     tokens = sum(e.length for groups in batches for g in groups for e in trainer.ranker.encode(g.query, g.docs))
     losses = []
     norms = []

@@ -42,7 +42,7 @@ def _config(model_dir: Path, out: Path, **kw) -> TrainConfig:
         seed=0,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 def test_training_lowers_the_loss_of_the_inference_score(tiny_model_dir, tmp_path):
@@ -99,7 +99,7 @@ SCRIPT = """
 import os, signal, sys
 from llmrerank.train.config import TrainConfig
 from llmrerank.train.trainer import Trainer
-config = TrainConfig(**{config!r})
+config = TrainConfig.from_dict({config!r})
 kill_at = int(sys.argv[1])
 def killer(trainer, step):
     if step == kill_at:
@@ -146,7 +146,7 @@ def test_config_files(tmp_path):
     assert (c.loss, c.max_steps, c.output_dir, c.loss_options) == ("listnet", 10, "elsewhere", {"temperature": 2.0})
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("model: smollm2-135m\nhead: dense\n")
-    assert TrainConfig.load(yaml_file).head == "dense"
+    assert TrainConfig.load(yaml_file).options["head"] == "dense"
     bad = tmp_path / "bad.toml"
     bad.write_text("learning_rat = 1e-4\n")
     with pytest.raises(ValueError, match="unknown config key.*learning_rat"):
@@ -208,7 +208,7 @@ def test_gradient_checkpointing_recomputes_the_same_loss_and_gradients(tiny_mode
 
 
 def test_set_checkpointing_switches_both_ways(tiny_model_dir, tmp_path):
-    from llmrerank.train.trainer import set_checkpointing
+    from llmrerank.backends.hf import set_checkpointing
 
     trainer = Trainer(_config(tiny_model_dir, tmp_path / "run"))
     base = trainer.backend.model.get_base_model()
@@ -219,7 +219,7 @@ def test_set_checkpointing_switches_both_ways(tiny_model_dir, tmp_path):
 
 
 def test_bf16_autocast_setting():
-    from llmrerank.train.trainer import bf16_enabled, native_bf16
+    from llmrerank.train.setup import bf16_enabled, native_bf16
 
     assert TrainConfig(bf16_autocast="auto").bf16_autocast == "auto"
     with pytest.raises(ValueError, match='bf16_autocast must be true, false or "auto"'):

@@ -1,4 +1,10 @@
-"""The Backend protocol: the few model primitives every ranking method is built from."""
+"""The Backend protocol: the few model primitives every ranking method is built from.
+
+The protocol is the inference primitives only. A backend that can be fine-tuned (``HFBackend``) adds optional
+training primitives, which the trainer calls instead of touching the model: ``add_lora(r, alpha, dropout,
+targets)`` or ``unfreeze()``, ``set_checkpointing(on)``, ``train_mode(on)``, ``trainable_parameters()`` (named)
+and ``save_weights(folder)``.
+"""
 
 from __future__ import annotations
 

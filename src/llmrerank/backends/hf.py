@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,24 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def set_checkpointing(model: Any, on: bool) -> None:
+    """Turn activation (gradient) checkpointing of a transformers model (or a peft model around one) on or off:
+    recompute each layer's activations in the backward pass instead of keeping them. transformers 5 renamed the
+    switch (``activation_checkpointing_enable``); 4.x has only ``gradient_checkpointing_enable``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if on:
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "enable_input_require_grads"):
+            base.enable_input_require_grads()  # LoRA: frozen embeddings would leave nothing to recompute through
+    elif hasattr(base, "activation_checkpointing_disable"):
+        base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_disable()
+
+
 class HFBackend:
     """A causal LM from transformers behind the Backend protocol.
 
@@ -37,6 +56,10 @@ class HFBackend:
     left-padded, with position ids taken from the attention mask, so a sequence gets the same scores alone or
     in any batch (up to float rounding). Only the logits that are needed are computed (``logits_to_keep``),
     never the full ``[batch, length, vocab]`` tensor.
+
+    Beyond the inference primitives it has the few that fine-tuning needs (:meth:`add_lora`, :meth:`unfreeze`,
+    :meth:`set_checkpointing`, :meth:`train_mode`, :meth:`trainable_parameters`, :meth:`save_weights`), so a
+    trainer reaches the model only through them.
     """
 
     def __init__(
@@ -87,6 +110,49 @@ class HFBackend:
         if isinstance(dtype, str):
             backend.options = BackendOptions(batch_size=batch_size, dtype=dtype, device=device, threads=threads)
         return backend
+
+    # --- training primitives -------------------------------------------------------------------------------
+
+    @property
+    def has_lora(self) -> bool:
+        """Whether the model carries peft (LoRA) adapters."""
+        return hasattr(self.model, "get_base_model")
+
+    def add_lora(self, r: int, alpha: int, dropout: float, targets: str | Sequence[str]) -> None:
+        """Freeze the model and wrap it with trainable LoRA adapters (peft) of rank ``r`` on the ``targets``
+        modules (a module-name list, or peft's ``"all-linear"``)."""
+        from ..extras import require
+
+        if self.has_lora:
+            raise ValueError("the model already has LoRA adapters")
+        peft = require("peft", "LoRA training")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        lora = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+        self.model = peft.get_peft_model(self.model, lora)
+
+    def unfreeze(self) -> None:
+        """Make every weight of the model trainable (full fine-tuning)."""
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Activation (gradient) checkpointing on or off: see :func:`set_checkpointing`."""
+        set_checkpointing(self.model, on)
+
+    def train_mode(self, on: bool) -> None:
+        """Training mode (dropout on) or evaluation mode."""
+        self.model.train(on)
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The model's parameters that require gradients, named, in the model's order."""
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def save_weights(self, folder: str | Path) -> None:
+        """Write the weights to ``folder``: the adapter only under LoRA, else the model and its tokenizer."""
+        self.model.save_pretrained(folder)
+        if not self.has_lora:
+            self.tokenizer.save_pretrained(folder)
 
     # --- batching -------------------------------------------------------------------------------------------
 

@@ -110,7 +110,9 @@ class PointwiseOptions(Options):
     head: str = option(
         "tokens", "score from two answer tokens, or a trained dense head on the EOS state", choices=HEADS, flag=""
     )
-    head_weights: str | Path | None = option(None, "the dense head's weights file", types=(str, Path), flag="")
+    head_weights: str | Path | None = option(
+        None, "the dense head's weights file", types=(str, Path), flag="", when=("head", ("dense",))
+    )
 
     def check(self) -> None:
         if self.head_weights is not None and self.head != "dense":

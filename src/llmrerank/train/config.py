@@ -1,9 +1,16 @@
-"""The training configuration: one flat dataclass, read from TOML or YAML, unknown keys refused."""
+"""The training configuration: one dataclass, read from TOML, YAML or JSON, unknown keys refused.
+
+The scoring function being trained is named by ``method`` and ``options``, the same options table that
+``Reranker(method, **options)`` takes and the trained folder writes back. Configs written before the table
+named six of its options at the top level (``head``, ``tokens``, ``normalisation``, ``reduction``,
+``template``, ``max_length``); those keys are still read, into ``options``.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +21,48 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# What a trained ranker uses unless its config says otherwise: s = z_yes - z_no is what the losses see and what
+# is served; a shorter prompt budget than inference's 512, for training's speed.
+TRAIN_DEFAULTS: dict[str, Any] = {"normalisation": "logit", "max_length": 256}
+# The options a config could name at the top level before the options table, with the defaults they had then.
+LEGACY_OPTIONS: dict[str, Any] = {
+    "head": "tokens",
+    "tokens": "yes_no",
+    "normalisation": "logit",
+    "reduction": "mean",
+    "template": None,
+    "max_length": 256,
+}
+
+
+def training_options(
+    method: str, options: Mapping[str, Any], legacy: Mapping[str, Any] | None = None, resolve: bool = True
+) -> dict[str, Any]:
+    """The options table a training run uses: ``options`` with the top-level ``legacy`` spellings folded in
+    (one the method has no use for is dropped when it holds its old default, else refused), then (``resolve``)
+    :data:`TRAIN_DEFAULTS` where they apply, validated by the method's options class and returned complete."""
+    from ..registry import options_class
+
+    cls = options_class(method)
+    if not isinstance(options, Mapping):
+        raise ValueError(f"config: options must be a table of option names to values, got {options!r}")
+    table = dict(options)
+    for key, value in (legacy or {}).items():
+        if key in table:
+            raise ValueError(f"config: {key} is given both at the top level and in options; keep the one in options")
+        if key in cls.specs():
+            table[key] = value
+        elif value != LEGACY_OPTIONS[key]:
+            raise ValueError(f"config: {key} does not apply to method {method!r}")
+    if not resolve:
+        return table
+    probe = cls.build(table)
+    for key, value in TRAIN_DEFAULTS.items():
+        if key not in table and key in cls.specs() and probe.applies(key):
+            table[key] = value
+    return cls.build(table).to_dict()
+
+
 @dataclass
 class TrainConfig:
     """Everything a fine-tuning run needs. Field names are the config file's keys."""
@@ -21,12 +70,10 @@ class TrainConfig:
     # model and the scoring function being trained (the same one inference calls)
     model: str = "smollm2-135m"
     method: str = "pointwise"  # pointwise | likelihood
-    head: str = "tokens"  # pointwise: tokens (z_yes - z_no) | dense (linear layer on the EOS hidden state)
-    tokens: str | list[str] = "yes_no"
-    normalisation: str = "logit"  # pointwise tokens head: trained and served as s = z_yes - z_no
-    reduction: str = "mean"  # likelihood
-    template: str | dict[str, Any] | None = None
-    max_length: int = 256
+    # the ranker's options table (e.g. pointwise: head = tokens | dense, tokens, normalisation; likelihood:
+    # reduction; both: template, max_length). Unset options take TRAIN_DEFAULTS where they apply, then the
+    # method's defaults; after loading, the table holds every option that applies.
+    options: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     threads: int | None = None
 
@@ -98,16 +145,23 @@ class TrainConfig:
             raise ValueError(f'config: bf16_autocast must be true, false or "auto", got {self.bf16_autocast!r}')
         if self.method not in ("pointwise", "likelihood"):
             raise ValueError(f"config: method must be 'pointwise' or 'likelihood' to train, got {self.method!r}")
+        self.options = training_options(self.method, self.options)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """A config from its keys; the top-level option keys of older configs are read into ``options``."""
+        known = {f.name for f in fields(cls)} | set(LEGACY_OPTIONS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+        data = dict(data)
+        legacy = {k: data.pop(k) for k in LEGACY_OPTIONS if k in data}
+        if legacy:
+            method = data.get("method", cls.method)
+            data["options"] = training_options(method, data.get("options", {}), legacy, resolve=False)
         return cls(**data)
 
     @classmethod
