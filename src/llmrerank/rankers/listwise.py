@@ -34,8 +34,7 @@ from typing import Any
 import torch
 
 from ..backends.base import Backend
-from ..prompts import continuation_ids
-from ..prompts_listwise import RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, get_listwise_template
+from ..prompts import RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, continuation_ids, get_template
 from ..types import DocLike, Document, Ranking
 from .base import ListRanker, check_batch
 from .permutation import (
@@ -139,7 +138,7 @@ class ListwiseRanker(ListRanker):
         self.decoding = decoding
         self.identifiers = identifiers
         self.labels = make_identifiers(identifiers, window_size)
-        self.template = get_listwise_template(template if template is not None else RANKZEPHYR)
+        self.template = get_template(template if template is not None else RANKZEPHYR, kind="listwise")
         self.passage_tokens = passage_tokens
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens

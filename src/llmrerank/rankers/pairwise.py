@@ -41,8 +41,7 @@ from typing import Any
 import torch
 
 from ..backends.base import Backend
-from ..prompts import continuation_ids, word_openers
-from ..prompts_pairwise import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, get_comparison_template
+from ..prompts import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, continuation_ids, get_template, word_openers
 from ..types import DocLike, Document, Ranking
 from .base import ListRanker, check_batch
 from .sorting import Comparison, SortProcess, all_pairs, bubble_sort, heap_sort, order_by_scores, win_sums
@@ -88,7 +87,7 @@ class ComparisonRanker(ListRanker):
         labels: int,
     ) -> None:
         self.backend = backend
-        self.template = get_comparison_template(template)
+        self.template = get_template(template, kind="comparison")
         self.passage_tokens = passage_tokens
         self.max_length = max_length
         self.renderer = ComparisonRenderer(self.template, backend.tokenizer, passage_tokens, max_length)

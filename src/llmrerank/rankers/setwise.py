@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..prompts_pairwise import LABELS, SETWISE, ComparisonTemplate
+from ..prompts import LABELS, SETWISE, ComparisonTemplate
 from .pairwise import DEFAULT_SORT_TOP_K, ComparisonRanker, _QueryState
 from .sorting import SORTS, Comparison, SortProcess, bubble_sort, heap_sort
 
