@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from llmrerank.prompts import (
+    PRP,
+    RANKGPT,
+    RANKZEPHYR,
     YES_NO,
+    ComparisonTemplate,
+    ListwiseTemplate,
     PromptRenderer,
     PromptTemplate,
     PromptTooLongError,
+    RenderedPassages,
+    builtin_names,
+    fit_passages,
     get_template,
     load_template,
 )
@@ -119,3 +130,63 @@ def test_template_field_types_are_checked():
         PromptTemplate(name="t", user="{query} {document}", title_format="{title}: {body}")
     t = PromptTemplate(name="t", user="{query} {document}")
     assert t.document_text(Document("a {text} b", title="{title}")) == "{title}\na {text} b"
+
+
+# --- what the kinds share (prompts.base) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind, name, cls",
+    [
+        ("prompt", "yes_no", PromptTemplate),
+        ("listwise", "rankgpt", ListwiseTemplate),
+        ("comparison", "prp", ComparisonTemplate),
+    ],
+)
+def test_one_registry_serves_every_kind(tmp_path, kind, name, cls):
+    builtin = get_template(name, kind=kind)
+    assert isinstance(builtin, cls) and builtin.name == name and name in builtin_names(kind)
+    assert get_template(builtin, kind=kind) is builtin
+    again = get_template(builtin.to_dict(), kind=kind)
+    assert again == builtin and type(again) is cls
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({k: v for k, v in builtin.to_dict().items() if k != "name"}))
+    assert get_template(str(f), kind=kind) == cls(**{**builtin.to_dict(), "name": "mine"})
+    with pytest.raises(
+        ValueError, match=re.escape(f"unknown {kind} template 'nope': give one of {builtin_names(kind)}")
+    ):
+        get_template("nope", kind=kind)
+
+
+def test_the_registry_keeps_kinds_apart():
+    with pytest.raises(ValueError, match=r"unknown listwise template 'yes_no'"):
+        get_template("yes_no", kind="listwise")
+    with pytest.raises(TypeError, match="a prompt template is a PromptTemplate.*not ListwiseTemplate"):
+        get_template(RANKGPT)
+    with pytest.raises(ValueError, match="unknown template kind 'pointwize'"):
+        get_template("yes_no", kind="pointwize")
+    assert builtin_names("prompt") == ["query_likelihood", "true_false", "yes_no"]
+    assert builtin_names("listwise") == ["rankgpt", "rankzephyr"] and builtin_names("comparison") == ["prp", "setwise"]
+
+
+def test_every_kind_shows_a_titled_document_the_same_way():
+    doc = Document("a {text} b", title="{title}")
+    assert YES_NO.document_text(doc) == RANKZEPHYR.document_text(doc) == PRP.document_text(doc) == "{title}\na {text} b"
+    assert PRP.document_text(Document("body")) == "body"
+
+
+def test_fit_passages_on_a_hand_computed_case():
+    pieces = [[1, 2], [3], [4]]  # 4 fixed tokens around two passages
+    passages = [[10, 11, 12, 13, 14], [20, 21, 22]]
+    # passage_tokens=4 alone would give 4 + 3 + 4 = 11 > 10, so the 6 tokens of room are shared: 3 each
+    got = fit_passages(pieces, passages, passage_tokens=4, max_length=10)
+    assert got.ids == (1, 2, 10, 11, 12, 3, 20, 21, 22, 4) and got.truncated == 1 and got.passage_budget == 3
+    # with room to spare the budget is passage_tokens; reserve counts as fixed
+    assert fit_passages(pieces, passages, 4, 100) == RenderedPassages((1, 2, 10, 11, 12, 13, 3, 20, 21, 22, 4), 1, 4)
+    assert fit_passages(pieces, passages, 4, 12, reserve=2).passage_budget == 3
+    with pytest.raises(
+        PromptTooLongError, match=r"the x prompt without its 2 passages is 9 tokens \(t\), .*max_length=10; go"
+    ):
+        fit_passages(pieces, passages, 4, 10, reserve=5, what="x prompt", about="t", hint="go")
+    with pytest.raises(ValueError, match="2 passages need 3 pieces"):
+        fit_passages(pieces[:2], passages, 4, 10)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -75,10 +76,15 @@ def option(default: Any, help: str, *, types: tuple[type, ...] | type = (), **sp
     return field(default=default, metadata={"spec": Spec(help=help, types=tuple(types), **spec)})
 
 
-def template_option(default: Any, help: str, template_type: type, get: Callable[[Any], Any]) -> Any:  # noqa: A002
-    """The ``template`` option of a method: a template object, a built-in name, a mapping or a .toml/.json file
-    (``--prompt-file``), turned into a ``template_type`` by ``get``."""
-    return option(default, help, types=(str, Path, Mapping, template_type), convert=get, flag="--prompt-file")
+def template_option(help: str, kind: str) -> Any:  # noqa: A002
+    """The ``template`` option of a method: a template of ``kind`` (see :func:`llmrerank.prompts.get_template`),
+    a mapping of its fields, a built-in name or a .toml/.json file (``--prompt-file``). Its default, None, is the
+    method's own template, which the method's ``check`` fills in."""
+    from .prompts import Template, get_template
+
+    return option(
+        None, help, types=(str, Path, Mapping, Template), convert=partial(get_template, kind=kind), flag="--prompt-file"
+    )
 
 
 def spec_of(f: Any) -> Spec:

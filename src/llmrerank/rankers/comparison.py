@@ -18,8 +18,7 @@ import torch
 
 from ..backends.base import Backend
 from ..options import Options, option, template_option
-from ..prompts import continuation_ids, word_openers
-from ..prompts_pairwise import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, get_comparison_template
+from ..prompts import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, continuation_ids, word_openers
 from ..types import DocLike, Document, Ranking, make_ranking
 from .base import ListRanker, check_batch, check_finite
 from .sorting import Comparison, SortProcess
@@ -36,9 +35,7 @@ class ComparisonOptions(Options):
 
     default_template: ClassVar[ComparisonTemplate] = PRP
 
-    template: Any = template_option(
-        None, "a comparison template (prp, setwise, or a file)", ComparisonTemplate, get_comparison_template
-    )
+    template: Any = template_option("a comparison template (prp, setwise, or a .toml/.json file)", "comparison")
     passage_tokens: int = option(100, "each passage is cut to this many tokens")
     max_length: int = option(4096, "token budget of one prompt (passages are cut further, evenly, to fit)")
 

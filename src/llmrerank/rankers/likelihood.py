@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..options import Options, option, template_option
-from ..prompts import QUERY_LIKELIHOOD, PromptParts, PromptTemplate, get_template
+from ..prompts import QUERY_LIKELIHOOD, PromptParts
 from ..types import Document
 from .base import Encoded, PointScorer
 
@@ -30,9 +30,7 @@ class LikelihoodOptions(Options):
     method: ClassVar[str] = "likelihood"
 
     reduction: str = option("mean", "mean or total log-probability of the query's tokens", choices=REDUCTIONS)
-    template: Any = template_option(
-        None, "a query-likelihood template (a name or a .toml/.json file)", PromptTemplate, get_template
-    )
+    template: Any = template_option("a query-likelihood template (a name or a .toml/.json file)", "prompt")
     max_length: int = option(512, "token budget of one prompt (documents are cut)")
 
     def check(self) -> None:

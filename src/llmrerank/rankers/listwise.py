@@ -32,8 +32,7 @@ from typing import Any, ClassVar
 
 from ..backends.base import Backend
 from ..options import Options, option, template_option
-from ..prompts import continuation_ids
-from ..prompts_listwise import RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, get_listwise_template
+from ..prompts import RANKZEPHYR, ListwiseRenderer, continuation_ids, encode
 from ..types import DocLike, Document, Ranking, make_ranking
 from .base import ListRanker, check_batch, check_finite
 from .permutation import (
@@ -99,9 +98,7 @@ class ListwiseOptions(Options):
     identifiers: str | None = option(
         None, "passage identifiers (default numbers; letters for FIRST)", types=str, choices=IDENTIFIER_KINDS
     )
-    template: Any = template_option(
-        None, "a listwise template (rankzephyr, rankgpt, or a file)", ListwiseTemplate, get_listwise_template
-    )
+    template: Any = template_option("a listwise template (rankzephyr, rankgpt, or a .toml/.json file)", "listwise")
     passage_tokens: int = option(100, "each passage is cut to this many tokens")
     max_length: int = option(4096, "token budget of one window's prompt and its answer")
     max_new_tokens: int | None = option(
@@ -151,9 +148,6 @@ class ListwiseRanker(ListRanker):
 
     # -- start-up checks -------------------------------------------------------------------------------------
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.backend.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def _first_token_ids(self) -> tuple[str, list[int]]:
         """The answer opener and one token id per identifier such that opener + identifier ends the prompt
         with exactly one more token; the ids must be distinct. Tries each of :data:`OPENERS`."""
@@ -173,7 +167,8 @@ class ListwiseRanker(ListRanker):
             return self.max_new_tokens
         if m not in self._caps:
             labels = self.labels[:m]
-            lengths = [len(self._encode(" > ".join(f"[{x}]" for x in order))) for order in (labels, labels[::-1])]
+            answers = [" > ".join(f"[{x}]" for x in order) for order in (labels, labels[::-1])]
+            lengths = [len(encode(self.backend.tokenizer, a)) for a in answers]
             self._caps[m] = max(lengths) + 2
         return self._caps[m]
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..options import Options, option
-from ..prompts_pairwise import PRP, ComparisonTemplate
+from ..prompts import PRP, ComparisonTemplate
 from .comparison import COUNTERS, DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, _QueryState
 from .sorting import SORTS, Comparison, SortProcess, all_pairs, bubble_sort, heap_sort, order_by_scores, win_sums
 

@@ -12,10 +12,11 @@ Nothing here touches a model, so every rule is a plain function with worked exam
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+
+from ..prompts.base import LABELS
 
 T = TypeVar("T")
 
@@ -65,9 +66,9 @@ def make_identifiers(kind: str, n: int) -> list[str]:
     if kind == "numbers":
         return [str(i + 1) for i in range(n)]
     if kind == "letters":
-        if n > len(string.ascii_uppercase):
+        if n > len(LABELS):
             raise ValueError(f"letter identifiers go up to 26 (A..Z), but a window holds {n} candidates")
-        return list(string.ascii_uppercase[:n])
+        return list(LABELS[:n])
     raise ValueError(f"unknown identifiers {kind!r}: choose one of {', '.join(IDENTIFIER_KINDS)}")
 
 

@@ -33,9 +33,7 @@ from ..prompts import (
     TRUE_FALSE,
     YES_NO,
     PromptParts,
-    PromptTemplate,
     continuation_ids,
-    get_template,
     word_openers,
 )
 from ..types import DocLike, Document
@@ -103,9 +101,7 @@ class PointwiseOptions(Options):
         choices=NORMALISATIONS,
         when=("head", ("tokens",)),
     )
-    template: Any = template_option(
-        None, "a yes/no prompt template (a built-in name, or a .toml/.json file)", PromptTemplate, get_template
-    )
+    template: Any = template_option("a yes/no prompt template (a name or a .toml/.json file)", "prompt")
     max_length: int = option(512, "token budget of one prompt (documents are cut)")
     head: str = option(
         "tokens", "score from two answer tokens, or a trained dense head on the EOS state", choices=HEADS, flag=""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..options import Options, option
-from ..prompts_pairwise import LABELS, SETWISE, ComparisonTemplate
+from ..prompts import LABELS, SETWISE, ComparisonTemplate
 from .comparison import DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, _QueryState
 from .sorting import SORTS, Comparison, SortProcess, bubble_sort, heap_sort
 

@@ -22,30 +22,16 @@ Reranking with Single Token Decoding".
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .prompts import PassageRenderer, PromptTooLongError, read_template_file, template_from_dict
-from .types import Document
-
-_SLOT = "\u0000LLMRERANK_PASSAGE\u0000"
-
-
-def fill(source: str, /, **values: str) -> str:
-    """Replace ``{name}`` placeholders in one pass, literally: braces in the values, or other braces in
-    ``source``, are left alone (a query holding ``{num}`` stays as it is)."""
-    if not values:
-        return source
-    pattern = re.compile("|".join(re.escape("{" + name + "}") for name in values))
-    return pattern.sub(lambda m: values[m.group(0)[1:-1]], source)
+from ..types import Document
+from .base import SLOT, PassageRenderer, PassagesTemplate, RenderedPassages, fill, fit_passages, register
 
 
 @dataclass(frozen=True)
-class ListwiseTemplate:
-    """A listwise prompt as data (see the module docstring for the layouts and placeholders).
+class ListwiseTemplate(PassagesTemplate, kind="listwise", prefix="listwise template"):
+    """A listwise prompt as data, kind ``listwise`` (see the module docstring for the layouts and placeholders).
 
     Attributes:
         name: a short identifier written into run sidecars.
@@ -62,10 +48,7 @@ class ListwiseTemplate:
         title_format: how a passage with a title is shown (``{title}``, ``{text}``).
     """
 
-    name: str
-    intro: str
-    outro: str
-    system: str | None = None
+    id_slot = "[{id}]"
     passage: str = "[{id}] {passage}"
     multi_turn: bool = False
     intro_reply: str = ""
@@ -74,30 +57,6 @@ class ListwiseTemplate:
     assistant: str = ""
     chat: bool = True
     title_format: str = "{title}\n{text}"
-
-    def __post_init__(self) -> None:
-        if self.passage.count("{passage}") != 1 or self.passage.count("[{id}]") != 1:
-            raise ValueError(
-                f"listwise template {self.name!r}: 'passage' must contain [{{id}}] and {{passage}} exactly once"
-            )
-        for part_name in ("intro", "outro", "system", "intro_reply", "passage_reply", "assistant", "separator"):
-            part = getattr(self, part_name) or ""
-            if "{passage}" in part:
-                raise ValueError(f"listwise template {self.name!r}: {{passage}} may only appear in 'passage'")
-        if "{query}" not in self.intro + self.outro:
-            raise ValueError(f"listwise template {self.name!r}: the intro or the outro must contain {{query}}")
-
-    def document_text(self, doc: Document) -> str:
-        if doc.title:
-            return fill(self.title_format, title=doc.title, text=doc.text)
-        return doc.text
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ListwiseTemplate:
-        return template_from_dict(cls, data, "listwise", ("intro", "outro"))
 
 
 # --- built-in templates -------------------------------------------------------------------------------------
@@ -134,22 +93,7 @@ RANKZEPHYR = ListwiseTemplate(
     separator="\n",
 )
 
-LISTWISE_TEMPLATES: dict[str, ListwiseTemplate] = {t.name: t for t in (RANKGPT, RANKZEPHYR)}
-
-
-def get_listwise_template(template: str | ListwiseTemplate | Mapping[str, Any]) -> ListwiseTemplate:
-    """A built-in name (``rankgpt``, ``rankzephyr``), a ListwiseTemplate, a mapping, or a .toml/.json file."""
-    if isinstance(template, ListwiseTemplate):
-        return template
-    if isinstance(template, Mapping):
-        return ListwiseTemplate.from_dict(template)
-    if template in LISTWISE_TEMPLATES:
-        return LISTWISE_TEMPLATES[template]
-    if Path(template).is_file():
-        return ListwiseTemplate.from_dict(read_template_file(template))
-    raise ValueError(
-        f"unknown listwise template {template!r}: give one of {sorted(LISTWISE_TEMPLATES)} or a .toml/.json file"
-    )
+register(ListwiseTemplate, RANKGPT, RANKZEPHYR)
 
 
 def example_answer(identifiers: Sequence[str]) -> str:
@@ -164,15 +108,6 @@ def example_answer(identifiers: Sequence[str]) -> str:
 # --- rendering ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RenderedWindow:
-    """One window's prompt as token ids, and how many of its passages were cut to the budget."""
-
-    ids: tuple[int, ...]
-    truncated: int
-    passage_budget: int
-
-
 class ListwiseRenderer(PassageRenderer):
     """Renders a listwise template for a tokenizer.
 
@@ -181,16 +116,13 @@ class ListwiseRenderer(PassageRenderer):
     alone leave no room raises :class:`~llmrerank.prompts.PromptTooLongError`.
     """
 
-    def __init__(self, template: ListwiseTemplate, tokenizer: Any, passage_tokens: int = 100, max_length: int = 4096):
-        super().__init__(template, tokenizer, passage_tokens, max_length)
-
     def text_pieces(self, query: str, identifiers: Sequence[str], answer_prefix: str = "") -> list[str]:
         """The prompt's text around the passage slots: ``len(identifiers) + 1`` pieces."""
         t = self.template
         num = str(len(identifiers))
         intro = fill(t.intro, query=query, num=num)
         outro = fill(t.outro, query=query, num=num, example=example_answer(identifiers))
-        slots = [fill(t.passage, id=label).replace("{passage}", _SLOT) for label in identifiers]
+        slots = [fill(t.passage, id=label, passage=SLOT) for label in identifiers]
         messages: list[dict[str, str]] = []
         if t.system is not None:
             messages.append({"role": "system", "content": t.system})
@@ -203,11 +135,7 @@ class ListwiseRenderer(PassageRenderer):
             messages.append({"role": "user", "content": outro})
         else:
             messages.append({"role": "user", "content": t.separator.join([intro, *slots, outro])})
-        if self.use_chat:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "\n\n".join(m["content"] for m in messages) + "\n"
-        pieces = (text + t.assistant + answer_prefix).split(_SLOT)
+        pieces = (self.chat_text(messages) + t.assistant + answer_prefix).split(SLOT)
         if len(pieces) != len(identifiers) + 1:
             raise RuntimeError("the chat template dropped or repeated a passage slot")
         return pieces
@@ -219,25 +147,20 @@ class ListwiseRenderer(PassageRenderer):
         identifiers: Sequence[str],
         reserve: int = 0,
         answer_prefix: str = "",
-    ) -> RenderedWindow:
+    ) -> RenderedPassages:
         """Token ids of the prompt for ``docs`` labelled with ``identifiers``, leaving ``reserve`` tokens free."""
         if len(docs) != len(identifiers):
             raise ValueError(f"{len(docs)} passages but {len(identifiers)} identifiers")
         pieces = [self.encode(p) for p in self.text_pieces(query, identifiers, answer_prefix)]
         passages = [self.encode(self.template.document_text(d)) for d in docs]
-        fixed = sum(len(p) for p in pieces) + reserve
-        room = self.max_length - fixed
-        budget = self.passage_tokens
-        if sum(min(len(p), budget) for p in passages) > room:
-            budget = room // max(1, len(passages))
-            if budget < 1:
-                raise PromptTooLongError(
-                    f"the listwise prompt without its {len(docs)} passages is {fixed} tokens (template "
-                    f"{self.template.name!r}, answer budget {reserve}), which leaves no room for the passages "
-                    f"within max_length={self.max_length}; raise max_length or lower window_size"
-                )
-        ids = list(pieces[0])
-        for passage, piece in zip(passages, pieces[1:]):
-            ids.extend(passage[:budget])
-            ids.extend(piece)
-        return RenderedWindow(tuple(ids), sum(len(p) > budget for p in passages), budget)
+        about = f"template {self.template.name!r}, answer budget {reserve}"
+        return fit_passages(
+            pieces,
+            passages,
+            self.passage_tokens,
+            self.max_length,
+            reserve,
+            what="listwise prompt",
+            about=about,
+            hint="raise max_length or lower window_size",
+        )

@@ -19,22 +19,17 @@ the labels and the answer prefix are never truncated.
 
 from __future__ import annotations
 
-import string
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .prompts import PassageRenderer, PromptTooLongError, read_template_file, template_from_dict
-from .prompts_listwise import fill
-
-_SLOT = "\u0000LLMRERANK_PASSAGE\u0000"
-LABELS = tuple(string.ascii_uppercase)
+from ..types import Document
+from .base import LABELS, SLOT, PassageRenderer, PassagesTemplate, RenderedPassages, fill, fit_passages, register
 
 
 @dataclass(frozen=True)
-class ComparisonTemplate:
-    """A pairwise or setwise prompt as data (see the module docstring for the placeholders).
+class ComparisonTemplate(PassagesTemplate, kind="comparison", prefix="comparison template"):
+    """A pairwise or setwise prompt as data, kind ``comparison`` (see the module docstring for the placeholders).
 
     Attributes:
         name: a short identifier written into run sidecars.
@@ -48,42 +43,11 @@ class ComparisonTemplate:
         title_format: how a passage with a title is shown (``{title}``, ``{text}``).
     """
 
-    name: str
-    intro: str
-    outro: str
-    system: str | None = None
     passage: str = 'Passage {id}: "{passage}"'
     separator: str = "\n\n"
     assistant: str = "Passage"
     chat: bool = True
     title_format: str = "{title}\n{text}"
-
-    def __post_init__(self) -> None:
-        for key in self.__dataclass_fields__:
-            value = getattr(self, key)
-            want = bool if key == "chat" else str
-            if not isinstance(value, want) and not (key == "system" and value is None):
-                got = type(value).__name__
-                raise ValueError(f"comparison template {self.name!r}: field {key!r} must be {want.__name__}, got {got}")
-        if self.passage.count("{passage}") != 1 or self.passage.count("{id}") != 1:
-            raise ValueError(
-                f"comparison template {self.name!r}: 'passage' must contain {{id}} and {{passage}} exactly once"
-            )
-        for part_name in ("intro", "outro", "system", "assistant", "separator"):
-            if "{passage}" in (getattr(self, part_name) or ""):
-                raise ValueError(f"comparison template {self.name!r}: {{passage}} may only appear in 'passage'")
-        if "{query}" not in self.intro + self.outro:
-            raise ValueError(f"comparison template {self.name!r}: the intro or the outro must contain {{query}}")
-
-    def document_text(self, text: str, title: str | None) -> str:
-        return fill(self.title_format, title=title, text=text) if title else text
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ComparisonTemplate:
-        return template_from_dict(cls, data, "comparison", ("intro", "outro"))
 
 
 # --- built-in templates -------------------------------------------------------------------------------------
@@ -108,33 +72,10 @@ SETWISE = ComparisonTemplate(
     ),
 )
 
-COMPARISON_TEMPLATES: dict[str, ComparisonTemplate] = {t.name: t for t in (PRP, SETWISE)}
-
-
-def get_comparison_template(template: str | Path | ComparisonTemplate | Mapping[str, Any]) -> ComparisonTemplate:
-    """A built-in name (``prp``, ``setwise``), a ComparisonTemplate, a mapping, or a .toml/.json file."""
-    if isinstance(template, ComparisonTemplate):
-        return template
-    if isinstance(template, Mapping):
-        return ComparisonTemplate.from_dict(template)
-    if str(template) in COMPARISON_TEMPLATES:
-        return COMPARISON_TEMPLATES[str(template)]
-    if Path(template).is_file():
-        return ComparisonTemplate.from_dict(read_template_file(template))
-    raise ValueError(
-        f"unknown comparison template {template!r}: give one of {sorted(COMPARISON_TEMPLATES)} or a .toml/.json file"
-    )
+register(ComparisonTemplate, PRP, SETWISE)
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RenderedComparison:
-    """One comparison prompt as token ids, and how many of its passages were cut to the budget."""
-
-    ids: tuple[int, ...]
-    truncated: int
 
 
 class ComparisonRenderer(PassageRenderer):
@@ -154,15 +95,11 @@ class ComparisonRenderer(PassageRenderer):
             raise ValueError(f"a comparison shows 1 to {len(LABELS)} passages, not {num}")
         t = self.template
         values = {"query": query, "num": str(num)}
-        slots = [fill(t.passage, id=label).replace("{passage}", _SLOT) for label in LABELS[:num]]
+        slots = [fill(t.passage, id=label, passage=SLOT) for label in LABELS[:num]]
         user = t.separator.join([fill(t.intro, **values), *slots, fill(t.outro, **values)])
-        if self.use_chat:
-            messages = [{"role": "system", "content": t.system}] if t.system is not None else []
-            messages.append({"role": "user", "content": user})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = (t.system + "\n\n" if t.system else "") + user + "\n"
-        pieces = (text + t.assistant).split(_SLOT)
+        messages = [{"role": "system", "content": t.system}] if t.system is not None else []
+        messages.append({"role": "user", "content": user})
+        pieces = (self.chat_text(messages) + t.assistant).split(SLOT)
         if len(pieces) != num + 1:
             raise RuntimeError("the chat template dropped or repeated a passage slot")
         return pieces
@@ -177,24 +114,16 @@ class ComparisonRenderer(PassageRenderer):
 
     def passage_ids(self, text: str, title: str | None = None) -> list[int]:
         """A passage's token ids, uncut (cut at render time)."""
-        return self.encode(self.template.document_text(text, title))
+        return self.encode(self.template.document_text(Document(text, title=title)))
 
-    def render(self, query: str, passages: Sequence[Sequence[int]]) -> RenderedComparison:
+    def render(self, query: str, passages: Sequence[Sequence[int]]) -> RenderedPassages:
         """The prompt showing ``passages`` (token ids, as from :meth:`passage_ids`) labelled A, B, ..."""
-        pieces = self.pieces(query, len(passages))
-        fixed = sum(len(p) for p in pieces)
-        room = self.max_length - fixed
-        budget = self.passage_tokens
-        if sum(min(len(p), budget) for p in passages) > room:
-            budget = room // len(passages)
-            if budget < 1:
-                raise PromptTooLongError(
-                    f"the comparison prompt without its {len(passages)} passages is {fixed} tokens (template "
-                    f"{self.template.name!r}), which leaves no room for the passages within "
-                    f"max_length={self.max_length}; raise max_length or lower the set size"
-                )
-        ids = list(pieces[0])
-        for passage, piece in zip(passages, pieces[1:]):
-            ids.extend(passage[:budget])
-            ids.extend(piece)
-        return RenderedComparison(tuple(ids), sum(len(p) > budget for p in passages))
+        return fit_passages(
+            self.pieces(query, len(passages)),
+            passages,
+            self.passage_tokens,
+            self.max_length,
+            what="comparison prompt",
+            about=f"template {self.template.name!r}",
+            hint="raise max_length or lower the set size",
+        )

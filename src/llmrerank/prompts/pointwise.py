@@ -1,0 +1,158 @@
+"""One-document prompt templates (pointwise and query likelihood), and their rendering into token ids.
+
+A template has a ``system`` message (optional), a ``user`` message and an ``assistant`` prefix. The user
+message holds the placeholders ``{query}`` and ``{document}``; for query likelihood the query is not in the
+prompt but is the *target* the model is asked to produce after the assistant prefix.
+
+Rendering keeps the document apart from everything else: the text before ``{document}`` (the head) and the
+text after it (the tail, which ends with the assistant prefix) are tokenised whole, and only the document's
+tokens are cut to fit ``max_length``. The instruction, the query and the answer suffix are never truncated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..types import Document
+from .base import SLOT, PromptTooLongError, Renderer, Template, fill, register
+
+DOCUMENT_SLOT = "{document}"
+QUERY_SLOT = "{query}"
+
+
+@dataclass(frozen=True)
+class PromptTemplate(Template, kind="prompt", required=("user",), prefix="template"):
+    """A prompt as data (kind ``prompt``).
+
+    Attributes:
+        name: a short identifier written into run sidecars.
+        user: the user message; must contain ``{document}``, and ``{query}`` unless the query is the target.
+        system: an optional system message.
+        assistant: text the assistant turn starts with (the answer suffix); the model's next token follows.
+        chat: apply the model's chat template when it has one (``False`` renders the plain concatenation).
+        title_format: how a document with a title is shown; ``{title}`` and ``{text}``.
+        target: for query likelihood, the text whose tokens are scored (``" {query}"`` style), else ``None``.
+    """
+
+    user: str
+    system: str | None = None
+    assistant: str = ""
+    chat: bool = True
+    title_format: str = "{title}\n{text}"
+    target: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.user.count(DOCUMENT_SLOT) != 1:
+            raise ValueError(f"template {self.name!r}: the user message must contain {DOCUMENT_SLOT} exactly once")
+        for part_name, part in (("system", self.system or ""), ("assistant", self.assistant)):
+            if DOCUMENT_SLOT in part or QUERY_SLOT in part:
+                raise ValueError(f"template {self.name!r}: the {part_name} text may not contain placeholders")
+        if self.target is None and QUERY_SLOT not in self.user:
+            raise ValueError(f"template {self.name!r}: the user message must contain {QUERY_SLOT}")
+        if self.target is not None and QUERY_SLOT not in self.target:
+            raise ValueError(f"template {self.name!r}: the target must contain {QUERY_SLOT}")
+        if self.target is not None and QUERY_SLOT in self.user:
+            raise ValueError(
+                f"template {self.name!r}: a query-likelihood template must not show the query in the prompt"
+            )
+
+
+# --- built-in templates -------------------------------------------------------------------------------------
+
+YES_NO = PromptTemplate(
+    name="yes_no",
+    system="You are a search relevance judge.",
+    user=(
+        "Does the document answer the query? Reply with yes or no.\n"
+        "Query: {query}\n"
+        "Document:\n{document}\n"
+        "Is the document relevant to the query? Answer yes or no."
+    ),
+)
+
+TRUE_FALSE = PromptTemplate(
+    name="true_false",
+    system="You are a search relevance judge.",
+    user=(
+        "Query: {query}\n"
+        "Document:\n{document}\n"
+        "True or false: the document is relevant to the query. Answer true or false."
+    ),
+)
+
+# UPR (Sachan et al., 2022): the score is the likelihood of the query given the passage.
+QUERY_LIKELIHOOD = PromptTemplate(
+    name="query_likelihood",
+    user="Passage:\n{document}\nPlease write a question based on this passage.",
+    target="{query}",
+)
+
+register(PromptTemplate, YES_NO, TRUE_FALSE, QUERY_LIKELIHOOD)
+
+
+# --- rendering ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """Token ids of a template around the document slot, for one query."""
+
+    head: tuple[int, ...]
+    tail: tuple[int, ...]
+    target: tuple[int, ...] = ()
+
+
+class PromptRenderer(Renderer):
+    """Renders a template for a tokenizer: head and tail token ids per query, document cut to fit."""
+
+    def __init__(self, template: PromptTemplate, tokenizer: Any, max_length: int = 512):
+        super().__init__(template, tokenizer, max_length)
+
+    def text_around_document(self, query: str) -> tuple[str, str]:
+        """The prompt's text before and after the document slot, for ``query``."""
+        t = self.template
+        user = fill(t.user, query=query, document=SLOT)
+        messages = [{"role": "system", "content": t.system}] if t.system is not None else []
+        messages.append({"role": "user", "content": user})
+        head, sep, tail = (self.chat_text(messages) + t.assistant).partition(SLOT)
+        if not sep:
+            raise RuntimeError("the chat template dropped the document slot")
+        return head, tail
+
+    def parts(self, query: str) -> PromptParts:
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        head, tail = self.text_around_document(query)
+        target: tuple[int, ...] = ()
+        if self.template.target is not None:
+            target = tuple(self.encode(fill(self.template.target, query=query)))
+            if not target:
+                raise ValueError("the query-likelihood target is empty: the query has no tokens")
+        parts = PromptParts(tuple(self.encode(head)), tuple(self.encode(tail)), target)
+        fixed = len(parts.head) + len(parts.tail) + len(parts.target)
+        if fixed >= self.max_length:
+            raise PromptTooLongError(
+                f"the prompt without the document is {fixed} tokens (template {self.template.name!r}), which "
+                f"leaves no room for the document within max_length={self.max_length}; raise max_length or "
+                "shorten the query or the template"
+            )
+        return parts
+
+    def document_budget(self, parts: PromptParts) -> int:
+        return self.max_length - len(parts.head) - len(parts.tail) - len(parts.target)
+
+    def document_ids(self, doc: Document, parts: PromptParts) -> tuple[list[int], bool]:
+        """The document's token ids cut to the budget, and whether it was cut."""
+        ids = self.encode(self.template.document_text(doc))
+        budget = self.document_budget(parts)
+        return ids[:budget], len(ids) > budget
+
+    def render(self, query: str, doc: Document, parts: PromptParts | None = None) -> list[int]:
+        """The prompt's token ids (without the target)."""
+        parts = parts or self.parts(query)
+        doc_ids, _ = self.document_ids(doc, parts)
+        return [*parts.head, *doc_ids, *parts.tail]
