@@ -108,6 +108,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 def require_preset(name: str) -> None:
     """Skip a real-model test when its package is absent, unless CI demands the models."""
+    __tracebackhide__ = True  # a skip names the test, not this line
     from llmrerank.models import PRESETS, ModelNotInstalledError, preset_files
 
     try:
