@@ -6,9 +6,12 @@ import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+
+from llmrerank.extras import MissingExtraError, require
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny"
@@ -105,6 +108,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 def require_preset(name: str) -> None:
     """Skip a real-model test when its package is absent, unless CI demands the models."""
+    __tracebackhide__ = True  # a skip names the test, not this line
     from llmrerank.models import PRESETS, ModelNotInstalledError, preset_files
 
     try:
@@ -113,6 +117,21 @@ def require_preset(name: str) -> None:
         if os.environ.get("LLMRERANK_REQUIRE_MODELS"):
             raise
         pytest.skip(str(e))
+
+
+def needs(module: str, feature: str, install: str | None = None) -> ModuleType:
+    """Import the optional ``module`` for the tests of ``feature``, or skip them, saying what installs it.
+
+    Called at a test module's top it skips the whole module. The reason is the library's own message for a
+    missing extra (``LoRA training needs peft: pip install "llmrerank[train]"``), or names ``install`` for a
+    test-only reference implementation that no extra provides.
+    """
+    __tracebackhide__ = True  # a skip names the test that needs the module, not this line
+    try:
+        return require(module, feature)
+    except MissingExtraError as e:
+        reason = str(e) if install is None else f"{feature} needs {module}: {install}"
+        pytest.skip(reason, allow_module_level=True)
 
 
 def has_module(name: str) -> bool:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, needs
 from llmrerank.cli import main
 from llmrerank.data import load_run
 
@@ -41,6 +41,7 @@ def test_retrieve_rerank_evaluate(tmp_path, tiny_model_dir, capsys):
     table = capsys.readouterr().out
     assert "nDCG@10" in table and "P" in table
 
+    needs("matplotlib", "evaluate --plot")  # the checks above have passed by now
     png = tmp_path / "per-query.png"
     assert main(["evaluate", "--data", str(TINY), "--per-query", "--plot", str(png), str(bm25), str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -93,7 +94,7 @@ def test_console_script_runs():
 
 
 def test_train_command_writes_a_model_the_rerank_command_loads(tmp_path, tiny_model_dir, capsys):
-    pytest.importorskip("peft")
+    needs("peft", "LoRA training")
     config = tmp_path / "train.toml"
     config.write_text(
         f'model = "{tiny_model_dir}"\ndata = "{TINY}"\nsplit = "test"\nrun = "{TINY / "run.trec"}"\n'

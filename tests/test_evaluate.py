@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import ttest_rel
 
+from conftest import needs
 from llmrerank.data import load_qrels, load_run
 from llmrerank.evaluate import (
     DEFAULT_MEASURES,
@@ -224,14 +225,14 @@ def test_evaluate_runs_input_errors(qrels, run):
 
 
 def test_plot_per_query_writes_png(tmp_path):
-    pytest.importorskip("matplotlib")
+    needs("matplotlib", "plot_per_query")
     ev = _clear_win()
     out = plot_per_query(ev, "RR@10", tmp_path / "plots" / "diff.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_per_query_errors(tmp_path, qrels, run):
-    pytest.importorskip("matplotlib")
+    needs("matplotlib", "plot_per_query")
     with pytest.raises(ValueError, match="only the baseline"):
         plot_per_query(evaluate_runs(qrels, {"a": run}), "AP", tmp_path / "x.png")
     with pytest.raises(ValueError, match="not evaluated"):

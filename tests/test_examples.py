@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs
 from llmrerank.train.config import TrainConfig
 from llmrerank.train.losses import LOSSES
 
@@ -18,6 +19,8 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_config_is_valid(path):
+    if path.suffix in (".yaml", ".yml"):
+        needs("yaml", "YAML configs")
     config = TrainConfig.load(path)
     assert config.loss in LOSSES
     assert config.data.startswith("../shared/data/")  # examples read the shared benchmark data

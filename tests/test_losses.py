@@ -13,6 +13,7 @@ import types
 import pytest
 import torch
 
+from conftest import needs
 from llmrerank.train import losses
 from llmrerank.train.losses import (
     LOSSES,
@@ -392,7 +393,7 @@ def allrank():
     """allRank's loss files, loaded one by one: its package ``__init__`` pulls in torchvision, gcsfs and sklearn
     for data loading, which the losses do not use, so those two modules are stubbed with the constants the losses
     import (the padding label -1 and eps 1e-10, allRank's values)."""
-    pytest.importorskip("allrank")
+    needs("allrank", "parity with allRank", "pip install --no-deps allrank")
     import allrank.data  # noqa: F401  (empty package __init__ files)
     import allrank.models  # noqa: F401
 
@@ -490,7 +491,7 @@ def test_ranknet_matches_allrank(allrank):
 
 @pytest.fixture(scope="module")
 def st():
-    pytest.importorskip("sentence_transformers")
+    needs("sentence_transformers", "parity with sentence-transformers", "pip install --no-deps sentence-transformers")
     from sentence_transformers.cross_encoder import CrossEncoder
     from sentence_transformers.cross_encoder import losses as st_losses
 

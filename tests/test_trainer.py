@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, needs
 from llmrerank import Reranker
 from llmrerank.train.config import TrainConfig
 from llmrerank.train.trainer import Trainer
 
-pytest.importorskip("peft")
+needs("peft", "LoRA training")
 
 QUERY = "how do honey bees make honey"
 DOCS = ["honey bees make honey from flower nectar", "why does a volcano erupt", "the cat sat on the mat"]
@@ -144,6 +144,7 @@ def test_config_files(tmp_path):
     toml.write_text('model = "smollm2-135m"\nloss = "listnet"\nmax_steps = 10\n[loss_options]\ntemperature = 2.0\n')
     c = TrainConfig.load(toml, output_dir="elsewhere", max_steps=None)
     assert (c.loss, c.max_steps, c.output_dir, c.loss_options) == ("listnet", 10, "elsewhere", {"temperature": 2.0})
+    needs("yaml", "YAML configs")
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("model: smollm2-135m\nhead: dense\n")
     assert TrainConfig.load(yaml_file).options["head"] == "dense"
