@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TINY
 from llmrerank.data import load_beir, load_run
-from llmrerank.pipeline import chain_scores, rerank_run, sidecar_path
+from llmrerank.pipeline import chain_scores, rerank, rerank_run, sidecar_path
 from llmrerank.rankers import LikelihoodRanker, PointwiseRanker
 
 
@@ -112,3 +112,48 @@ def test_queries_of_another_split_are_left_out_and_counted(tmp_path, qwen_backen
     report = rerank_run(LikelihoodRanker(qwen_backend), queries, ds.corpus, run, out, top_k=2, progress=False)
     assert report.queries_not_loaded == 1 and report.queries == len(run) - 1
     assert first not in load_run(out) and "not in the split" in report.summary()
+
+
+class CountingRanker:
+    """A real ranker, with the batches it is asked to rank recorded."""
+
+    def __init__(self, ranker):
+        self.ranker = ranker
+        self.batches: list[list[str]] = []
+
+    def rank_many(self, queries, docs):
+        self.batches.append(list(queries))
+        return self.ranker.rank_many(queries, docs)
+
+
+def test_rerank_iterator_yields_each_query_in_run_order_batched_across_queries(qwen_backend):
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    ranker = CountingRanker(LikelihoodRanker(qwen_backend))
+    qids = list(run)
+    got = list(rerank(ranker, ds.queries, ds.corpus, run, top_k=3, skip={qids[0]}, queries_per_batch=2))
+    assert [q for q, _ in got] == qids[1:]
+    assert ranker.batches == [[ds.queries[q] for q in qids[1:][i : i + 2]] for i in range(0, len(qids) - 1, 2)]
+    for qid, ranking in got:
+        head = [d for d, _ in run[qid][:3]]
+        alone = ranker.ranker.rank(ds.queries[qid], [ds.corpus[d] for d in head])
+        assert ranking.ids == tuple(head[i] for i in alone.indices)
+        assert ranking.scores == pytest.approx(alone.scores, abs=1e-5)
+    only = {qids[1]: ds.queries[qids[1]]}  # queries of another split are passed over
+    assert [q for q, _ in rerank(ranker, only, ds.corpus, run, top_k=2)] == [qids[1]]
+
+
+def test_rerank_iterator_checks_its_arguments_before_ranking(qwen_backend):
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    ranker = CountingRanker(LikelihoodRanker(qwen_backend))
+    corpus = dict(ds.corpus)
+    last = next(reversed(run))
+    del corpus[run[last][0][0]]
+    with pytest.raises(KeyError, match=f"query {last}: 1 candidate"):
+        rerank(ranker, ds.queries, corpus, run)  # raised at the call, not at the last query
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        rerank(ranker, ds.queries, ds.corpus, run, top_k=0)
+    with pytest.raises(ValueError, match="queries_per_batch must be at least 1"):
+        rerank(ranker, ds.queries, ds.corpus, run, queries_per_batch=0)
+    assert ranker.batches == []

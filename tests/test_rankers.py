@@ -196,3 +196,18 @@ def test_dense_head_scores_the_hidden_state_at_an_appended_eos(qwen_backend, tmp
 def test_an_unknown_answer_word_is_refused(qwen_backend):
     with pytest.raises(ValueError, match="'zzz' not single known tokens"):
         PointwiseRanker(qwen_backend, tokens=("yes", "zzz"))
+
+
+def test_one_helper_builds_rankings_and_one_checks_scores_are_finite():
+    from llmrerank.rankers.base import check_finite
+    from llmrerank.types import make_ranking
+
+    docs = [Document("a", id="x"), Document("b", id="y"), Document("c", id="z")]
+    r = make_ranking([2, 0, 1], docs, metadata={"tokens": 3})
+    assert (r.indices, r.scores, r.ids, r.metadata) == ((2, 0, 1), (3.0, 2.0, 1.0), ("z", "x", "y"), {"tokens": 3})
+    assert make_ranking([1, 0], [Document("a"), Document("b", id="y")], [0.5, 0.25]).ids is None
+    assert make_ranking([], []).indices == ()
+    assert check_finite(torch.tensor([1.0, -2.0])).tolist() == [1.0, -2.0]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(FloatingPointError, match="1 non-finite scores"):
+            check_finite(torch.tensor([0.0, bad]))
