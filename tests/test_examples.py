@@ -24,3 +24,14 @@ def test_example_config_is_valid(path):
     config = TrainConfig.load(path)
     assert config.loss in LOSSES
     assert config.data.startswith("../shared/data/")  # examples read the shared benchmark data
+
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy-configs"
+
+
+@pytest.mark.parametrize("path", sorted(p for p in LEGACY.iterdir() if p.suffix != ".md"), ids=lambda p: p.name)
+def test_an_example_as_written_before_the_options_table_reads_the_same(path):
+    """The examples as they were written before ``options`` (its keys at the top level) still load, equal."""
+    if path.suffix in (".yaml", ".yml"):
+        needs("yaml", "YAML configs")
+    assert TrainConfig.load(path) == TrainConfig.load(Path(__file__).parents[1] / "examples" / path.name)
