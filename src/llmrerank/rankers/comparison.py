@@ -45,7 +45,10 @@ class ComparisonOptions(Options):
 
 
 @dataclass
-class _QueryState:
+class ComparisonState:
+    """One query's progress through a comparison ranker: its sort process, the round being asked, the memo of
+    answers (what a subclass's ``_record`` keeps per comparison), the passages' token ids and the counts."""
+
     query: str
     docs: list[Document]
     size: int  # candidates taking part (the first `size` of docs)
@@ -103,7 +106,7 @@ class ComparisonRanker(ListRanker):
     def _presentations(self, comparison: Comparison) -> list[Comparison]:
         raise NotImplementedError
 
-    def _record(self, state: _QueryState, comparison: Comparison, rows: list[list[float]]) -> Any:
+    def _record(self, state: ComparisonState, comparison: Comparison, rows: list[list[float]]) -> Any:
         raise NotImplementedError
 
     def _winner(self, comparison: Comparison, value: Any) -> int:
@@ -115,7 +118,7 @@ class ComparisonRanker(ListRanker):
     def _size(self, n: int) -> int:
         return n
 
-    def _finish(self, state: _QueryState) -> tuple[list[int], list[float]]:
+    def _finish(self, state: ComparisonState) -> tuple[list[int], list[float]]:
         """The final order over all of ``state.docs`` and its scores (default: the sort's order, ``n - rank``)."""
         order = [*state.result, *range(state.size, len(state.docs))]
         n = len(order)
@@ -128,7 +131,7 @@ class ComparisonRanker(ListRanker):
         states = []
         for q, documents in check_batch(queries, docs):
             size = self._size(len(documents))
-            state = _QueryState(q, documents, size, self._process(size), dict.fromkeys(self.counters, 0))
+            state = ComparisonState(q, documents, size, self._process(size), dict.fromkeys(self.counters, 0))
             self._start(state)
             states.append(state)
         while True:
@@ -141,7 +144,7 @@ class ComparisonRanker(ListRanker):
                 self._advance(s)
         return [self._ranking(s) for s in states]
 
-    def _start(self, state: _QueryState) -> None:
+    def _start(self, state: ComparisonState) -> None:
         try:
             state.round = next(state.process)
         except StopIteration as done:
@@ -149,7 +152,7 @@ class ComparisonRanker(ListRanker):
             return
         self._settle(state)
 
-    def _settle(self, state: _QueryState) -> None:
+    def _settle(self, state: ComparisonState) -> None:
         """Advance through rounds the memo answers whole, up to one that needs the model (or the end)."""
         while state.round is not None:
             state.pending = list(dict.fromkeys(c for c in state.round if frozenset(c) not in state.memo))
@@ -157,7 +160,7 @@ class ComparisonRanker(ListRanker):
                 return
             self._advance(state)
 
-    def _advance(self, state: _QueryState) -> None:
+    def _advance(self, state: ComparisonState) -> None:
         assert state.round is not None
         state.counts["memo_hits"] += len(state.round) - len(state.pending)
         state.pending = []
@@ -169,13 +172,13 @@ class ComparisonRanker(ListRanker):
             return
         self._settle(state)
 
-    def _passage(self, state: _QueryState, item: int) -> list[int]:
+    def _passage(self, state: ComparisonState, item: int) -> list[int]:
         if item not in state.passages:
             doc = state.docs[item]
             state.passages[item] = self.renderer.passage_ids(doc.text, doc.title)
         return state.passages[item]
 
-    def _evaluate(self, jobs: Sequence[tuple[_QueryState, Comparison]]) -> None:
+    def _evaluate(self, jobs: Sequence[tuple[ComparisonState, Comparison]]) -> None:
         """Ask the model every comparison of ``jobs`` (one prompt per presentation) and fill the memos."""
         prompts: list[tuple[int, ...]] = []
         sizes: list[int] = []
@@ -201,7 +204,7 @@ class ComparisonRanker(ListRanker):
             state.counts["comparisons"] += 1
             k += n_shown
 
-    def _ranking(self, state: _QueryState) -> Ranking:
+    def _ranking(self, state: ComparisonState) -> Ranking:
         if not state.docs:
             return make_ranking([], [], metadata=state.counts)
         order, scores = self._finish(state)

@@ -40,7 +40,7 @@ from typing import ClassVar
 
 from ..options import Options, option
 from ..prompts import PRP, ComparisonTemplate
-from .comparison import COUNTERS, DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, _QueryState
+from .comparison import COUNTERS, DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, ComparisonState
 from .sorting import SORTS, Comparison, SortProcess, all_pairs, bubble_sort, heap_sort, order_by_scores, win_sums
 
 AGGREGATIONS = ("allpairs", *SORTS)
@@ -128,7 +128,7 @@ class PairwiseRanker(ComparisonRanker):
         x, y = comparison
         return [(x, y), (y, x)]
 
-    def _record(self, state: _QueryState, comparison: Comparison, rows: list[list[float]]) -> float:
+    def _record(self, state: ComparisonState, comparison: Comparison, rows: list[list[float]]) -> float:
         """The memo holds P(lower item id beats the higher one)."""
         x, y = comparison
         p, conflict = pair_probability(rows[0], rows[1])
@@ -143,7 +143,7 @@ class PairwiseRanker(ComparisonRanker):
         x, y = comparison
         return x if self.prefer(value, x, y) >= 0.5 else y  # a tie keeps the one shown first
 
-    def _finish(self, state: _QueryState) -> tuple[list[int], list[float]]:
+    def _finish(self, state: ComparisonState) -> tuple[list[int], list[float]]:
         if self.aggregation != "allpairs":
             return super()._finish(state)
         size = state.size

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from ..options import Options, option
 from ..prompts import LABELS, SETWISE, ComparisonTemplate
-from .comparison import DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, _QueryState
+from .comparison import DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, ComparisonState
 from .sorting import SORTS, Comparison, SortProcess, bubble_sort, heap_sort
 
 
@@ -72,7 +72,7 @@ class SetwiseRanker(ComparisonRanker):
     def _presentations(self, comparison: Comparison) -> list[Comparison]:
         return [comparison]
 
-    def _record(self, state: _QueryState, comparison: Comparison, rows: list[list[float]]) -> int:
+    def _record(self, state: ComparisonState, comparison: Comparison, rows: list[list[float]]) -> int:
         """The memo holds the winning item."""
         (row,) = rows
         best = max(range(len(comparison)), key=lambda i: (row[i], -i))  # a tie: the one shown first
