@@ -1,15 +1,36 @@
-"""Helpers the benchmark scripts share: the command line as run, the environment, peak memory."""
+"""What the benchmark scripts share: the repository and data folders, the command line as run, the environment,
+peak memory, the options several scripts take, the datasets as the benchmarks load them, the JSON they write, and
+the timing of the pipeline's rerank iterator (``llmrerank.pipeline.rerank``), which every script reranks with."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import platform
+import random
 import resource
 import shlex
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+# SciFact comes without a first stage: BM25 (bm25s) over the whole corpus, and a fixed sample of test queries
+BM25_K1 = 0.9
+BM25_B = 0.4
+SCIFACT_SAMPLE = 100
+SCIFACT_SEED = 0
+DL_RUN = "bm25-top100.trec"  # the distributed BM25 run of the DL folders
+MEASURE = "nDCG@10"
+
+
+# --- the command line and the machine ----------------------------------------------------------------------
 
 
 def rel(path: str) -> str:
@@ -23,6 +44,11 @@ def rel(path: str) -> str:
 def command_line() -> str:
     """How this script was run, from the repository root."""
     return "python " + " ".join(shlex.quote(a) for a in [rel(sys.argv[0]), *sys.argv[1:]])
+
+
+def stamp() -> str:
+    """The local time now, as the JSONs record ``started`` and ``finished``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def peak_rss_mib() -> float:
@@ -39,6 +65,7 @@ def peak_rss_mib() -> float:
 
 
 def environment() -> dict[str, Any]:
+    """Versions, threads and devices of this run."""
     import torch
     import transformers
 
@@ -53,3 +80,293 @@ def environment() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+# --- options several scripts take ---------------------------------------------------------------------------
+
+
+def add_data_option(parser: argparse.ArgumentParser, holding: str) -> None:
+    """``--data``: the folder of the BEIR folders, ``../shared/data`` next to the repository by default."""
+    default = "../shared/data from the repository root"
+    parser.add_argument("--data", type=Path, default=DATA, help=f"folder holding {holding} (default: {default})")
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--device``, ``--threads`` and ``--batch-size``, as ``HFBackend.load`` takes them."""
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def plot_options(description: str, png: str, argv: list[str] | None) -> argparse.Namespace:
+    """The plot scripts' ``--results`` (the benchmarks' JSONs) and ``--out`` (``docs/{png}``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / png)
+    return parser.parse_args(argv)
+
+
+def save_png(fig: Any, path: Path, dpi: int) -> Path:
+    """Save a matplotlib figure as a PNG at ``path`` (its folder made if need be) and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi)
+    print(f"wrote {path}")
+    return path
+
+
+# --- the datasets -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """The evaluated queries (in ``queries.jsonl`` order), the corpus, their judgements and first-stage run."""
+
+    name: str
+    queries: dict[str, str]
+    corpus: Mapping[str, Any]
+    qrels: dict[str, dict[str, int]]
+    run: dict[str, list[tuple[str, float]]]
+    first_stage: dict[str, Any]
+
+    @property
+    def qids(self) -> list[str]:
+        return list(self.queries)
+
+
+def load_dataset(
+    name: str, data: Path, top_k: int | None = None, limit: int | None = None, split: str = "test"
+) -> Dataset:
+    """A benchmark dataset from ``data/name``: its judged queries of ``split`` and their first stage, cut to the
+    top ``top_k`` (None: the whole distributed run).
+
+    - ``dl19``, ``dl21``: the queries of the distributed ``bm25-top100.trec``;
+    - ``scifact``: a fixed sample of 100 test queries (``random.Random(0).sample(sorted(test qids), 100)``, then
+      sorted), candidates from BM25 (bm25s, k1 0.9, b 0.4) over the whole corpus (so ``top_k`` is needed).
+
+    ``limit`` keeps only the first N queries. A candidate without text in the corpus is a KeyError.
+    """
+    from llmrerank.data import load_beir, load_run
+
+    folder = data / name
+    beir = load_beir(folder, split)
+    if name == "scifact":
+        if top_k is None:
+            raise ValueError("scifact has no distributed run: BM25 retrieves the top top_k, so give top_k")
+        all_test = sorted(beir.queries)
+        qids = sorted(random.Random(SCIFACT_SEED).sample(all_test, SCIFACT_SAMPLE))
+        first_stage = {
+            "source": "bm25s over the whole corpus (llmrerank.retrieve.bm25_search)",
+            "k1": BM25_K1,
+            "b": BM25_B,
+            "sample": f"random.Random({SCIFACT_SEED}).sample(sorted(test qids), {SCIFACT_SAMPLE}), sorted",
+            "test_queries": len(all_test),
+        }
+        full_run = None
+    else:
+        full_run = load_run(folder / DL_RUN)
+        qids = [q for q in beir.queries if q in full_run]
+        first_stage = {"source": f"{name}/{DL_RUN}", "note": "the distributed BM25 run, cut to top_k"}
+    if limit is not None:
+        qids = qids[:limit]
+    queries = {q: beir.queries[q] for q in qids}
+    if full_run is None:
+        from llmrerank.retrieve import bm25_search
+
+        full_run = bm25_search(beir.corpus, queries, top_k=top_k, k1=BM25_K1, b=BM25_B, show_progress=False)
+    run = {q: list(full_run[q])[:top_k] for q in qids}
+    missing = [(q, d) for q in qids for d, _ in run[q] if d not in beir.corpus]
+    if missing:
+        raise KeyError(f"{len(missing)} candidate(s) have no text, e.g. query {missing[0][0]} doc {missing[0][1]}")
+    qrels = {q: dict(beir.qrels[q]) for q in qids}
+    return Dataset(name, queries, beir.corpus, qrels, run, first_stage)
+
+
+# --- the JSON -----------------------------------------------------------------------------------------------
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` whole or not at all: a temporary file beside it, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def p_round(p: float | None, digits: int = 3) -> float | None:
+    """A p-value to ``digits`` significant digits, None where there is none (no test, or no variance)."""
+    return None if p is None or math.isnan(p) else float(f"{p:.{digits}g}")
+
+
+def numbers(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The numeric accounting of a Ranking's metadata (booleans left out)."""
+    return {k: v for k, v in metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Report:
+    """A benchmark's JSON (``result``), rewritten whole at every :meth:`write` so a run cut short keeps it."""
+
+    def __init__(self, out: str | Path, result: dict[str, Any]):
+        self.out = Path(out)
+        self.result = result
+
+    def write(self) -> None:
+        write_json(self.out, self.result)
+
+    def finish(self, summary: str) -> dict[str, Any]:
+        """Mark the benchmark complete, write it, and print ``summary`` (its table) and where it went."""
+        self.result["status"] = "complete"
+        self.result["finished"] = stamp()
+        self.write()
+        print(summary)
+        print(f"wrote {self.out}")
+        return self.result
+
+
+def header(benchmark: str, status: str = "running", **first: Any) -> dict[str, Any]:
+    """The first fields of a benchmark JSON: its name, ``first``, the command line, when it started, its status."""
+    return {"benchmark": benchmark, **first, "command": command_line(), "started": stamp(), "status": status}
+
+
+def markdown_table(rows: list[list[str]]) -> list[str]:
+    """Rows of cells, the header first, as the lines of a Markdown table with its columns padded alike."""
+    rows = [rows[0], ["---"] * len(rows[0]), *rows[1:]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+
+
+RUN_COLUMNS = ["queries", "BM25 nDCG@10", "nDCG@10", "p"]  # of a per-query run, as :func:`run_cells` fills them
+
+
+def run_cells(run: dict[str, Any]) -> list[str]:
+    """A :class:`PerQueryReport` run's queries done (of those planned), BM25's nDCG@10 on them, the run's, and
+    the p-value of the paired t-test."""
+    p = run.get(f"p_{MEASURE}")
+    return [
+        f"{run['queries_done']}/{run['queries_planned']}",
+        f"{run[f'bm25_{MEASURE}']:.4f}",
+        f"{run[MEASURE]:.4f}",
+        "" if p is None else f"{p:.3g}",
+    ]
+
+
+def text_table(rows: list[list[str]], left: int) -> list[str]:
+    """Rows of cells, the header first, as aligned plain-text lines: the first ``left`` columns to the left, the
+    others to the right, and a dashed line under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+# --- timing the rerank iterator -----------------------------------------------------------------------------
+
+
+def timed(rankings: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any, float]]:
+    """``(query id, Ranking, seconds)``: the seconds from asking the iterator for the next query to getting it,
+    so what the caller does in between is not counted. With queries batched, a batch's first query carries the
+    whole batch's time."""
+    it = iter(rankings)
+    while True:
+        start = time.perf_counter()
+        try:
+            qid, ranking = next(it)
+        except StopIteration:
+            return
+        yield qid, ranking, time.perf_counter() - start
+
+
+def describe(ranker: Any) -> dict[str, Any]:
+    """The ranker's options as the JSONs record them: without its template (a name is enough there)."""
+    options = ranker.describe()
+    options.pop("template", None)
+    return options
+
+
+class PerQueryReport(Report):
+    """A benchmark whose runs rank one query at a time (timed), each under a time budget; a run is an entry of
+    ``result["runs"]`` with ``status``, ``queries_planned``, ``queries_done`` and ``per_query``, summarised
+    (:meth:`summarise`) and written after every query."""
+
+    def __init__(self, args: argparse.Namespace, data: Dataset, result: dict[str, Any]):
+        self.args = args
+        self.data = data
+        super().__init__(args.out, result)
+
+    def summarise(self, name: str) -> None:
+        raise NotImplementedError
+
+    def postfix(self, entry: dict[str, Any]) -> dict[str, str]:
+        """The progress bar's figures."""
+        return {"s_q": f"{entry['seconds_per_query']:.1f}", "ndcg": f"{entry[MEASURE]:.3f}"}
+
+    def measure(
+        self,
+        name: str,
+        fields: dict[str, Any],
+        ranker: Any,
+        qids: list[str],
+        top_k: int,
+        max_minutes: float,
+        record: Callable[[Any], dict[str, Any]],
+    ) -> None:
+        """Rerank the top ``top_k`` of ``qids`` one by one into run ``name`` (an entry that starts with
+        ``fields``): per query its seconds and ``record(ranking)``. No new query starts once ``max_minutes``
+        (0: no limit) of ranking time are spent."""
+        from tqdm.auto import tqdm
+
+        from llmrerank.pipeline import rerank
+
+        data = self.data
+        entry = {**fields, "status": "running", "queries_planned": len(qids), "queries_done": 0, "per_query": {}}
+        self.result["runs"][name] = entry
+        budget = max_minutes * 60 if max_minutes else math.inf
+        spent = 0.0
+        run = {q: data.run[q] for q in qids}
+        bar = tqdm(total=len(qids), desc=name, unit="q", file=sys.stderr)
+        for qid, ranking, seconds in timed(rerank(ranker, data.queries, data.corpus, run, top_k, queries_per_batch=1)):
+            spent += seconds
+            entry["per_query"][qid] = {"seconds": round(seconds, 2), **record(ranking)}
+            entry["queries_done"] += 1
+            self.summarise(name)
+            self.write()
+            bar.update(1)
+            bar.set_postfix(self.postfix(entry))
+            if spent >= budget and entry["queries_done"] < len(qids):
+                entry["status"] = f"stopped: time budget of {max_minutes} min spent"
+                break
+        bar.close()
+        if entry["status"] == "running":
+            entry["status"] = "complete"
+        entry["peak_rss_mib"] = peak_rss_mib()
+        self.write()
+
+    def timing(self, entry: dict[str, Any]) -> list[str]:
+        """The queries done so far; their seconds, in all and per query, into ``entry``."""
+        per_query = entry["per_query"]
+        done = list(per_query)
+        entry["seconds"] = round(sum(per_query[q]["seconds"] for q in done), 1)
+        entry["seconds_per_query"] = round(entry["seconds"] / len(done), 2)
+        return done
+
+    def against_bm25(self, name: str, top_k: int) -> Any:
+        """nDCG@10 of run ``name`` on the queries done so far, and of BM25's top ``top_k`` on those same queries,
+        with a paired t-test of the two; returns the evaluation."""
+        from llmrerank.evaluate import evaluate_runs
+
+        entry = self.result["runs"][name]
+        per_query = entry["per_query"]
+        done = list(per_query)
+        qrels = {q: self.data.qrels[q] for q in done}
+        runs = {
+            "bm25": {q: list(self.data.run[q])[:top_k] for q in done},
+            name: {q: [(d, float(top_k - i)) for i, d in enumerate(per_query[q]["order"])] for q in done},
+        }
+        ev = evaluate_runs(qrels, runs, measures=[MEASURE])
+        entry[MEASURE] = round(ev.aggregate[name][MEASURE], 4)
+        entry[f"bm25_{MEASURE}"] = round(ev.aggregate["bm25"][MEASURE], 4)
+        entry[f"p_{MEASURE}"] = p_round(ev.p_values[name][MEASURE])
+        return ev

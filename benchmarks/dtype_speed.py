@@ -12,36 +12,34 @@ the same in both dtypes.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+from typing import Any
 
+from _common import RESULTS, add_data_option, load_dataset, write_json
 from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from llmrerank import Reranker
-    from llmrerank.data import load_beir, load_run
     from llmrerank.evaluate import evaluate_runs
+    from llmrerank.pipeline import rerank
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    add_data_option(ap, "dl19/")
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"])
     ap.add_argument("--methods", nargs="+", default=["pointwise", "likelihood"])
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dtype_speed.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=RESULTS / "dtype_speed.json")
+    args = ap.parse_args(argv)
 
-    ds = load_beir(args.data / "dl19", "test")
-    bm25 = load_run(args.data / "dl19" / "bm25-top100.trec")
-    qids = [q for q in bm25 if q in ds.queries][: args.queries]
-    heads = {q: [d for d, _ in bm25[q][: args.top_k]] for q in qids}
-    qrels = {q: ds.qrels[q] for q in qids}
+    ds = load_dataset("dl19", args.data, args.top_k, args.queries)
+    qids = ds.qids
+    heads = {q: [d for d, _ in ds.run[q]] for q in qids}
+    qrels = ds.qrels
     rows = []
     for model in args.models:
         for method in args.methods:
@@ -49,14 +47,13 @@ def main() -> None:
                 dt: Reranker(method, model=model, dtype=dt, max_length=args.max_length)
                 for dt in ("float32", "bfloat16")
             }
-            best: dict[str, dict] = {}
+            best: dict[str, dict[str, Any]] = {}
             for _ in range(args.repeats):
                 for dt, ranker in rankers.items():
                     before = ranker.backend.stats.snapshot()
                     start = time.perf_counter()
-                    rankings = {}
-                    for q in tqdm(qids, desc=f"{model} {method} {dt}", leave=False):
-                        rankings[q] = ranker.rank(ds.queries[q], [ds.corpus[d] for d in heads[q]])
+                    each = rerank(ranker, ds.queries, ds.corpus, ds.run, args.top_k, queries_per_batch=1)
+                    rankings = dict(tqdm(each, total=len(qids), desc=f"{model} {method} {dt}", leave=False))
                     seconds = time.perf_counter() - start
                     tokens = ranker.backend.stats.since(before)["tokens"]
                     if dt not in best or seconds < best[dt]["seconds"]:
@@ -88,10 +85,7 @@ def main() -> None:
             row["max_score_diff"] = round(diff, 4)
             row["same_top10_order"] = round(same_top10, 3)
             rows.append(row)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(
-                json.dumps({"command": "python benchmarks/dtype_speed.py", "rows": rows}, indent=2) + "\n"
-            )
+            write_json(args.out, {"command": "python benchmarks/dtype_speed.py", "rows": rows})
             del rankers
     header = [
         "model",

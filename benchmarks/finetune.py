@@ -66,12 +66,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from _common import command_line, environment, peak_rss_mib, rel  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from zero_shot import BM25_B, BM25_K1, load_dataset  # noqa: E402
+from _common import (
+    BM25_B,
+    BM25_K1,
+    REPO,
+    RESULTS,
+    Report,
+    add_data_option,
+    environment,
+    header,
+    load_dataset,
+    p_round,
+    peak_rss_mib,
+    rel,
+    text_table,
+)
 
 VARIANTS: dict[str, tuple[str, str, str]] = {
     "a": ("pointwise", "grouped_ce", "pointwise tokens head (z_yes - z_no), grouped softmax cross-entropy"),
@@ -142,10 +151,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def p_round(p: float | None) -> float | None:
-    return None if p is None or math.isnan(p) else float(f"{p:.4g}")
 
 
 def free_memory() -> None:
@@ -438,14 +443,14 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
 # --- evaluation ----------------------------------------------------------------------------------------------
 
 
-def rerank(ranker: Any, data: dict[str, Any], out: Path, resume: bool, tag: str, sidecar: dict[str, Any]) -> Any:
+def rerank(ranker: Any, data: Any, out: Path, resume: bool, tag: str, sidecar: dict[str, Any]) -> Any:
     from llmrerank.pipeline import rerank_run
 
     return rerank_run(
         ranker,
-        data["queries"],
-        data["corpus"],
-        data["run"],
+        data.queries,
+        data.corpus,
+        data.run,
         out,
         top_k=TOP_K,
         resume=resume,
@@ -485,7 +490,7 @@ def score_runs(qrels: dict[str, dict[str, int]], runs: dict[str, Any]) -> dict[s
                 continue
             ours, theirs = e.per_query[name]["nDCG@10"], e.per_query[base]["nDCG@10"]
             row[f"delta_vs_{base}"] = round(e.aggregate[name]["nDCG@10"] - e.aggregate[base]["nDCG@10"], 4)
-            row[f"p_vs_{base}"] = p_round(e.p_values[name]["nDCG@10"])
+            row[f"p_vs_{base}"] = p_round(e.p_values[name]["nDCG@10"], 4)
             row[f"wins_vs_{base}"] = sum(ours[q] > theirs[q] for q in e.query_ids)
             row[f"losses_vs_{base}"] = sum(ours[q] < theirs[q] for q in e.query_ids)
             row[f"significant_win_vs_{base}"] = e.significant(name, "nDCG@10", LEVEL) and row[f"delta_vs_{base}"] > 0
@@ -524,13 +529,13 @@ def evaluate_dataset(
     from llmrerank import Reranker
     from llmrerank.data import load_run
 
-    data = load_dataset(args.data, name, TOP_K, args.eval_queries)
+    data = load_dataset(name, args.data, TOP_K, args.eval_queries)
     max_length = SCIFACT_MAX_LENGTH if name == "scifact" else cfg.max_length
     entry: dict[str, Any] = {
-        "n_queries": len(data["queries"]),
+        "n_queries": len(data.queries),
         "top_k": TOP_K,
         "max_length": max_length,
-        "first_stage": data["first_stage"],
+        "first_stage": data.first_stage,
         "files": {},
         "rerank": {},
     }
@@ -545,17 +550,17 @@ def evaluate_dataset(
             f"at {cfg.max_length} and its folder restores {cfg.max_length} by default"
         )
     bench.result["datasets"][name] = entry
-    runs: dict[str, Any] = {BM25: data["run"]}
-    sidecar = {"dataset": name, "first_stage": f"bm25 top {TOP_K}", "n_queries": len(data["queries"])}
+    runs: dict[str, Any] = {BM25: data.run}
+    sidecar = {"dataset": name, "first_stage": f"bm25 top {TOP_K}", "n_queries": len(data.queries)}
 
     def done(run_name: str, out: Path, report: Any, cached: bool) -> None:
         runs[run_name] = load_run(out)
         entry["files"][run_name] = rel(str(out))
         entry["rerank"][run_name] = report_dict(report, cached)
-        entry.update(score_runs(data["qrels"], runs))
+        entry.update(score_runs(data.qrels, runs))
         bench.write()
 
-    entry.update(score_runs(data["qrels"], runs))
+    entry.update(score_runs(data.qrels, runs))
     bench.write()
 
     if model_dir is not None:
@@ -581,11 +586,10 @@ def evaluate_dataset(
 # --- the JSON and the table ----------------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(Report):
     def __init__(self, args: argparse.Namespace):
-        self.out = Path(args.out)
         # what an earlier invocation wrote there: a run that reuses its trained folder keeps its training record
-        self.previous = read_json(self.out) or {}
+        self.previous = read_json(Path(args.out)) or {}
         if args.variant in VARIANTS:
             description = VARIANTS[args.variant][2] + ", DL21 train"
         elif args.variant == "scifact":
@@ -594,15 +598,9 @@ class Bench:
             description = "no training: BM25 and the zero-shot likelihood baselines"
         if args.departs:
             description += f" ({', '.join(args.departs)})"
-        self.result: dict[str, Any] = {
-            "benchmark": "finetune",
-            "issue": 5,
-            "variant": args.variant,
-            "name": args.name,
-            "description": description,
-            "command": command_line(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "status": "starting",
+        first = {"issue": 5, "variant": args.variant, "name": args.name, "description": description}
+        result = {
+            **header("finetune", "starting", **first),
             "smoke": args.smoke,
             "model": args.model,
             "environment": environment(),
@@ -615,12 +613,7 @@ class Bench:
             },
             "datasets": {},
         }
-
-    def write(self) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        tmp.write_text(json.dumps(self.result, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(self.out)
+        super().__init__(args.out, result)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -647,11 +640,7 @@ def table(result: dict[str, Any]) -> str:
                     f"{r['Judged@10']:.3f}",
                 ]
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows, left=2)
     tr = result.get("training", {})
     title = f"finetune {result['variant']}: {result['description']}"
     if tr:
@@ -672,9 +661,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=float, default=50.0, help="training time budget (default 50)")
     parser.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default: planned)")
     parser.add_argument("--epochs", type=int, default=1, help="at most this many epochs (default 1)")
-    parser.add_argument(
-        "--data", type=Path, default=REPO.parent / "shared" / "data", help="folder holding dl19/, dl21/, scifact/"
-    )
+    add_data_option(parser, "dl19/, dl21/, scifact/")
     parser.add_argument("--model", default=BASE["model"], help="the base model (default smollm2-135m)")
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/finetune-{variant}[-{tag}].json)")
     parser.add_argument("--work", type=Path, default=None, help="training folders and runs (default results/finetune)")
@@ -729,7 +716,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.work = REPO / "results" / ("finetune-smoke" if args.smoke else "finetune")
     args.work = args.work.resolve()
     if args.out is None:
-        folder = REPO / "results" if args.smoke else REPO / "benchmarks" / "results"
+        folder = REPO / "results" if args.smoke else RESULTS
         args.out = str(folder / f"finetune{'-smoke' if args.smoke else ''}-{args.name}.json")
     return args
 
@@ -765,12 +752,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench.result["error"] = f"{type(e).__name__}: {e}"
         bench.write()
         raise
-    bench.result["status"] = "complete"
-    bench.result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    bench.write()
-    print(table(bench.result))
-    print(f"wrote {bench.out}")
-    return bench.result
+    return bench.finish(table(bench.result))
 
 
 if __name__ == "__main__":

@@ -29,59 +29,50 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import command_line, environment, peak_rss_mib  # noqa: E402
+from _common import (
+    RESULTS,
+    RUN_COLUMNS,
+    PerQueryReport,
+    add_backend_options,
+    add_data_option,
+    describe,
+    environment,
+    header,
+    load_dataset,
+    markdown_table,
+    numbers,
+    run_cells,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "top50": {"queries": 10, "top_k": 50, "window_size": 20, "step": 10},
     "top20": {"queries": None, "top_k": 20, "window_size": 20, "step": 10},
 }
 DECODINGS = ("generate", "first")
-MEASURE = "nDCG@10"
 REPAIR_KINDS = ("repairs_missing", "repairs_duplicate", "repairs_unknown")
 
 
-def load_dl19(data: Path) -> dict[str, Any]:
-    from llmrerank.data import load_beir, load_run
-
-    folder = data / "dl19"
-    beir = load_beir(folder, "test")
-    run = load_run(folder / "bm25-top100.trec")
-    qids = [q for q in beir.queries if q in run and beir.qrels.get(q)]
-    return {"beir": beir, "run": run, "qids": qids}
-
-
-class Bench:
-    def __init__(self, args: argparse.Namespace, data: dict[str, Any]):
-        self.args = args
-        self.data = data
-        self.out = Path(args.out)
-        self.result: dict[str, Any] = {
-            "benchmark": "listwise",
-            "command": command_line(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "status": "running",
-            "dataset": "dl19",
-            "first_stage": "dl19/bm25-top100.trec (the distributed BM25 run), cut to top_k",
-            "model": args.model,
-            "passage_tokens": args.passage_tokens,
-            "template": args.template,
-            "max_minutes_per_run": args.max_minutes_per_run,
-            "environment": environment(),
-            "runs": {},
-        }
-
-    def write(self) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        tmp.write_text(json.dumps(self.result, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(self.out)
+class Bench(PerQueryReport):
+    def __init__(self, args: argparse.Namespace, data: Any):
+        super().__init__(
+            args,
+            data,
+            {
+                **header("listwise"),
+                "dataset": "dl19",
+                "first_stage": "dl19/bm25-top100.trec (the distributed BM25 run), cut to top_k",
+                "model": args.model,
+                "passage_tokens": args.passage_tokens,
+                "template": args.template,
+                "max_minutes_per_run": args.max_minutes_per_run,
+                "environment": environment(),
+                "runs": {},
+            },
+        )
 
     def adopt(self, old: dict[str, Any], keep_running: bool = False) -> set[str]:
         """Take over the runs of an earlier JSON made with the same model, template and passage budget:
@@ -100,17 +91,13 @@ class Bench:
 
     def qids(self, setting: str) -> list[str]:
         limit = SETTINGS[setting]["queries"]
-        qids = self.data["qids"][:limit] if limit else list(self.data["qids"])
+        qids = self.data.qids[:limit] if limit else self.data.qids
         return qids[: self.args.queries] if self.args.queries else qids
 
     def run(self, setting: str, decoding: str, backend: Any) -> None:
-        from tqdm.auto import tqdm
-
         from llmrerank import Reranker
-        from llmrerank.types import Document
 
         s = SETTINGS[setting]
-        beir, bm25 = self.data["beir"], self.data["run"]
         ranker = Reranker(
             "listwise",
             backend=backend,
@@ -120,88 +107,44 @@ class Bench:
             passage_tokens=self.args.passage_tokens,
             template=self.args.template,
         )
-        name = f"{setting}.{decoding}"
-        describe = ranker.describe()
-        describe.pop("template", None)
-        entry: dict[str, Any] = {
+        fields = {
             "setting": setting,
             "decoding": decoding,
             "top_k": s["top_k"],
-            "ranker": describe,
+            "ranker": describe(ranker),
             "template": ranker.template.name,
-            "status": "running",
-            "queries_planned": len(self.qids(setting)),
-            "queries_done": 0,
-            "per_query": {},
         }
-        self.result["runs"][name] = entry
-        budget = self.args.max_minutes_per_run * 60 if self.args.max_minutes_per_run else math.inf
-        spent = 0.0
-        qids = self.qids(setting)
-        bar = tqdm(qids, desc=name, unit="q", file=sys.stderr)
-        for qid in bar:
-            if spent >= budget:
-                entry["status"] = f"stopped: time budget of {self.args.max_minutes_per_run} min spent"
-                break
-            head = list(bm25[qid])[: s["top_k"]]
-            docs = [Document(beir.corpus[d].text, id=d, title=beir.corpus[d].title) for d, _ in head]
-            start = time.perf_counter()
-            ranking = ranker.rank(beir.queries[qid], docs)
-            seconds = time.perf_counter() - start
-            spent += seconds
-            counts = {k: v for k, v in ranking.metadata.items() if isinstance(v, (int, float))}
-            entry["per_query"][qid] = {
-                "seconds": round(seconds, 2),
-                **counts,
+
+        def record(ranking: Any) -> dict[str, Any]:
+            return {
+                **numbers(ranking.metadata),
                 "order": list(ranking.ids or ()),
                 "outputs": [t.get("output") for t in ranking.metadata["trace"] if "output" in t],
                 "window_orders": [t["order"] for t in ranking.metadata["trace"]],
             }
-            entry["queries_done"] += 1
-            self.summarise(name)
-            self.write()
-            bar.set_postfix(
-                s_q=f"{entry['seconds_per_query']:.1f}",
-                ndcg=f"{entry[MEASURE]:.3f}",
-                repair=f"{entry['repair_rate']:.2f}",
-            )
-        bar.close()
-        if entry["status"] == "running":
-            entry["status"] = "complete"
-        entry["peak_rss_mib"] = peak_rss_mib()
-        self.write()
+
+        name = f"{setting}.{decoding}"
+        self.measure(name, fields, ranker, self.qids(setting), s["top_k"], self.args.max_minutes_per_run, record)
+
+    def postfix(self, entry: dict[str, Any]) -> dict[str, str]:
+        return {**super().postfix(entry), "repair": f"{entry['repair_rate']:.2f}"}
 
     def summarise(self, name: str) -> None:
         """Means over the queries done so far, and nDCG@10 against BM25 on those same queries."""
-        from llmrerank.evaluate import evaluate_runs
-
         entry = self.result["runs"][name]
         per_query = entry["per_query"]
-        done = list(per_query)
+        done = self.timing(entry)
         n = len(done)
         total = {
             k: sum(per_query[q].get(k, 0) for q in done)
             for k in ("llm_calls", "windows_repaired", "windows_unchanged", "repairs")
         }
-        entry["seconds"] = round(sum(per_query[q]["seconds"] for q in done), 1)
-        entry["seconds_per_query"] = round(entry["seconds"] / n, 2)
         for key in ("llm_calls", "prompt_tokens", "generated_tokens", "repairs", *REPAIR_KINDS):
             entry[f"{key}_per_query"] = round(sum(per_query[q].get(key, 0) for q in done) / n, 2)
         calls = total["llm_calls"]
         entry["repair_rate"] = round(total["windows_repaired"] / calls, 4) if calls else 0.0
         entry["unchanged_rate"] = round(total["windows_unchanged"] / calls, 4) if calls else 0.0
-        qrels = {q: dict(self.data["beir"].qrels[q]) for q in done}
-        top_k = entry["top_k"]
-        runs = {
-            "bm25": {q: list(self.data["run"][q])[:top_k] for q in done},
-            name: {q: [(d, float(top_k - i)) for i, d in enumerate(per_query[q]["order"])] for q in done},
-        }
-        ev = evaluate_runs(qrels, runs, measures=[MEASURE])
-        p = ev.p_values[name][MEASURE]
-        entry[MEASURE] = round(ev.aggregate[name][MEASURE], 4)
-        entry[f"bm25_{MEASURE}"] = round(ev.aggregate["bm25"][MEASURE], 4)
-        entry[f"p_{MEASURE}"] = None if p is None or math.isnan(p) else float(f"{p:.3g}")
-        entry["rel"] = ev.rel
+        entry["rel"] = self.against_bm25(name, entry["top_k"]).rel
 
 
 def table(result: dict[str, Any]) -> str:
@@ -209,10 +152,7 @@ def table(result: dict[str, Any]) -> str:
     header = [
         "setting",
         "decoding",
-        "queries",
-        "BM25 nDCG@10",
-        "nDCG@10",
-        "p",
+        *RUN_COLUMNS,
         "repair rate",
         "unchanged",
         "s/query",
@@ -223,19 +163,15 @@ def table(result: dict[str, Any]) -> str:
         "dup/q",
         "unknown/q",
     ]
-    rows = [header, ["---"] * len(header)]
+    rows = [header]
     for r in result["runs"].values():
         if not r.get("queries_done"):
             continue
-        p = r.get(f"p_{MEASURE}")
         rows.append(
             [
                 f"{r['setting']} (w{r['ranker']['window_size']}/s{r['ranker']['step']})",
                 r["decoding"],
-                f"{r['queries_done']}/{r['queries_planned']}",
-                f"{r[f'bm25_{MEASURE}']:.4f}",
-                f"{r[MEASURE]:.4f}",
-                "" if p is None else f"{p:.3g}",
+                *run_cells(r),
                 f"{r['repair_rate']:.2f}",
                 f"{r['unchanged_rate']:.2f}",
                 f"{r['seconds_per_query']:.1f}",
@@ -247,8 +183,7 @@ def table(result: dict[str, Any]) -> str:
                 f"{r['repairs_unknown_per_query']:.2f}",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines = markdown_table(rows)
     title = (
         f"DL19, {result['model']}, template {result['template']}, passages cut to {result['passage_tokens']} "
         f"tokens; p: paired t-test vs BM25 on nDCG@10 over the same queries"
@@ -258,7 +193,7 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder holding dl19/")
+    add_data_option(parser, "dl19/")
     parser.add_argument("--model", default="qwen2.5-0.5b", help="a preset or a model path")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--decodings", nargs="+", choices=DECODINGS, default=list(DECODINGS))
@@ -266,22 +201,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--passage-tokens", type=int, default=100, help="each passage cut to this many tokens")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries of each setting (smoke)")
     parser.add_argument("--max-minutes-per-run", type=float, default=15.0, help="stop a run after this (0: never)")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=16)
+    add_backend_options(parser)
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/listwise-dl19-{model}.json)")
     parser.add_argument("--resume", action="store_true", help="keep the finished runs of an existing --out JSON")
     parser.add_argument("--report", action="store_true", help="only summarise an existing --out JSON and print it")
     args = parser.parse_args(argv)
     if args.out is None:
         safe = Path(args.model).name.replace(".gguf", "")
-        args.out = str(REPO / "benchmarks" / "results" / f"listwise-dl19-{safe}.json")
+        args.out = str(RESULTS / f"listwise-dl19-{safe}.json")
 
     from llmrerank.backends.hf import HFBackend
 
-    data = load_dl19(args.data)
-    bench = Bench(args, data)
+    bench = Bench(args, load_dataset("dl19", args.data))
     done: set[str] = set()
     if args.resume or args.report:
         done = bench.adopt(json.loads(Path(args.out).read_text(encoding="utf-8")), keep_running=args.report)
@@ -304,12 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for decoding in args.decodings:
             if f"{setting}.{decoding}" not in done:
                 bench.run(setting, decoding, backend)
-    bench.result["status"] = "complete"
-    bench.result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    bench.write()
-    print(table(bench.result))
-    print(f"\nwrote {bench.out}")
-    return bench.result
+    return bench.finish(table(bench.result) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, add_data_option
+
 NUM_QUERIES = 5
 DEPTH = 20
 MIN_GRADE = 2
@@ -74,21 +75,16 @@ def build(data: Path, out: Path) -> list[str]:
     return chosen
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=REPO.parent / "shared" / "data",
-        help="folder holding dl19/ (default: ../shared/data from the repository root)",
-    )
+    add_data_option(parser, "dl19/")
     parser.add_argument(
         "--out",
         type=Path,
         default=REPO / "src" / "llmrerank" / "sample" / "dl19-sample",
         help="where to write the sample",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     chosen = build(args.data, args.out)
     print(f"wrote {args.out} with queries {', '.join(chosen)}")
 

@@ -11,12 +11,12 @@ as horizontal bars, one panel per dataset, with BM25 and the zero-shot likelihoo
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import plot_options, save_png
+
 DATASETS = ("dl19", "scifact")
 ORDER = ("a", "b", "c", "d", "e", "scifact")
 LEVEL = 0.05
@@ -193,16 +193,11 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    save_png(fig, out, 120)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "finetune.png")
-    args = parser.parse_args(argv)
+    args = plot_options(__doc__.splitlines()[0], "finetune.png", argv)
     runs = load(args.results)
     if not runs:
         raise SystemExit(f"no complete finetune-*.json in {args.results}")

@@ -16,12 +16,12 @@ Runs that stopped early (a time budget) are drawn only if they covered every que
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import plot_options, save_png
+
 MODELS = {"smollm2-135m": "135M", "qwen2.5-0.5b": "0.5B"}
 COLOURS = {"smollm2-135m": "tab:orange", "qwen2.5-0.5b": "tab:blue"}
 MEASURE = "nDCG@10"
@@ -113,18 +113,14 @@ def plot(results: Path, out: Path) -> Path:
     panel(axes[1], "DL19, first 20 queries, BM25 top 10 (passages cut to 96 tokens)", *right)
     fig.suptitle("Zero-shot reranking with the packaged models (CPU, 2 cores, float32)", fontsize=11)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    save_png(fig, out, 120)
     plt.close(fig)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "methods.png")
-    args = ap.parse_args(argv)
-    print(f"wrote {plot(args.results, args.out)}")
+    args = plot_options(__doc__.splitlines()[0], "methods.png", argv)
+    plot(args.results, args.out)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import plot_options, save_png
+
 DATASETS = ("dl19", "scifact")
 MODELS = ("smollm2-135m", "qwen2.5-0.5b")
 RUNS = ("bm25", "pointwise.pair_softmax", "pointwise.vocab_softmax", "pointwise.yes_logit", "likelihood")
@@ -82,17 +82,12 @@ def plot(results: dict[tuple[str, str], dict], path: Path) -> Path:
         ax.set_ylabel("nDCG@10")
         ax.set_ylim(0, 1.0)
         ax.legend(loc="upper right", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110)
-    return path
+    return save_png(fig, path, 110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "zero_shot.png")
-    args = parser.parse_args()
-    print(f"wrote {plot(load(args.results), args.out)}")
+def main(argv: list[str] | None = None) -> None:
+    args = plot_options(__doc__.splitlines()[0], "zero_shot.png", argv)
+    plot(load(args.results), args.out)
 
 
 if __name__ == "__main__":

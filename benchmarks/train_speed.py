@@ -16,16 +16,23 @@ only that mode (``--memory``).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import command_line, environment, peak_rss_mib  # noqa: E402
+from _common import (
+    REPO,
+    RESULTS,
+    add_data_option,
+    command_line,
+    environment,
+    markdown_table,
+    peak_rss_mib,
+    write_json,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "smollm2-dl21-grouped-ce.toml"
 MODES: dict[str, dict[str, bool]] = {
     "float32": {"bf16_autocast": False, "gradient_checkpointing": False},
@@ -94,7 +101,7 @@ def child_peak(args: argparse.Namespace, mode: str) -> float | None:
 
 def table(result: dict[str, Any]) -> str:
     header = ["mode", "s/micro-batch", "tokens/s", "speed-up", "loss", "|Δloss| vs fp32", "grad norm", "peak RSS MiB"]
-    rows = [header, ["---"] * len(header)]
+    rows = [header]
     base = result["modes"]["float32"]
     for name, r in result["modes"].items():
         rows.append(
@@ -109,19 +116,18 @@ def table(result: dict[str, Any]) -> str:
                 "" if r.get("peak_rss_mib") is None else f"{r['peak_rss_mib']:.0f}",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows)
+    return "\n".join(markdown_table(rows))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder holding dl21/")
+    add_data_option(ap, "dl21/")
     ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     ap.add_argument("--micro-batches", type=int, default=2, help="micro-batches (2 groups of 8 each) per timing")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the per-mode child processes")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_speed.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "train_speed.json")
     ap.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -172,8 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.memory:
         for mode in tqdm(result["modes"], desc="peak memory", unit="mode"):
             result["modes"][mode]["peak_rss_mib"] = child_peak(args, mode)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(args.out, result)
     print(table(result))
     print(f"\nwrote {args.out}")
     return result

@@ -9,7 +9,8 @@ Datasets (from ``--data``, default ``../shared/data`` next to the repository):
 
 Methods: ``pointwise`` (one forward pass per document; the three normalisations ``pair_softmax``,
 ``vocab_softmax`` and ``yes_logit`` all come from that same pass via ``score_variants``) and ``likelihood``
-(query likelihood, mean log-probability of the query tokens). Both share one loaded model.
+(query likelihood, mean log-probability of the query tokens). Both share one loaded model, and both rerank
+through the library's one reranking loop, ``llmrerank.pipeline.rerank``.
 
 The top 20 is the whole candidate list, so each reranked run is just the reranked head. The JSON is rewritten
 after every method (and every few queries while a method runs), so a run cut short keeps what it measured.
@@ -24,68 +25,35 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from _common import command_line, environment, peak_rss_mib  # noqa: E402
+from _common import (
+    REPO,
+    RESULTS,
+    Report,
+    add_backend_options,
+    add_data_option,
+    describe,
+    environment,
+    header,
+    load_dataset,
+    p_round,
+    peak_rss_mib,
+    text_table,
+    timed,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("dl19", "scifact")
 METHOD_NAMES = ("pointwise", "likelihood")
 MEASURES = ("nDCG@10", "Judged@10")
-SCIFACT_SAMPLE = 100
-SCIFACT_SEED = 0
-BM25_K1 = 0.9
-BM25_B = 0.4
 # the three normalisations this benchmark reports (score_variants may return more, e.g. "logit", which ranks
 # exactly as pair_softmax does)
 NORMALISATIONS = ("pair_softmax", "vocab_softmax", "yes_logit")
 CHECKPOINT_EVERY = 10  # queries between progress checkpoints in the JSON
-
-
-# --- data ---------------------------------------------------------------------------------------------------
-
-
-def load_dataset(data: Path, dataset: str, top_k: int, limit: int | None) -> dict[str, Any]:
-    """Queries, corpus, qrels (restricted to the evaluated queries) and the BM25 top ``top_k`` run."""
-    from llmrerank.data import load_beir, load_run
-
-    folder = data / dataset
-    beir = load_beir(folder, "test")
-    if dataset == "dl19":
-        run_path = folder / "bm25-top100.trec"
-        full_run = load_run(run_path)
-        qids = [q for q in beir.queries if q in full_run]
-        first_stage = {"source": f"{dataset}/{run_path.name}", "note": "the distributed BM25 run, cut to top_k"}
-    else:
-        all_test = sorted(beir.queries)
-        qids = sorted(random.Random(SCIFACT_SEED).sample(all_test, SCIFACT_SAMPLE))
-        first_stage = {
-            "source": "bm25s over the whole corpus (llmrerank.retrieve.bm25_search)",
-            "k1": BM25_K1,
-            "b": BM25_B,
-            "sample": f"random.Random({SCIFACT_SEED}).sample(sorted(test qids), {SCIFACT_SAMPLE}), sorted",
-            "test_queries": len(all_test),
-        }
-        full_run = None
-    if limit is not None:
-        qids = qids[:limit]
-    queries = {q: beir.queries[q] for q in qids}
-    if full_run is None:
-        from llmrerank.retrieve import bm25_search
-
-        full_run = bm25_search(beir.corpus, queries, top_k=top_k, k1=BM25_K1, b=BM25_B, show_progress=False)
-    run = {q: list(full_run[q])[:top_k] for q in qids}
-    missing = [(q, d) for q in qids for d, _ in run[q] if d not in beir.corpus]
-    if missing:
-        raise KeyError(f"{len(missing)} candidate(s) have no text, e.g. query {missing[0][0]} doc {missing[0][1]}")
-    qrels = {q: dict(beir.qrels[q]) for q in qids}
-    return {"queries": queries, "corpus": beir.corpus, "qrels": qrels, "run": run, "first_stage": first_stage}
 
 
 # --- measuring ----------------------------------------------------------------------------------------------
@@ -106,55 +74,67 @@ def reset_cuda_peak(device: Any) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def ordered(doc_ids: list[str], scores: list[float]) -> list[tuple[str, float]]:
-    """Best first by score; equal scores keep the BM25 order (stable sort)."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return [(doc_ids[i], float(scores[i])) for i in order]
+class Variants:
+    """The pointwise ranker as the rerank iterator calls it: one forward pass a query (``score_variants``) gives
+    every normalisation; the Ranking is the first one's, and ``metadata["variants"]`` holds each one's Ranking
+    by run name. Equal scores keep the BM25 order (a stable sort), as in every ranker."""
+
+    def __init__(self, ranker: Any):
+        self.ranker = ranker
+        self.method = ranker.method
+
+    def rank_many(self, queries: list[str], docs: list[list[Any]]) -> list[Any]:
+        from llmrerank.types import ranking_from_scores
+
+        out = []
+        for query, documents in zip(queries, docs):
+            variants = self.ranker.score_variants(query, documents)
+            by_name = {f"pointwise.{n}": ranking_from_scores(variants[n], documents) for n in NORMALISATIONS}
+            out.append(replace(next(iter(by_name.values())), metadata={"variants": by_name}))
+        return out
 
 
-class Benchmark:
-    def __init__(self, args: argparse.Namespace, data: dict[str, Any]):
+class Benchmark(Report):
+    def __init__(self, args: argparse.Namespace, data: Any):
         self.args = args
         self.data = data
-        self.qids = list(data["queries"])
-        self.runs: dict[str, dict[str, list[tuple[str, float]]]] = {"bm25": data["run"]}
-        self.out = Path(args.out)
-        self.result: dict[str, Any] = {
-            "benchmark": "zero_shot",
-            "command": command_line(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "status": "running",
-            "dataset": args.dataset,
-            "split": "test",
-            "model": args.model,
-            "top_k": args.top_k,
-            "max_length": args.max_length,
-            "batch_size": args.batch_size,
-            "n_queries": len(self.qids),
-            "query_ids": self.qids,
-            "first_stage": data["first_stage"],
-            "measures": list(MEASURES),
-            "environment": environment(),
-            "methods": {},
-            "runs": {},
-        }
+        self.qids = data.qids
+        self.runs: dict[str, dict[str, list[tuple[str, float]]]] = {"bm25": data.run}
+        super().__init__(
+            args.out,
+            {
+                **header("zero_shot"),
+                "dataset": args.dataset,
+                "split": "test",
+                "model": args.model,
+                "top_k": args.top_k,
+                "max_length": args.max_length,
+                "batch_size": args.batch_size,
+                "n_queries": len(self.qids),
+                "query_ids": self.qids,
+                "first_stage": data.first_stage,
+                "measures": list(MEASURES),
+                "environment": environment(),
+                "methods": {},
+                "runs": {},
+            },
+        )
 
     # JSON ---------------------------------------------------------------------------------------------------
 
     def evaluate(self) -> None:
         from llmrerank.evaluate import evaluate_runs
 
-        ev = evaluate_runs(self.data["qrels"], self.runs, measures=list(MEASURES))
+        ev = evaluate_runs(self.data.qrels, self.runs, measures=list(MEASURES))
         self.evaluation = ev
         self.result["rel"] = ev.rel
         runs = {}
         for name in ev.run_names:
             agg = ev.aggregate[name]
-            p = ev.p_values[name]["nDCG@10"]
             runs[name] = {
                 "nDCG@10": round(agg["nDCG@10"], 4),
                 "delta_nDCG@10": round(agg["nDCG@10"] - ev.aggregate["bm25"]["nDCG@10"], 4),
-                "p_nDCG@10": None if p is None or math.isnan(p) else float(f"{p:.3g}"),
+                "p_nDCG@10": p_round(ev.p_values[name]["nDCG@10"]),
                 "Judged@10": round(agg["Judged@10"], 4),
                 "wins": sum(
                     ev.per_query[name]["nDCG@10"][q] > ev.per_query["bm25"]["nDCG@10"][q] for q in ev.query_ids
@@ -167,12 +147,6 @@ class Benchmark:
         self.result["per_query_nDCG@10"] = {
             name: [round(ev.per_query[name]["nDCG@10"][q], 4) for q in self.qids] for name in ev.run_names
         }
-
-    def write(self) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        tmp.write_text(json.dumps(self.result, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(self.out)
 
     def write_run_files(self, names: list[str]) -> None:
         if not self.args.runs_dir:
@@ -189,15 +163,9 @@ class Benchmark:
     def run_method(self, method: str, ranker: Any) -> None:
         from tqdm.auto import tqdm
 
-        from llmrerank.types import Document
+        from llmrerank.pipeline import rerank
 
-        corpus, queries, bm25 = self.data["corpus"], self.data["queries"], self.data["run"]
-
-        def docs_of(q: str) -> list[Document]:
-            return [
-                corpus[d] if corpus[d].id == d else Document(corpus[d].text, d, corpus[d].title) for d, _ in bm25[q]
-            ]
-
+        data = self.data
         names = [f"pointwise.{n}" for n in NORMALISATIONS] if method == "pointwise" else ["likelihood"]
         built: dict[str, dict[str, list[tuple[str, float]]]] = {n: {} for n in names}
         stats = ranker.backend.stats
@@ -205,43 +173,31 @@ class Benchmark:
         reset_cuda_peak(device)
         truncated = 0
         documents = 0
-        entry: dict[str, Any] = {"status": "running", "runs": names, "ranker": ranker.describe()}
-        entry["ranker"].pop("template", None)
+        entry: dict[str, Any] = {"status": "running", "runs": names, "ranker": describe(ranker)}
         entry["template"] = ranker.template.name
         self.result["methods"][method] = entry
         before = stats.snapshot()
-        elapsed = 0.0
+        elapsed = 0.0  # the ranking calls only
         step = 1 if method == "pointwise" else self.args.queries_per_batch
+        scorer = Variants(ranker) if method == "pointwise" else ranker
+        rankings = rerank(scorer, data.queries, data.corpus, data.run, self.args.top_k, queries_per_batch=step)
         bar = tqdm(total=len(self.qids), desc=method, unit="q", file=sys.stderr, mininterval=5.0)
-        for b in range(0, len(self.qids), step):
-            chunk = self.qids[b : b + step]
-            docs = [docs_of(q) for q in chunk]
-            start = time.perf_counter()
-            if method == "pointwise":
-                variants = ranker.score_variants(queries[chunk[0]], docs[0])
-                per_query = [{f"pointwise.{n}": variants[n] for n in NORMALISATIONS}]
+        for done, (q, ranking, seconds) in enumerate(timed(rankings), 1):
+            elapsed += seconds
+            by_name = ranking.metadata["variants"] if method == "pointwise" else {"likelihood": ranking}
+            for name, r in by_name.items():
+                built[name][q] = list(zip(r.ids, r.scores))
+            documents += len(ranking)
+            if method == "pointwise":  # truncation count, outside the timed region
+                truncated += sum(
+                    e.truncated for e in ranker.encode(data.queries[q], [data.corpus[d] for d, _ in data.run[q]])
+                )
             else:
-                rankings = ranker.rank_many([queries[q] for q in chunk], docs)
-                per_query = []
-                for r in rankings:
-                    scores = [0.0] * len(r.indices)
-                    for i, s in zip(r.indices, r.scores):
-                        scores[i] = s
-                    per_query.append({"likelihood": scores})
-                    truncated += int(r.metadata.get("truncated", 0))
-            elapsed += time.perf_counter() - start
-            for q, ds, by_name in zip(chunk, docs, per_query):
-                ids = [d.id for d in ds]
-                for name, scores in by_name.items():
-                    built[name][q] = ordered(ids, scores)
-                documents += len(ds)
-                if method == "pointwise":  # truncation count, outside the timed region
-                    truncated += sum(e.truncated for e in ranker.encode(queries[q], ds))
-            bar.update(len(chunk))
+                truncated += int(ranking.metadata.get("truncated", 0))
+            bar.update(1)
             used = stats.since(before)
             bar.set_postfix(docs_s=f"{documents / elapsed:.2f}", tok_s=f"{used['tokens'] / elapsed:.0f}")
-            done = b + len(chunk)
-            if done % CHECKPOINT_EVERY < step and done < len(self.qids):
+            if done % step == 0 and done % CHECKPOINT_EVERY < step and done < len(self.qids):  # at a batch's end
                 entry.update(self._speed(documents, used, elapsed, truncated, device))
                 entry["queries_done"] = done
                 self.write()
@@ -294,11 +250,7 @@ def table(result: dict[str, Any]) -> str:
                 _num(m.get("peak_rss_mib"), 0),
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows, left=1)
     title = (
         f"{result['dataset']} ({result['n_queries']} queries), {result['model']}, BM25 top {result['top_k']}, "
         f"max_length {result['max_length']}; p: paired t-test vs bm25 on nDCG@10"
@@ -315,24 +267,16 @@ def _num(value: Any, digits: int) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=REPO.parent / "shared" / "data",
-        help="folder holding dl19/ and scifact/ (default: ../shared/data from the repository root)",
-    )
+    add_data_option(parser, "dl19/ and scifact/")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--model", default="smollm2-135m", help="a preset (smollm2-135m, qwen2.5-0.5b) or a path")
     parser.add_argument("--methods", nargs="+", choices=METHOD_NAMES, default=list(METHOD_NAMES))
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
         "--queries-per-batch", type=int, default=4, help="queries whose pairs likelihood batches together (rank_many)"
     )
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    add_backend_options(parser)
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries (a smoke run)")
     parser.add_argument(
         "--out", default=None, help="JSON output (default: benchmarks/results/zero_shot-{dataset}-{model}.json)"
@@ -345,14 +289,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.out is None:
         safe = Path(args.model).name.replace(".gguf", "")
-        args.out = str(REPO / "benchmarks" / "results" / f"zero_shot-{args.dataset}-{safe}.json")
+        args.out = str(RESULTS / f"zero_shot-{args.dataset}-{safe}.json")
 
     from llmrerank import Reranker
 
     t0 = time.perf_counter()
-    data = load_dataset(args.data, args.dataset, args.top_k, args.queries)
+    data = load_dataset(args.dataset, args.data, args.top_k, args.queries)
     print(
-        f"{args.dataset}: {len(data['queries'])} queries, BM25 top {args.top_k} "
+        f"{args.dataset}: {len(data.queries)} queries, BM25 top {args.top_k} "
         f"({time.perf_counter() - t0:.1f} s to load)",
         file=sys.stderr,
         flush=True,
@@ -381,12 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench.run_method(method, ranker)
         print(f"{method} done", file=sys.stderr, flush=True)
 
-    bench.result["status"] = "complete"
-    bench.result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    bench.write()
-    print(table(bench.result))
-    print(f"wrote {bench.out}")
-    return bench.result
+    return bench.finish(table(bench.result))
 
 
 if __name__ == "__main__":
