@@ -93,12 +93,10 @@ CHOICES = (*VARIANTS, "scifact", "zero-shot")
 # losses that learn from the labels alone (kl and margin_mse distil a teacher run, which this benchmark has not)
 LABEL_LOSSES = ("grouped_ce", "ranknet", "listnet", "poly1", "listmle", "lambdaloss", "bce")
 
-# the shared base: examples/smollm2-dl21-grouped-ce.toml
+# the shared base: examples/smollm2-dl21-grouped-ce.toml (the ranker's options: base_options)
+MAX_LENGTH = 192
 BASE: dict[str, Any] = {
     "model": "smollm2-135m",
-    "head": "tokens",
-    "normalisation": "logit",
-    "max_length": 192,
     "group_size": 8,
     "top_k": 100,
     "max_positives": 3,
@@ -204,7 +202,14 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
         settings.update(data=str(args.data / "dl21"), split="train", run=str(args.data / "dl21" / "bm25-top100.trec"))
     if args.smoke:
         settings.update(dev_split=None, eval_every=0)
-    return TrainConfig(**settings, method=method, loss=loss, output_dir=str(work / args.name))
+    settings.update(method=method, options=base_options(method), loss=loss, output_dir=str(work / args.name))
+    return TrainConfig(**settings)
+
+
+def base_options(method: str) -> dict[str, Any]:
+    """The ranker's options of the shared base for ``method``: the yes/no logit for pointwise."""
+    pointwise = {"head": "tokens", "normalisation": "logit"} if method == "pointwise" else {}
+    return {**pointwise, "max_length": MAX_LENGTH}
 
 
 def load_training(cfg: Any) -> tuple[list[Any], dict[str, int], Any]:
@@ -530,7 +535,8 @@ def evaluate_dataset(
     from llmrerank.data import load_run
 
     data = load_dataset(name, args.data, TOP_K, args.eval_queries)
-    max_length = SCIFACT_MAX_LENGTH if name == "scifact" else cfg.max_length
+    trained_length = cfg.options["max_length"]
+    max_length = SCIFACT_MAX_LENGTH if name == "scifact" else trained_length
     entry: dict[str, Any] = {
         "n_queries": len(data.queries),
         "top_k": TOP_K,
@@ -541,13 +547,13 @@ def evaluate_dataset(
     }
     if name == "dl19":
         entry["max_length_note"] = (
-            f"the trained max_length ({cfg.max_length}), for the fine-tuned and the zero-shot run alike; the core "
+            f"the trained max_length ({trained_length}), for the fine-tuned and the zero-shot run alike; the core "
             "zero-shot table used 256, so its DL19 likelihood number differs a little (more passages are cut at 192)"
         )
     else:
         entry["max_length_note"] = (
             f"{SCIFACT_MAX_LENGTH} as in the core zero-shot benchmark, passed explicitly: the model was trained "
-            f"at {cfg.max_length} and its folder restores {cfg.max_length} by default"
+            f"at {trained_length} and its folder restores {trained_length} by default"
         )
     bench.result["datasets"][name] = entry
     runs: dict[str, Any] = {BM25: data.run}
@@ -608,7 +614,7 @@ class Bench(Report):
                 "top_k": TOP_K,
                 "measures": list(MEASURES),
                 "significance": f"paired two-sided t-test on per-query nDCG@10, p < {LEVEL}",
-                "max_length": {"dl19": BASE["max_length"], "scifact": SCIFACT_MAX_LENGTH},
+                "max_length": {"dl19": MAX_LENGTH, "scifact": SCIFACT_MAX_LENGTH},
                 "zero_shot": "likelihood ranker of the base model, same top 20 and max_length as the fine-tuned run",
             },
             "datasets": {},
@@ -736,7 +742,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.variant == "zero-shot":
             from llmrerank.train.config import TrainConfig
 
-            cfg = TrainConfig(**{**BASE, "model": args.model}, output_dir=str(args.work / args.variant))
+            output_dir = str(args.work / args.variant)
+            cfg = TrainConfig(**BASE, model=args.model, options=base_options("pointwise"), output_dir=output_dir)
         else:
             cfg = build_config(args, args.work)
             bench.result["config"] = json_round(cfg.to_dict())

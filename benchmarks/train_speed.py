@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "micro_batches": args.micro_batches,
         "groups_per_micro_batch": per,
         "group_size": trainer.config.group_size,
-        "max_length": trainer.config.max_length,
+        "max_length": trainer.config.options["max_length"],
         "repeats": args.repeats,
         "modes": {},
     }
