@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,7 +131,3 @@ def needs(module: str, feature: str, install: str | None = None) -> ModuleType:
     except MissingExtraError as e:
         reason = str(e) if install is None else f"{feature} needs {module}: {install}"
         pytest.skip(reason, allow_module_level=True)
-
-
-def has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
