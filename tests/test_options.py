@@ -93,6 +93,15 @@ def tiny():
         ),
         (BackendOptions, {"dtype": "float64"}, ValueError, "unknown dtype 'float64' for backend"),
         (BackendOptions, {"threads": 0}, ValueError, "threads must be at least 1"),
+        (BackendOptions, {"device": "gpu9"}, ValueError, "unknown device 'gpu9'"),
+        (PointwiseOptions, {"max_length": 0}, ValueError, "max_length must be positive, got 0"),
+        (ListwiseOptions, {"passage_tokens": -1}, ValueError, "passage_tokens must be positive, got -1"),
+        (
+            ListwiseOptions,
+            {"template": "mine.toml"},
+            FileNotFoundError,
+            "listwise option template: prompt file not found",
+        ),
     ],
 )
 def test_a_bad_option_is_refused_naming_it(cls, given, error, message):
@@ -161,7 +170,6 @@ def test_from_config_loads_the_model_and_the_backend_options(tiny_model_dir):
         ({"method": "likelihood", "opts": {}}, "unknown ranker config key.*opts"),
         ({"method": "likelihood", "options": [1]}, "'options' must be a table"),
         ({"method": "likelihood", "backend": {"batch_size": 2}, "options": {"batch_size": 2}}, "both as backend"),
-        ({"method": "likelihood", "backend": {"dtype": "float32", "color": 1}}, "unknown backend option.*color"),
         ({"method": "likelihood", "options": {"reduction": "max"}}, "unknown reduction 'max'"),
         ({"method": "listwize"}, "unknown method 'listwize'"),
     ],
@@ -171,9 +179,13 @@ def test_from_config_refuses_a_bad_config_before_loading_a_model(config, message
         Reranker.from_config(config)
 
 
-def test_from_config_refuses_what_is_not_a_mapping():
+def test_from_config_refuses_an_unknown_name_or_what_is_not_a_mapping():
     with pytest.raises(TypeError, match="a ranker config is a mapping"):
         Reranker.from_config([("method", "likelihood")])
+    with pytest.raises(TypeError, match="unknown backend option.*color; accepted: batch_size, dtype"):
+        Reranker.from_config({"method": "likelihood", "backend": {"dtype": "float32", "color": 1}})
+    with pytest.raises(ValueError, match="'options' must be a table"):
+        Reranker.from_config({"method": "likelihood", "options": ""})
 
 
 # --- the generated command-line flags ----------------------------------------------------------------------
@@ -217,3 +229,14 @@ def test_a_flag_value_is_checked_by_its_spec(tmp_path, tiny_model_dir, capsys):
     assert "set_size must be 2 to 26" in capsys.readouterr().err
     assert main([*base, "--method", "pairwise", "--sort-top-k", "3", "--out", out]) == 2
     assert "sort_top_k applies to aggregation='heapsort' or 'bubblesort' only" in capsys.readouterr().err
+
+
+def test_a_ranker_takes_an_options_object_or_keywords_not_both(tiny):
+    from llmrerank.rankers import ListwiseRanker, PointwiseRanker
+
+    ranker = ListwiseRanker(tiny, ListwiseOptions(window_size=4, step=2, decoding="first"))
+    assert ranker.options.identifiers == "letters" and ranker.labels == ["A", "B", "C", "D"]
+    with pytest.raises(TypeError, match="an options object or keyword options, not both"):
+        PointwiseRanker(tiny, PointwiseOptions(), tokens="true_false")
+    with pytest.raises(TypeError, match="takes PointwiseOptions, got ListwiseOptions"):
+        PointwiseRanker(tiny, ListwiseOptions())

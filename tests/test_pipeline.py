@@ -157,3 +157,37 @@ def test_rerank_iterator_checks_its_arguments_before_ranking(qwen_backend):
     with pytest.raises(ValueError, match="queries_per_batch must be at least 1"):
         rerank(ranker, ds.queries, ds.corpus, run, queries_per_batch=0)
     assert ranker.batches == []
+
+
+class BareRanker:
+    """A ranker of another library: its rankings carry no ids, or (``drop``) leave a candidate out."""
+
+    method = "bare"
+
+    def __init__(self, drop: bool = False):
+        self.drop = drop
+
+    def describe(self):
+        return {"method": self.method}
+
+    def rank_many(self, queries, docs):
+        from llmrerank.types import Ranking
+
+        out = []
+        for ds in docs:
+            order = tuple(reversed(range(len(ds))))[: len(ds) - self.drop]
+            out.append(Ranking(order, tuple(float(-i) for i in range(len(order)))))
+        return out
+
+
+def test_the_iterator_gives_every_ranking_the_runs_ids_and_refuses_an_incomplete_one(tmp_path):
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    for qid, ranking in rerank(BareRanker(), ds.queries, ds.corpus, run, top_k=3):
+        assert ranking.ids == tuple(d for d, _ in run[qid][:3])[::-1]
+    rerank_run(BareRanker(), ds.queries, ds.corpus, run, tmp_path / "o.trec", top_k=3, tag="bare", progress=False)
+    assert {q: [d for d, _ in items] for q, items in load_run(tmp_path / "o.trec").items()} == {
+        q: [*(d for d, _ in items[:3])][::-1] + [d for d, _ in items[3:]] for q, items in run.items()
+    }
+    with pytest.raises(ValueError, match="does not order each of the 3 candidates once"):
+        list(rerank(BareRanker(drop=True), ds.queries, ds.corpus, run, top_k=3))

@@ -179,6 +179,11 @@ def test_dense_head_scores_the_hidden_state_at_an_appended_eos(qwen_backend, tmp
     loaded = PointwiseRanker(qwen_backend, head="dense", head_weights=tmp_path / "head.safetensors")
     assert loaded.dense.trained and loaded.options.head == "dense"
     assert "tokens" not in loaded.describe() and "normalisation" not in loaded.describe()
+    assert "head_weights" not in loaded.describe() and loaded.config()["options"]["head_weights"] == str(
+        tmp_path / "head.safetensors"
+    )
+    with pytest.raises(ValueError, match="score_variants .* needs head='tokens'"):
+        loaded.score_variants(QUERY, DOCS)
     scores = loaded.score(QUERY, DOCS)
     w, b = ranker.dense.linear.weight[0], ranker.dense.linear.bias[0]
     for doc, got in zip(DOCS, scores):

@@ -9,7 +9,7 @@ import pytest
 
 from llmrerank import trained
 from llmrerank.train.checkpoint import check_same_config
-from llmrerank.train.config import TRAIN_DEFAULTS, TrainConfig
+from llmrerank.train.config import LEGACY_OPTIONS, TRAIN_DEFAULTS, TrainConfig
 
 # The record the trainer wrote before the options table (a dense pointwise run, as it was on disk).
 OLD_RECORD = {
@@ -67,6 +67,11 @@ def test_old_top_level_option_keys_read_into_the_options_table():
     assert "normalisation" not in ql.options and ql.options["reduction"] == "mean"
     with pytest.raises(ValueError, match="normalisation does not apply to method 'likelihood'"):
         TrainConfig.from_dict({"method": "likelihood", "normalisation": "yes_logit"})
+    # a dense head reads no answer tokens: an old config naming them at their old defaults loads, others do not
+    dense = TrainConfig.from_dict({"head": "dense", "tokens": "yes_no", "normalisation": "logit", "max_length": 96})
+    assert dense.options == TrainConfig(options={"head": "dense", "max_length": 96}).options
+    with pytest.raises(ValueError, match="normalisation does not apply with head='dense'"):
+        TrainConfig.from_dict({"head": "dense", "normalisation": "yes_logit"})
     with pytest.raises(ValueError, match="max_length is given both at the top level and in options"):
         TrainConfig.from_dict({"max_length": 96, "options": {"max_length": 128}})
 
@@ -83,13 +88,17 @@ def test_training_defaults_apply_where_they_apply():
         TrainConfig(options={"heads": "dense"})
 
 
-def test_a_run_started_before_the_options_table_resumes(tmp_path):
-    config = TrainConfig.from_dict({"method": "pointwise", "max_length": 96, "output_dir": str(tmp_path)})
+@pytest.mark.parametrize("head", ["tokens", "dense"])
+def test_a_run_started_before_the_options_table_resumes(tmp_path, head):
+    config = TrainConfig.from_dict({"method": "pointwise", "head": head, "max_length": 96, "output_dir": str(tmp_path)})
     old = config.to_dict()
-    old.update(old.pop("options"))  # the flat config.json such a run wrote
+    options = old.pop("options")
+    options.pop("head_weights", None)  # not an option before the table
+    old.update(options)  # the flat config.json such a run wrote: it named every key
+    old = {**{k: v for k, v in LEGACY_OPTIONS.items() if k not in old}, **old}
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.json").write_text(json.dumps(old))
     check_same_config(tmp_path, config)  # the same settings: no complaint
-    other = TrainConfig.from_dict({"method": "pointwise", "max_length": 128, "output_dir": str(tmp_path)})
+    other = TrainConfig.from_dict({"head": head, "max_length": 128, "output_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="other options"):
         check_same_config(tmp_path, other)

@@ -38,13 +38,13 @@ class Spec:
         types: the Python types a value may have (``None`` is allowed when the default is ``None``).
         choices: the allowed values, if they are a closed set.
         minimum, maximum: inclusive bounds of a number.
+        positive: the number must be above zero.
         when: ``(other option, values)``: the option applies only while the other one has one of these values;
             elsewhere it must keep its default, and ``to_dict`` leaves it out.
         convert: turns an accepted value into the form the ranker keeps (e.g. a template name into a template);
             its errors are the option's.
         flag: the command-line flag (default ``--`` + the name with dashes); ``""`` means none.
         parse: turns the flag's text into a value (default: the type; e.g. ``"A,B"`` into a pair).
-        dump: turns a kept value back into plain JSON data for ``to_dict`` (default: tuples become lists).
     """
 
     help: str
@@ -52,11 +52,11 @@ class Spec:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    positive: bool = False
     when: tuple[str, tuple[Any, ...]] | None = None
     convert: Callable[[Any], Any] | None = None
     flag: str | None = None
     parse: Callable[[str], Any] | None = None
-    dump: Callable[[Any], Any] | None = None
 
     def cli_flag(self, name: str) -> str | None:
         if self.flag == "":
@@ -124,6 +124,8 @@ class Options:
             raise ValueError(
                 f"unknown {f.name} {value!r} for {self.method}: choose one of {', '.join(map(str, spec.choices))}"
             )
+        if spec.positive and value <= 0:
+            raise ValueError(f"{f.name} must be positive, got {value}")
         low, high = spec.minimum, spec.maximum
         if low is not None and high is not None and not low <= value <= high:
             raise ValueError(f"{f.name} must be {low:g} to {high:g}, got {value}")
@@ -131,7 +133,16 @@ class Options:
             raise ValueError(f"{f.name} must be at least {low:g}, got {value}")
         if high is not None and value > high:
             raise ValueError(f"{f.name} must be at most {high:g}, got {value}")
-        return spec.convert(value) if spec.convert is not None else value
+        if spec.convert is None:
+            return value
+        try:
+            return spec.convert(value)
+        except FileNotFoundError as e:  # the error's kind is kept, its message names the option
+            raise FileNotFoundError(f"{where}: {e}") from e
+        except TypeError as e:
+            raise TypeError(f"{where}: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
 
     def check(self) -> None:
         """Rules between options (override); raise ValueError naming what is wrong."""
@@ -142,15 +153,15 @@ class Options:
         return spec.when is None or getattr(self, spec.when[0]) in spec.when[1]
 
     @classmethod
-    def build(cls: type[T], given: Mapping[str, Any]) -> T:
-        """The options from a mapping of names to values; an unknown name is a TypeError listing the known."""
+    def build(cls: type[T], given: Mapping[str, Any], also: tuple[str, ...] = ()) -> T:
+        """The options from a mapping of names to values; an unknown name is a TypeError listing the accepted
+        ones (these, and ``also``: names the caller takes besides, such as the backend's)."""
         known = [f.name for f in fields(cls)]
-        unknown = sorted(set(given) - set(known))
+        unknown = sorted(set(given) - set(known) - set(also))
         if unknown:
-            raise TypeError(
-                f"unknown option(s) for method {cls.method!r}: {', '.join(unknown)}; accepted: {', '.join(known)}"
-            )
-        return cls(**given)
+            accepted = ", ".join([*known, *also])
+            raise TypeError(f"unknown option(s) for method {cls.method!r}: {', '.join(unknown)}; accepted: {accepted}")
+        return cls(**{k: v for k, v in given.items() if k in known})
 
     @classmethod
     def specs(cls) -> dict[str, tuple[Spec, Any]]:
@@ -163,9 +174,7 @@ class Options:
         for f in fields(self):
             if not self.applies(f.name):
                 continue
-            value = getattr(self, f.name)
-            dump = spec_of(f).dump
-            out[f.name] = dump(value) if dump is not None and value is not None else plain(value)
+            out[f.name] = plain(getattr(self, f.name))
         return out
 
 
@@ -193,3 +202,12 @@ class BackendOptions(Options):
     dtype: str = option("float32", "weights and activations", choices=("float32", "bfloat16", "float16"))
     device: str = option("auto", "cpu, cuda, cuda:1, or auto")
     threads: int | None = option(None, "CPU threads for torch", types=int, minimum=1)
+
+    def check(self) -> None:
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(f"unknown device {self.device!r}: give cpu, cuda, cuda:N, mps or auto ({e})") from e

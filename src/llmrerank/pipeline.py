@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,16 @@ def _rerank(
 ) -> Iterator[tuple[str, Ranking]]:
     for b in range(0, len(todo), queries_per_batch):
         chunk = todo[b : b + queries_per_batch]
-        docs = [[_with_id(corpus[d], d) for d, _ in list(run[q])[:top_k]] for q in chunk]
-        yield from zip(chunk, ranker.rank_many([queries[q] for q in chunk], docs))
+        heads = [[d for d, _ in list(run[q])[:top_k]] for q in chunk]
+        docs = [[_with_id(corpus[d], d) for d in head] for head in heads]
+        rankings = ranker.rank_many([queries[q] for q in chunk], docs)
+        if len(rankings) != len(chunk):
+            raise ValueError(f"the ranker returned {len(rankings)} rankings for {len(chunk)} queries")
+        for qid, head, ranking in zip(chunk, heads, rankings):
+            if sorted(ranking.indices) != list(range(len(head))):
+                raise ValueError(f"query {qid}: the ranking does not order each of the {len(head)} candidates once")
+            # the run's ids in the ranking's order, whatever ids the ranker did or did not set
+            yield qid, replace(ranking, ids=tuple(head[i] for i in ranking.indices))
 
 
 def chain_scores(head_scores: Sequence[float], n_tail: int) -> list[float]:
@@ -229,7 +237,7 @@ def rerank_run(
         bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
         for qid, ranking in rankings:
             tail = list(run[qid])[top_k:]
-            order = [*(ranking.ids or ()), *(d for d, _ in tail)]
+            order = [*ranking.ids, *(d for d, _ in tail)]
             f.write(format_run_lines(qid, list(zip(order, chain_scores(ranking.scores, len(tail)))), tag))
             f.flush()
             report.documents += len(ranking)

@@ -75,14 +75,8 @@ class RerankerFactory:
             if folder.method != method:
                 raise ValueError(f"{model} was trained for method {folder.method!r}, not {method!r}")
             options = {**folder.ranker_options(), **options}
-        backend_given = {k: options.pop(k) for k in BACKEND_OPTIONS if k in options}
-        unknown = sorted(set(options) - set(cls.Options.specs()))
-        if unknown:
-            accepted = [*cls.Options.specs(), *BACKEND_OPTIONS]
-            raise TypeError(
-                f"unknown option(s) for method {method!r}: {', '.join(unknown)}; accepted: {', '.join(accepted)}"
-            )
-        ranker_options = cls.Options.build(options)  # checked before any model is loaded
+        ranker_options = cls.Options.build(options, also=BACKEND_OPTIONS)  # checked before any model loads
+        backend_given = {k: options[k] for k in BACKEND_OPTIONS if k in options}
         if backend is None:
             from .backends.hf import HFBackend
 
@@ -93,7 +87,10 @@ class RerankerFactory:
 
     def from_config(self, config: Mapping[str, Any], backend: Backend | None = None) -> Ranker:
         """Rebuild a ranker from ``ranker.config()`` (or a config file's table of the same keys: ``method``,
-        and optionally ``model`` (default ``"default"``), ``backend`` and ``options``)."""
+        and optionally ``model`` (default ``"default"``), ``backend`` and ``options``).
+
+        With ``backend`` given, that loaded model runs: the config's ``model`` and ``backend`` table say where
+        the ranker came from and are not used (a trained folder's options are not restored either)."""
         if not isinstance(config, Mapping):
             raise TypeError(f"a ranker config is a mapping, got {type(config).__name__}")
         unknown = sorted(set(config) - set(CONFIG_KEYS))
@@ -101,7 +98,7 @@ class RerankerFactory:
             raise ValueError(f"unknown ranker config key(s): {', '.join(unknown)}; accepted: {', '.join(CONFIG_KEYS)}")
         if "method" not in config:
             raise ValueError("a ranker config needs 'method'")
-        tables = {k: config.get(k) or {} for k in ("backend", "options")}
+        tables = {k: {} if config.get(k) is None else config[k] for k in ("backend", "options")}
         for key, table in tables.items():
             if not isinstance(table, Mapping):
                 raise ValueError(f"ranker config {key!r} must be a table of names to values, got {table!r}")
@@ -111,7 +108,8 @@ class RerankerFactory:
         backend_table = {} if backend is not None else dict(tables["backend"])
         unknown_backend = sorted(set(backend_table) - set(BACKEND_OPTIONS))
         if unknown_backend:
-            raise ValueError(f"unknown backend option(s): {', '.join(unknown_backend)}")
+            accepted = ", ".join(BACKEND_OPTIONS)
+            raise TypeError(f"unknown backend option(s): {', '.join(unknown_backend)}; accepted: {accepted}")
         model = config.get("model") or "default"
         return self(config["method"], model=model, backend=backend, **backend_table, **tables["options"])
 

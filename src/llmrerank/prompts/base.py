@@ -208,6 +208,8 @@ def get_template(template: str | Path | Template | Mapping[str, Any], kind: str 
         return _BUILTINS[(kind, str(template))]
     if Path(template).is_file():
         return load_template(template, kind)
+    if Path(template).suffix in (".toml", ".json"):
+        raise FileNotFoundError(f"prompt file not found: {template}")
     raise ValueError(f"unknown {kind} template {template!r}: give one of {builtin_names(kind)} or a .toml/.json file")
 
 

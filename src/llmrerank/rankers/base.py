@@ -4,7 +4,7 @@ checks, the finite-score check, and the machinery of rankers that score each doc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -77,7 +77,8 @@ class RankerBase:
     beside its ranker), option values as attributes (``ranker.max_length``), ``describe()`` and ``config()``.
 
     A ranker is built from keyword options (``PointwiseRanker(backend, normalisation="logit")``) or from an
-    options object, optionally with keyword overrides.
+    options object (``PointwiseRanker(backend, PointwiseOptions(normalisation="logit"))``), not both: an options
+    object already holds the method's defaults filled in for its values.
     """
 
     method: ClassVar[str] = "ranker"
@@ -89,7 +90,7 @@ class RankerBase:
         elif not isinstance(options, self.Options):
             raise TypeError(f"{self.method} takes {self.Options.__name__}, got {type(options).__name__}")
         elif given:
-            options = replace(options, **given)
+            raise TypeError(f"give {self.method} an options object or keyword options, not both: {sorted(given)}")
         self.backend = backend
         self.options = options
 

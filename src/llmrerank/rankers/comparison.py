@@ -36,8 +36,8 @@ class ComparisonOptions(Options):
     default_template: ClassVar[ComparisonTemplate] = PRP
 
     template: Any = template_option("a comparison template (prp, setwise, or a .toml/.json file)", "comparison")
-    passage_tokens: int = option(100, "each passage is cut to this many tokens")
-    max_length: int = option(4096, "token budget of one prompt (passages are cut further, evenly, to fit)")
+    passage_tokens: int = option(100, "each passage is cut to this many tokens", positive=True)
+    max_length: int = option(4096, "token budget of one prompt (passages are cut further, evenly)", positive=True)
 
     def check(self) -> None:
         if self.template is None:

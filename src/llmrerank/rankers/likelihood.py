@@ -31,7 +31,7 @@ class LikelihoodOptions(Options):
 
     reduction: str = option("mean", "mean or total log-probability of the query's tokens", choices=REDUCTIONS)
     template: Any = template_option("a query-likelihood template (a name or a .toml/.json file)", "prompt")
-    max_length: int = option(512, "token budget of one prompt (documents are cut)")
+    max_length: int = option(512, "token budget of one prompt (documents are cut)", positive=True)
 
     def check(self) -> None:
         if self.template is None:

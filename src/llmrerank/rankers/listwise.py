@@ -99,8 +99,8 @@ class ListwiseOptions(Options):
         None, "passage identifiers (default numbers; letters for FIRST)", types=str, choices=IDENTIFIER_KINDS
     )
     template: Any = template_option("a listwise template (rankzephyr, rankgpt, or a .toml/.json file)", "listwise")
-    passage_tokens: int = option(100, "each passage is cut to this many tokens")
-    max_length: int = option(4096, "token budget of one window's prompt and its answer")
+    passage_tokens: int = option(100, "each passage is cut to this many tokens", positive=True)
+    max_length: int = option(4096, "token budget of one window's prompt and its answer", positive=True)
     max_new_tokens: int | None = option(
         None, "generation cap (default: a full permutation)", types=int, minimum=1, when=("decoding", ("generate",))
     )

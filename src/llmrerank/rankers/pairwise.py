@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..options import Options, option
-from ..prompts import PRP, ComparisonTemplate
 from .comparison import COUNTERS, DEFAULT_SORT_TOP_K, ComparisonOptions, ComparisonRanker, ComparisonState
 from .sorting import SORTS, Comparison, SortProcess, all_pairs, bubble_sort, heap_sort, order_by_scores, win_sums
 
@@ -73,7 +72,6 @@ class PairwiseOptions(ComparisonOptions):
     """The options of :class:`PairwiseRanker`."""
 
     method: ClassVar[str] = "pairwise"
-    default_template: ClassVar[ComparisonTemplate] = PRP
 
     aggregation: str = option(
         "allpairs", "allpairs (sum of win probabilities), heapsort or bubblesort of the top k", choices=AGGREGATIONS

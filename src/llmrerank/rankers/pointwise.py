@@ -102,12 +102,12 @@ class PointwiseOptions(Options):
         when=("head", ("tokens",)),
     )
     template: Any = template_option("a yes/no prompt template (a name or a .toml/.json file)", "prompt")
-    max_length: int = option(512, "token budget of one prompt (documents are cut)")
+    max_length: int = option(512, "token budget of one prompt (documents are cut)", positive=True)
     head: str = option(
         "tokens", "score from two answer tokens, or a trained dense head on the EOS state", choices=HEADS, flag=""
     )
-    head_weights: str | Path | None = option(
-        None, "the dense head's weights file", types=(str, Path), flag="", when=("head", ("dense",))
+    head_weights: str | None = option(
+        None, "the dense head's weights file", types=(str, Path), convert=str, flag="", when=("head", ("dense",))
     )
 
     def check(self) -> None:
@@ -191,12 +191,20 @@ class PointwiseRanker(PointScorer):
         return normalise(logits, self.yes_id, self.no_id, self.normalisation)
 
     def score_variants(self, query: str, docs: Sequence[DocLike]) -> dict[str, list[float]]:
-        """All normalisations from one forward pass, in input order."""
+        """All normalisations from one forward pass, in input order (the tokens head only)."""
+        if self.dense is not None:
+            raise ValueError("score_variants reads the answer tokens' logits: it needs head='tokens', not 'dense'")
         items = self.encode(query, docs)
         if not items:
             return {n: [] for n in NORMALISATIONS}
         logits = check_finite(self.backend.last_logits([e.prompt for e in items]), "logits")
         return {n: normalise(logits, self.yes_id, self.no_id, n).tolist() for n in NORMALISATIONS}
+
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out.pop("head_weights", None)  # where the weights file lies is not how the ranker scores (config() keeps it)
+        return out
 
 
 class DenseHead(torch.nn.Module):

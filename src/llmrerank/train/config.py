@@ -47,13 +47,20 @@ def training_options(
     if not isinstance(options, Mapping):
         raise ValueError(f"config: options must be a table of option names to values, got {options!r}")
     table = dict(options)
+    specs = cls.specs()
     for key, value in (legacy or {}).items():
         if key in table:
             raise ValueError(f"config: {key} is given both at the top level and in options; keep the one in options")
-        if key in cls.specs():
+        if key in specs:
             table[key] = value
         elif value != LEGACY_OPTIONS[key]:
             raise ValueError(f"config: {key} does not apply to method {method!r}")
+    for key in legacy or {}:  # old configs named every key: one its head does not read held its old default
+        when = specs[key][0].when if key in table else None
+        if when and table.get(when[0], specs[when[0]][1]) not in when[1]:
+            if table[key] != LEGACY_OPTIONS[key]:
+                raise ValueError(f"config: {key} does not apply with {when[0]}={table.get(when[0])!r}")
+            del table[key]
     if not resolve:
         return table
     probe = cls.build(table)

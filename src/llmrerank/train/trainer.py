@@ -142,7 +142,7 @@ class Trainer:
         run = {}
         with self._autocast():
             for qid, r in rerank(self.ranker, d.queries, d.corpus, d.run, top_k=d.top_k, queries_per_batch=4):
-                run[qid] = list(zip(r.ids or (), r.scores))
+                run[qid] = list(zip(r.ids, r.scores))
         ev = evaluate_runs({q: d.qrels[q] for q in run}, {"model": run}, measures=["nDCG@10"])
         return {"nDCG@10": ev.aggregate["model"]["nDCG@10"]}
 
