@@ -92,11 +92,13 @@ def add_data_option(parser: argparse.ArgumentParser, holding: str) -> None:
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """``--dtype``, ``--device``, ``--threads`` and ``--batch-size``, as ``HFBackend.load`` takes them."""
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    """``--batch-size``, ``--dtype``, ``--device`` and ``--threads`` as the library declares them
+    (``llmrerank.options.BackendOptions``: the same help, choices and defaults as ``llmrerank rerank``)."""
+    from llmrerank.options import BackendOptions
+
+    for name, (spec, default) in BackendOptions.specs().items():
+        kind = int if int in spec.types else str
+        parser.add_argument(spec.cli_flag(name), type=kind, default=default, choices=spec.choices, help=spec.help)
 
 
 def plot_options(description: str, png: str, argv: list[str] | None) -> argparse.Namespace:

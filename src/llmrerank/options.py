@@ -127,11 +127,12 @@ class Options:
         if spec.positive and value <= 0:
             raise ValueError(f"{f.name} must be positive, got {value}")
         low, high = spec.minimum, spec.maximum
-        if low is not None and high is not None and not low <= value <= high:
-            raise ValueError(f"{f.name} must be {low:g} to {high:g}, got {value}")
-        if low is not None and value < low:
+        if low is not None and high is not None:
+            if not low <= value <= high:
+                raise ValueError(f"{f.name} must be {low:g} to {high:g}, got {value}")
+        elif low is not None and value < low:
             raise ValueError(f"{f.name} must be at least {low:g}, got {value}")
-        if high is not None and value > high:
+        elif high is not None and value > high:
             raise ValueError(f"{f.name} must be at most {high:g}, got {value}")
         if spec.convert is None:
             return value

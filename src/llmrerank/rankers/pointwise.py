@@ -155,7 +155,6 @@ class PointwiseRanker(PointScorer):
         o = self.options
         self.dense: DenseHead | None = None
         if o.head == "tokens":
-            self.words = o.tokens
             self.yes_id, self.no_id = answer_token_ids(backend.tokenizer, self.renderer, o.tokens)
         if o.head == "dense":
             eos = backend.tokenizer.eos_token_id
