@@ -38,13 +38,53 @@ class DataFormatError(ValueError):
         super().__init__(f"{path}, line {line}: {message}")
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def _decode(raw: bytes, path: PathLike, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            path, number, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8"
+        ) from None
+
+
+def read_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` for every line of a UTF-8 text file, newline (``\\n`` or ``\\r\\n``)
+    stripped, streaming. A byte-order mark at the start is dropped; bytes that are not UTF-8 are a
+    :class:`DataFormatError` naming the file and the line. Every text reader of the package goes through here
+    or :func:`read_text`."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            yield number, _decode(raw, path, number).rstrip("\r\n")
+
+
+def read_text(path: PathLike) -> str:
+    """The whole of a UTF-8 text file (a config, a prompt template, a JSON record), read as :func:`read_lines`
+    reads: a leading byte-order mark dropped, bytes that are not UTF-8 a :class:`DataFormatError` with their line."""
+    raw = Path(path).read_bytes()
+    if raw.startswith(BOM):
+        raw = raw[len(BOM) :]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        number = raw.count(b"\n", 0, e.start) + 1
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        raise DataFormatError(
+            path,
+            number,
+            f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start - line_start + 1}); save the file as UTF-8",
+        ) from None
+
+
 def _open_lines(path: PathLike) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` for the non-blank lines of a UTF-8 text file, newline stripped."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield number, line
+    for number, line in read_lines(path):
+        if line.strip():
+            yield number, line
 
 
 def read_jsonl(path: PathLike) -> Iterator[dict[str, Any]]:
