@@ -256,7 +256,7 @@ def load_run(path: PathLike) -> Run:
     return run
 
 
-def _check_token(value: str, what: str) -> None:
+def check_token(value: str, what: str) -> None:
     if not value or any(c.isspace() for c in value):
         raise ValueError(f"{what} must be a non-empty string without whitespace for a TREC run, got {value!r}")
 
@@ -267,11 +267,11 @@ def format_run_lines(qid: str, items: Sequence[tuple[str, float]], tag: str) -> 
     Scores are written with ``repr(float(score))``, which round-trips exactly, so scores that differ
     stay different on disk and a reader that sorts by score recovers the same order.
     """
-    _check_token(qid, "query id")
-    _check_token(tag, "run tag")
+    check_token(qid, "query id")
+    check_token(tag, "run tag")
     lines = []
     for rank, (doc_id, score) in enumerate(items, start=1):
-        _check_token(doc_id, "document id")
+        check_token(doc_id, "document id")
         lines.append(f"{qid} Q0 {doc_id} {rank} {float(score)!r} {tag}\n")
     return "".join(lines)
 

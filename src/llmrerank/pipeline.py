@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -16,7 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .data import format_run_lines
+from .data import DataFormatError, check_token, format_run_lines, read_text
+from .outputs import OutputError, OutputLock, check_writable, make_parent, partial_path, write_atomic
 from .rankers.base import Ranker
 from .types import Document, Ranking
 
@@ -105,6 +107,7 @@ class RerankReport:
 
     queries: int = 0
     queries_skipped_resume: int = 0
+    queries_redone_resume: int = 0  # found in the output being resumed but not kept (cut short, mixed, edited)
     queries_not_loaded: int = 0  # in the run but not among the loaded queries (another split)
     documents: int = 0
     seconds: float = 0.0
@@ -143,6 +146,7 @@ class RerankReport:
             f"{self.docs_per_second:.2f} docs/s, {self.tokens_per_second:.0f} tokens/s"
             + "".join(f"; {k}={v:g}" for k, v in self.counts.items() if k != "tokens")
             + (f"; {self.queries_skipped_resume} queries already done (resume)" if self.queries_skipped_resume else "")
+            + (f"; {self.queries_redone_resume} unfinished or damaged, redone" if self.queries_redone_resume else "")
             + (f"; {self.queries_not_loaded} run queries not in the split, left out" if self.queries_not_loaded else "")
         )
 
@@ -152,32 +156,76 @@ def sidecar_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _completed_queries(out: Path, run: Run) -> dict[str, str]:
-    """Queries fully written in an existing output (the line count matches the input list), with their text.
-
-    A query cut short by a crash is not complete and will be redone; so is a last line cut mid-way.
-    """
-    if not out.exists():
-        return {}
-    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()  # a line cut by the crash
-    by_query: dict[str, list[str]] = {}
-    for line in lines:
+def _valid_block(lines: Sequence[str], candidates: Sequence[tuple[str, float]], top_k: int, tag: str) -> bool:
+    """Whether one query's lines of an earlier output are a finished reranking of its ``candidates``: every one
+    of them once (the top ``top_k`` in any order, the rest in run order), ranks 1..n, finite scores strictly
+    decreasing, the run's tag."""
+    if len(lines) != len(candidates):
+        return False
+    docs, prev = [], math.inf
+    for i, line in enumerate(lines):
         fields = line.split()
-        if len(fields) == 6:
-            by_query.setdefault(fields[0], []).append(line)
-    return {q: "".join(ls) for q, ls in by_query.items() if q in run and len(ls) == len(run[q])}
+        if len(fields) != 6 or fields[1] != "Q0" or fields[3] != str(i + 1) or fields[5] != tag:
+            return False
+        try:
+            score = float(fields[4])
+        except ValueError:
+            return False
+        if not (math.isfinite(score) and score < prev):
+            return False
+        prev = score
+        docs.append(fields[2])
+    head = [d for d, _ in list(candidates)[:top_k]]
+    tail = [d for d, _ in list(candidates)[top_k:]]
+    return sorted(docs[: len(head)]) == sorted(head) and docs[len(head) :] == tail
 
 
-def _previous_run(out: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The sidecar of an output being resumed; refuses one made with other settings (or none)."""
-    path = sidecar_path(out)
-    if not out.exists():
-        return {}
-    if not path.exists():
-        raise ValueError(f"cannot resume {out}: {path} is missing, so nothing shows how it was made; drop --resume")
-    previous = json.loads(path.read_text(encoding="utf-8"))
+def kept_queries(path: Path, run: Run, qids: Collection[str], top_k: int, tag: str) -> tuple[dict[str, str], int]:
+    """The queries of an earlier output (``path``) that a resumed run keeps, with their exact text, and how many
+    others it held but cannot be kept (cut short, interleaved with another writer's, edited, another run's).
+
+    A query is kept only if its lines are one unbroken block that :func:`_valid_block` accepts; everything else
+    is reranked again.
+    """
+    blocks: dict[str, list[str]] = {}
+    broken: set[str] = set()
+    current = None
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("utf-8", errors="replace")
+            fields = line.split()
+            if not fields:
+                continue
+            qid = fields[0]
+            if not line.endswith("\n"):  # the last line, cut by a crash
+                broken.add(qid)
+            if qid != current and qid in blocks:  # a query in two places: lines of two writers mixed
+                broken.add(qid)
+            current = qid
+            blocks.setdefault(qid, []).append(line)
+    kept = {
+        q: "".join(lines)
+        for q, lines in blocks.items()
+        if q not in broken and q in qids and _valid_block(lines, run[q], top_k, tag)
+    }
+    return kept, len(blocks) - len(kept)
+
+
+def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The sidecar of ``path`` (the output, or its partial file) being resumed; refuses one made with other
+    settings, a damaged one, or none."""
+    side = sidecar_path(path)
+    if not side.exists():
+        raise ValueError(
+            f"cannot resume {out}: {side} is missing, so nothing shows how {path.name} was made; drop --resume to "
+            "start over"
+        )
+    try:
+        previous = json.loads(read_text(side))
+    except (json.JSONDecodeError, DataFormatError) as e:
+        raise ValueError(f"cannot resume {out}: {side} is damaged ({e}); drop --resume to start over") from None
+    if not isinstance(previous, dict):
+        raise ValueError(f"cannot resume {out}: {side} is damaged (not a JSON object); drop --resume to start over")
     differ = [k for k, v in settings.items() if k in previous and previous[k] != v]
     if differ:
         raise ValueError(
@@ -203,72 +251,106 @@ def rerank_run(
 
     The documents below ``top_k`` follow in their input order, and the written scores strictly decrease down
     each list (:func:`chain_scores`). Queries of ``run`` that are not in ``queries`` (another split) are left out.
-    With ``resume``, queries already complete in ``out`` are kept and skipped. Writes a JSON sidecar next to
-    ``out`` describing the model, method, prompt, options and timings.
+    Writes a JSON sidecar next to ``out`` describing the model, method, prompt, options and timings.
+
+    The output is never harmed: the arguments are checked before anything is written; the queries are written
+    to ``<out>.partial`` (with its sidecar ``<out>.partial.json``) and renamed to ``out`` once all are done, so
+    an earlier ``out`` stays as it was until then; a second process writing the same ``out`` is refused with
+    :class:`~llmrerank.outputs.OutputLockedError`. With ``resume``, the queries already finished in the partial
+    file of an interrupted run (else in ``out``) are kept, if :func:`kept_queries` accepts them, and the rest
+    reranked; the result is the same file an uninterrupted run writes.
     """
     from tqdm.auto import tqdm
 
-    out = Path(out)
+    out = check_writable(out, "output run")
     tag = tag or f"llmrerank-{ranker.method}"
+    check_token(tag, "run tag")
     qids = [q for q in run if q in queries]
     if not qids:
         raise ValueError("no query of the run is among the loaded queries (wrong --split or --run?)")
     report = RerankReport(queries_not_loaded=len(run) - len(qids))
     settings = {"ranker": ranker.describe(), "top_k": top_k, **(dict(sidecar) if sidecar else {})}
     settings = json.loads(json.dumps(settings))  # as it reads back from the sidecar (tuples become lists)
-    previous = _previous_run(out, settings) if resume else {}
-    done = _completed_queries(out, run) if resume else {}
-    report.queries_skipped_resume = sum(q in done for q in qids)
-    old_per_query = previous.get("report", {}).get("per_query", {})
-    report.per_query.update({q: old_per_query[q] for q in done if q in old_per_query})
-    rankings = rerank(ranker, queries, corpus, run, top_k, skip=done, queries_per_batch=queries_per_batch)
-    todo = [q for q in qids if q not in done]
+    partial = partial_path(out)
+    with OutputLock(out, "output run"):
+        source = next((p for p in (partial, out) if p.exists()), None) if resume else None
+        previous = _previous_run(source, out, settings) if source else {}
+        done, report.queries_redone_resume = kept_queries(source, run, qids, top_k, tag) if source else ({}, 0)
+        report.queries_skipped_resume = len(done)
+        old_per_query = previous.get("report", {}).get("per_query", {})
+        report.per_query.update({q: old_per_query[q] for q in done if q in old_per_query})
+        rankings = rerank(ranker, queries, corpus, run, top_k, skip=done, queries_per_batch=queries_per_batch)
+        todo = [q for q in qids if q not in done]
+        base = {"run": str(out), **settings, "queries_per_batch": queries_per_batch}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_sidecar(out, {"run": str(out), "status": "running", **settings, "queries_per_batch": queries_per_batch})
-    stats = getattr(getattr(ranker, "backend", None), "stats", None)
-    before = stats.snapshot() if stats else {}
-    start = time.perf_counter()
-    with open(out, "w", encoding="utf-8") as f:
-        for qid in qids:  # keep completed queries, in run order
-            if qid in done:
-                f.write(done[qid])
-        f.flush()
-        bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
-        for qid, ranking in rankings:
-            tail = list(run[qid])[top_k:]
-            order = [*ranking.ids, *(d for d, _ in tail)]
-            f.write(format_run_lines(qid, list(zip(order, chain_scores(ranking.scores, len(tail)))), tag))
-            f.flush()
-            report.documents += len(ranking)
-            report.add(qid, ranking.metadata)
-            bar.update(1)
-            if stats is None:
-                bar.set_postfix(docs=report.documents)
-            else:
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(docs_s=f"{report.documents / elapsed:.1f}", tok_s=f"{report.tokens / elapsed:.0f}")
-        bar.close()
-    report.queries = len(todo)
-    report.seconds = time.perf_counter() - start
-    meta = {
-        "run": str(out),
-        "status": "complete",
-        **settings,
-        "queries_per_batch": queries_per_batch,
-        "report": report.to_dict(),
-        "backend_stats": stats.since(before) if stats else None,
-    }
-    _write_sidecar(out, meta)
+        make_parent(out, "output run")
+        _write_sidecar(partial, {**base, "status": "running"})
+        # the partial file starts as exactly the kept queries, written beside it and renamed: nothing is lost if
+        # this run dies before it has reranked anything
+        write_atomic(partial, "".join(done[q] for q in qids if q in done), "output run")
+        stats = getattr(getattr(ranker, "backend", None), "stats", None)
+        before = stats.snapshot() if stats else {}
+        start = time.perf_counter()
+        with _open_for_append(partial) as f:
+            bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
+            for qid, ranking in rankings:
+                tail = list(run[qid])[top_k:]
+                order = [*ranking.ids, *(d for d, _ in tail)]
+                _append(f, format_run_lines(qid, list(zip(order, chain_scores(ranking.scores, len(tail)))), tag))
+                report.documents += len(ranking)
+                report.add(qid, ranking.metadata)
+                bar.update(1)
+                if stats is None:
+                    bar.set_postfix(docs=report.documents)
+                else:
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(docs_s=f"{report.documents / elapsed:.1f}", tok_s=f"{report.tokens / elapsed:.0f}")
+            bar.close()
+        report.queries = len(todo)
+        report.seconds = time.perf_counter() - start
+        # kept queries that do not all come before the new ones: put the file in run order
+        written = [q for q in qids if q in done] + todo
+        if written != qids:
+            blocks, _ = kept_queries(partial, run, qids, top_k, tag)
+            write_atomic(partial, "".join(blocks[q] for q in qids), "output run")
+        meta = {
+            **base,
+            "status": "complete",
+            "report": report.to_dict(),
+            "backend_stats": stats.since(before) if stats else None,
+        }
+        # the sidecar first, then the run: a crash between the two leaves the partial file, which --resume
+        # finds complete
+        _write_sidecar(out, meta)
+        os.replace(partial, out)
+        sidecar_path(partial).unlink(missing_ok=True)
     return report
 
 
+def _open_for_append(path: Path) -> Any:
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"cannot write the output run {path}: {e.strerror or e}") from e
+
+
+def _append(f: Any, text: str) -> None:
+    """Write one query's lines and flush them, so a crash keeps every finished query."""
+    try:
+        f.write(text)
+        f.flush()
+    except OSError as e:
+        raise OutputError(
+            f"cannot write the output run {f.name}: {e.strerror or e}; the queries written so far are kept there, "
+            "rerun with --resume once it can be written"
+        ) from e
+
+
 def _write_sidecar(out: Path, meta: Mapping[str, Any]) -> None:
-    path = sidecar_path(out)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(sidecar_path(out), json.dumps(meta, indent=2) + "\n", "sidecar")
 
 
-def _with_id(doc: Document, docid: str) -> Document:
+def _with_id(doc: Document | str, docid: str) -> Document:
+    if isinstance(doc, str):
+        return Document(text=doc, id=docid)
     return doc if doc.id == docid else Document(text=doc.text, id=docid, title=doc.title)

@@ -21,6 +21,12 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    from . import resume_command
+
+    return f"the demo stopped before its table; run it again: {resume_command(argv)}"
+
+
 def run(args: argparse.Namespace) -> None:
     """Rerank the bundled sample's BM25 run and print BM25 against the reranked run."""
     from ..data import find_run, load_beir, load_run, sample_path
@@ -31,7 +37,7 @@ def run(args: argparse.Namespace) -> None:
     ds = load_beir(folder, split="test")
     run_path = find_run(folder)
     if run_path is None:
-        raise SystemExit(f"error: the bundled sample at {folder} has no run file")
+        raise FileNotFoundError(f"the bundled sample at {folder} has no run file; reinstall llmrerank")
     run = load_run(run_path)
     print(
         f"demo: {len(ds.queries)} TREC DL19 queries, BM25 top-{max(len(v) for v in run.values())} each; "

@@ -33,29 +33,43 @@ def load_run_arg(args: argparse.Namespace) -> Path:
         return Path(args.run)
     found = find_run(args.data)
     if found is None:
-        raise SystemExit(f"error: no --run given and {args.data} does not hold exactly one .trec file")
+        raise FileNotFoundError(f"no --run given and {args.data} does not hold exactly one .trec file; name it with --run")
     return found
+
+
+def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """What an interrupted rerank says: where its finished queries are, and the command that resumes it."""
+    from ..outputs import partial_path
+    from . import resume_command
+
+    return (
+        f"the queries finished so far are kept in {partial_path(args.out)}; resume with: "
+        f"{resume_command(argv, add=['--resume'])}"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     """Rerank the input run and write the output run with its sidecar."""
     from ..data import load_beir, load_run
+    from ..outputs import OutputLock, check_writable
     from ..pipeline import rerank_run
 
     ds = load_beir(args.data, split=args.split)
     run_path = load_run_arg(args)
     run = load_run(run_path)
-    ranker = ranker_from_args(args)
-    report = rerank_run(
-        ranker,
-        ds.queries,
-        ds.corpus,
-        run,
-        args.out,
-        top_k=args.top_k,
-        resume=args.resume,
-        queries_per_batch=args.queries_per_batch,
-        progress=not args.quiet,
-        sidecar={"data": str(args.data), "split": args.split, "input_run": str(run_path)},
-    )
-    print(f"wrote {args.out}: {report.summary()}", file=sys.stderr)
+    out = check_writable(args.out, "output run")
+    with OutputLock(out, "output run"):  # a second writer is refused before it loads a model
+        ranker = ranker_from_args(args)
+        report = rerank_run(
+            ranker,
+            ds.queries,
+            ds.corpus,
+            run,
+            out,
+            top_k=args.top_k,
+            resume=args.resume,
+            queries_per_batch=args.queries_per_batch,
+            progress=not args.quiet,
+            sidecar={"data": str(args.data), "split": args.split, "input_run": str(run_path)},
+        )
+    print(f"wrote {out}: {report.summary()}", file=sys.stderr)

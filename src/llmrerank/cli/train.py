@@ -18,6 +18,13 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """What an interrupted training says: the checkpoints are kept, and the command that resumes from the last."""
+    from . import resume_command
+
+    return f"the checkpoints written so far are kept; resume with: {resume_command(argv, drop=['--no-resume'])}"
+
+
 def run(args: argparse.Namespace) -> None:
     """Train as the config says; print the dev evaluations and where the trained model is."""
     from ..train.config import TrainConfig

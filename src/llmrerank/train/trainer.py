@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..outputs import OutputLock, check_writable, make_parent, partial_path, replace_folder, write_atomic
 from . import checkpoint, export, schedule, setup
 from .config import TrainConfig
 from .groups import DevSet, Group, load_dev, load_groups
@@ -70,7 +72,8 @@ class Trainer:
             raise ValueError(f"unknown loss {c.loss!r}: choose one of {', '.join(sorted(LOSSES))}")
         self.loss_fn = partial(LOSSES[c.loss], **c.loss_options)
         self.distill = c.loss in ("kl", "margin_mse")
-        self.output_dir = Path(c.output_dir)
+        # checked before a model is loaded: a folder that cannot be written fails at once
+        self.output_dir = check_writable(c.output_dir, "training output", folder=True)
         self.callbacks = list(callbacks)
         # the seeds come first: LoRA adapters and a dense head are initialised from torch's global RNG
         torch.manual_seed(c.seed)
@@ -151,15 +154,19 @@ class Trainer:
     def train(self, resume: bool = True, progress: bool = True) -> TrainResult:
         """Run (or resume) the schedule to its end or until a callback stops it, evaluate on the dev set and
         write the trained folder (``output_dir/model``)."""
+        with OutputLock(self.output_dir, "training output"):  # one trainer per output folder
+            return self._train(resume, progress)
+
+    def _train(self, resume: bool, progress: bool) -> TrainResult:
         from tqdm.auto import tqdm
 
         c = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        make_parent(self.output_dir / checkpoint.CONFIG, "training output")
         if resume:
             checkpoint.check_same_config(self.output_dir, c)
         else:  # start over: nothing of an earlier run may be picked up later
             checkpoint.start_over(self.output_dir)
-        (self.output_dir / checkpoint.CONFIG).write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+        write_atomic(self.output_dir / checkpoint.CONFIG, json.dumps(c.to_dict(), indent=2) + "\n", "training config")
         start = self._resume() if resume else 0
         self._best.restore(start)
         result = TrainResult(self.output_dir, self.output_dir / FINAL, self.total_steps, start)
@@ -239,4 +246,12 @@ class Trainer:
         the whole run, when the weights are an earlier step's (``keep_best``)."""
         if steps is None:  # the weights of the whole schedule: no earlier step was selected
             steps, run_steps = self.total_steps, None
-        return export.save_model(folder, self.config, self.backend, self.ranker, steps, run_steps)
+        final = check_writable(folder, "trained model", folder=True)
+        # written beside, then put in place: an earlier trained folder stays whole until this one is
+        with OutputLock(final, "trained model"):
+            tmp = partial_path(final)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            export.save_model(tmp, self.config, self.backend, self.ranker, steps, run_steps)
+            replace_folder(tmp, final)
+        return final
