@@ -33,7 +33,9 @@ def load_run_arg(args: argparse.Namespace) -> Path:
         return Path(args.run)
     found = find_run(args.data)
     if found is None:
-        raise FileNotFoundError(f"no --run given and {args.data} does not hold exactly one .trec file; name it with --run")
+        raise FileNotFoundError(
+            f"no --run given and {args.data} does not hold exactly one .trec file; name the run with --run"
+        )
     return found
 
 
