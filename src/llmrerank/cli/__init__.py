@@ -60,6 +60,8 @@ def describe_error(e: BaseException) -> tuple[str, int]:
 
     if isinstance(e, KeyError):
         return str(e.args[0]) if e.args else "a key is missing", BAD_INPUT
+    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in str(e.args[-1]):
+        return f"file not found: {e.filename}", BAD_INPUT  # open()'s own error, without our message
     if isinstance(e, (DataFormatError, ValueError, TypeError, ImportError, FileNotFoundError, NotADirectoryError)):
         return str(e), BAD_INPUT
     if isinstance(e, OutputError):

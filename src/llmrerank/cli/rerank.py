@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> None:
     run_path = load_run_arg(args)
     run = load_run(run_path)
     out = check_writable(args.out, "output run")
+    if out.resolve() == run_path.resolve():
+        raise ValueError(f"--out {out} is the input run; write the reranked run to another path")
     with OutputLock(out, "output run"):  # a second writer is refused before it loads a model
         ranker = ranker_from_args(args)
         report = rerank_run(

@@ -1,0 +1,565 @@
+"""The reliability battery: bad inputs and faults over the command line and the Python API.
+
+Each row of ``ROWS`` is one bad input or fault. The row runs in a workspace that already holds earlier, complete
+outputs (a reranked run and its sidecar, a BM25 run, a plot, a training folder); it must end with the expected
+exit status (command line) or exception (API), a message that says what is wrong, and the workspace byte for
+byte as it was: no earlier output changed, no partial or lock file left behind. The service and the Ray engine
+add their own rows here.
+
+The faults that need a real process (two writers at once, SIGINT, SIGTERM, ``kill -9``) follow the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import TINY
+from llmrerank.cli import describe_error, main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# --- the workspace ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory, tiny_model_dir) -> Path:
+    """Complete outputs made once by the real commands: a reranked run, a BM25 run, a plot stand-in."""
+    root = tmp_path_factory.mktemp("earlier")
+    shutil.copytree(TINY, root / "data")
+    base = ["--data", str(root / "data"), "--quiet", "--model", str(tiny_model_dir)]
+    assert main(["rerank", *base, "--method", "likelihood", "--top-k", "3", "--out", str(root / "out.trec")]) == 0
+    assert main(["retrieve", "--data", str(root / "data"), "--top-k", "4", "--out", str(root / "bm25.trec")]) == 0
+    (root / "plot.png").write_bytes(b"\x89PNG earlier plot")
+    (root / "train").mkdir()
+    (root / "train" / "config.json").write_text('{"earlier": true}\n')
+    return root
+
+
+@dataclass
+class Workspace:
+    root: Path
+    model: Path
+
+    def __post_init__(self) -> None:
+        self.data = self.root / "data"
+
+    def fmt(self, word: str) -> str:
+        return word.format(root=self.root, data=self.data, model=self.model, run=self.data / "run.trec")
+
+    def write(self, name: str, text: str | bytes) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        return path
+
+    def snapshot(self) -> dict[str, bytes]:
+        return {str(p.relative_to(self.root)): p.read_bytes() for p in sorted(self.root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def ws(tmp_path, earlier, tiny_model_dir) -> Workspace:
+    root = tmp_path / "ws"
+    shutil.copytree(earlier, root)
+    return Workspace(root, tiny_model_dir)
+
+
+def _config(ws: Workspace, **keys: Any) -> Path:
+    """A small valid training config in the workspace, with ``keys`` changed."""
+    table = {"model": str(ws.model), "data": str(ws.data), "split": "test", "group_size": 2, "max_steps": 1}
+    table["output_dir"] = str(ws.root / "train")
+    table.update(keys)
+    return ws.write("train.json", json.dumps(table))
+
+
+# --- the table --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One bad input or fault: a command line (``argv``, formatted with the workspace's paths) or an API call,
+    what it must end with (``status``, or ``raises``), and a regex its message must match."""
+
+    id: str
+    argv: list[str] | None = None
+    status: int | None = None
+    match: str = ""
+    call: Callable[[Workspace], Any] | None = None
+    raises: type[BaseException] | None = None
+    prepare: Callable[[Workspace], None] | None = None
+
+
+RERANK = ["rerank", "--data", "{data}", "--model", "{model}", "--method", "likelihood", "--quiet", "--top-k", "3"]
+OUT = ["--out", "{root}/out.trec"]
+
+
+def _bad_run(ws: Workspace, text: str | bytes) -> None:
+    ws.write("bad.trec", text)
+
+
+def _rerank_api(ws: Workspace, **kw: Any) -> Any:
+    from llmrerank import Reranker
+    from llmrerank.data import load_beir, load_run
+    from llmrerank.pipeline import rerank_run
+
+    ds = load_beir(ws.data)
+    run = kw.pop("run", None) or load_run(ws.data / "run.trec")
+    corpus = kw.pop("corpus", ds.corpus)
+    ranker = Reranker("likelihood", model=str(ws.model))
+    return rerank_run(ranker, ds.queries, corpus, run, ws.root / "out.trec", progress=False, **kw)
+
+
+def _ranker(ws: Workspace) -> Any:
+    from llmrerank import Reranker
+
+    return Reranker("likelihood", model=str(ws.model))
+
+
+def _hold_lock(ws: Workspace) -> None:
+    """Another process holds the output's lock for the rest of the row."""
+    code = (
+        "import fcntl, sys, time\n"
+        f"f = open({str(ws.root / 'out.trec.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+        "f.write('4242'); f.flush(); print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    ws.holder = holder  # type: ignore[attr-defined]
+
+
+def _no_weights(ws: Workspace) -> None:
+    shutil.copytree(ws.model, ws.root / "broken-model")
+    for p in (ws.root / "broken-model").glob("*.safetensors"):
+        p.unlink()
+
+
+def _truncated_weights(ws: Workspace) -> None:
+    shutil.copytree(ws.model, ws.root / "broken-model")
+    weights = ws.root / "broken-model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+ROWS = [
+    # -- rerank: inputs --
+    Row("rerank-no-data-folder", [*RERANK[:2], "{root}/nope", *RERANK[3:], *OUT], 2, match="nope is not a folder"),
+    Row("rerank-missing-run", [*RERANK, "--run", "{root}/missing.trec", *OUT], 2, match="missing.trec"),
+    Row(
+        "rerank-run-short-line",
+        [*RERANK, "--run", "{root}/bad.trec", *OUT],
+        2,
+        match=r"bad.trec, line 2: expected 6 fields",
+        prepare=lambda ws: _bad_run(ws, "q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2\n"),
+    ),
+    Row(
+        "rerank-run-nan-score",
+        [*RERANK, "--run", "{root}/bad.trec", *OUT],
+        2,
+        match=r"bad.trec, line 1: score is NaN",
+        prepare=lambda ws: _bad_run(ws, "q1 Q0 d1 1 nan t\n"),
+    ),
+    Row(
+        "rerank-run-not-utf8",
+        [*RERANK, "--run", "{root}/bad.trec", *OUT],
+        2,
+        match=r"bad.trec, line 2: not UTF-8",
+        prepare=lambda ws: _bad_run(ws, b"q1 Q0 d1 1 2.0 t\nq1 Q0 d\xff2 2 1.0 t\n"),
+    ),
+    Row(
+        "rerank-run-unknown-document",
+        [*RERANK, "--run", "{root}/bad.trec", *OUT],
+        2,
+        match=r"query q1: 1 candidate\(s\) have no text in the corpus, e.g. 'zz'",
+        prepare=lambda ws: _bad_run(ws, "q1 Q0 zz 1 2.0 t\n"),
+    ),
+    Row(
+        "rerank-corpus-bad-json",
+        [*RERANK, *OUT],
+        2,
+        match=r"corpus.jsonl, line 2: invalid JSON",
+        prepare=lambda ws: ws.write("data/corpus.jsonl", '{"_id": "d1", "text": "a"}\n{"_id": \n'),
+    ),
+    Row("rerank-top-k-zero", [*RERANK, "--top-k", "0", *OUT], 2, match="top-k"),
+    Row("rerank-queries-per-batch-zero", [*RERANK, "--queries-per-batch", "0", *OUT], 2, match="queries-per-batch"),
+    Row("rerank-unknown-method", [*RERANK, "--method", "nope", *OUT], 2, match="invalid choice: 'nope'"),
+    Row("rerank-option-of-another-method", [*RERANK, "--tokens", "yes_no", *OUT], 2, match="--tokens does not apply"),
+    Row("rerank-batch-size-zero", [*RERANK, "--batch-size", "0", *OUT], 2, match="batch.size"),
+    Row("rerank-unknown-device", [*RERANK, "--device", "tpu9", *OUT], 2, match="unknown device 'tpu9'"),
+    Row("rerank-missing-model", [*RERANK[:3], "{root}/no-model", *RERANK[4:], *OUT], 2, match="no-model"),
+    Row(
+        "rerank-model-without-weights",
+        [*RERANK[:3], "{root}/broken-model", *RERANK[4:], *OUT],
+        2,
+        match="broken-model",
+        prepare=_no_weights,
+    ),
+    Row(
+        "rerank-model-truncated-weights",
+        [*RERANK[:3], "{root}/broken-model", *RERANK[4:], *OUT],
+        2,
+        match="model.safetensors",
+        prepare=_truncated_weights,
+    ),
+    Row("rerank-out-is-the-input-run", [*RERANK, "--run", "{run}", "--out", "{run}"], 2, match="input run"),
+    # -- rerank: outputs --
+    Row("rerank-out-is-a-folder", [*RERANK, "--out", "{root}/data"], 1, match="it is a folder"),
+    Row("rerank-out-under-a-file", [*RERANK, "--out", "{root}/plot.png/x.trec"], 1, match="is a file, not a folder"),
+    Row("rerank-out-not-writable", [*RERANK, "--out", "/sys/llmrerank-test.trec"], 1, match="Permission denied"),
+    Row("rerank-second-writer", [*RERANK, *OUT], 1, match=r"being written by another process \(pid 4242\)",
+        prepare=_hold_lock),
+    Row(
+        "rerank-resume-other-settings",
+        [*RERANK, "--max-length", "64", *OUT, "--resume"],
+        2,
+        match="written with other ranker",
+    ),
+    Row(
+        "rerank-resume-without-sidecar",
+        [*RERANK, *OUT, "--resume"],
+        2,
+        match=r"out.trec.json is missing",
+        prepare=lambda ws: (ws.root / "out.trec.json").rename(ws.root / "elsewhere.json"),
+    ),
+    Row(
+        "rerank-resume-half-written-sidecar",
+        [*RERANK, *OUT, "--resume"],
+        2,
+        match=r"out.trec.json is damaged",
+        prepare=lambda ws: ws.write("out.trec.json", '{"run": "out.trec", "sta'),
+    ),
+    # -- retrieve --
+    Row("retrieve-negative-k1", ["retrieve", "--data", "{data}", "--k1", "-1", "--out", "{root}/bm25.trec"], 2,
+        match="k1"),
+    Row("retrieve-b-above-1", ["retrieve", "--data", "{data}", "--b", "1.5", "--out", "{root}/bm25.trec"], 2,
+        match=r"\bb\b"),
+    Row("retrieve-top-k-zero", ["retrieve", "--data", "{data}", "--top-k", "0", "--out", "{root}/bm25.trec"], 2,
+        match="top-k"),
+    Row("retrieve-missing-split", ["retrieve", "--data", "{data}", "--split", "dev", "--out", "{root}/bm25.trec"], 2,
+        match="available splits: test"),
+    Row("retrieve-out-is-a-folder", ["retrieve", "--data", "{data}", "--out", "{root}/data"], 1,
+        match="it is a folder"),
+    # -- evaluate --
+    Row("evaluate-negative-rel", ["evaluate", "--data", "{data}", "--rel", "-5", "{root}/bm25.trec"], 2,
+        match="rel"),
+    Row("evaluate-no-qrels", ["evaluate", "{root}/bm25.trec"], 2, match="--data or --qrels"),
+    Row("evaluate-unknown-measure", ["evaluate", "--data", "{data}", "--metrics", "nDCG@x", "--", "{root}/bm25.trec"], 2,
+        match="nDCG@x"),
+    Row(
+        "evaluate-qrels-bad-grade",
+        ["evaluate", "--qrels", "{root}/bad.tsv", "{root}/bm25.trec"],
+        2,
+        match=r"bad.tsv, line 2: relevance must be an integer",
+        prepare=lambda ws: ws.write("bad.tsv", "query-id\tcorpus-id\tscore\nq1\td1\thigh\n"),
+    ),
+    Row(
+        "evaluate-plot-under-a-file",
+        ["evaluate", "--data", "{data}", "--plot", "{root}/plot.png/x.png", "{root}/bm25.trec"],
+        1,
+        match="is a file, not a folder",
+    ),
+    # -- train --
+    Row("train-missing-config", ["train", "--config", "{root}/nope.toml"], 2, match="nope.toml"),
+    Row(
+        "train-string-for-a-boolean",
+        ["train", "--config", "{root}/train.json"],
+        2,
+        match="lora",
+        prepare=lambda ws: _config(ws, lora="no"),
+    ),
+    Row(
+        "train-fractional-epochs",
+        ["train", "--config", "{root}/train.json"],
+        2,
+        match="epochs",
+        prepare=lambda ws: _config(ws, epochs=1.5, max_steps=None),
+    ),
+    Row(
+        "train-negative-max-length",
+        ["train", "--config", "{root}/train.json"],
+        2,
+        match="max_length",
+        prepare=lambda ws: _config(ws, options={"max_length": -3}),
+    ),
+    Row(
+        "train-unknown-loss",
+        ["train", "--config", "{root}/train.json"],
+        2,
+        match="loss.*nope",
+        prepare=lambda ws: _config(ws, loss="nope"),
+    ),
+    Row(
+        "train-unknown-key",
+        ["train", "--config", "{root}/train.json"],
+        2,
+        match="unknown config key.*lerning_rate",
+        prepare=lambda ws: _config(ws, lerning_rate=0.1),
+    ),
+    Row(
+        "train-unparsable-toml",
+        ["train", "--config", "{root}/train.toml"],
+        2,
+        match="train.toml: cannot parse",
+        prepare=lambda ws: ws.write("train.toml", 'model = "x\n'),
+    ),
+    Row("train-max-steps-zero", ["train", "--config", "{root}/train.json", "--max-steps", "0"], 2, match="max-steps",
+        prepare=lambda ws: _config(ws)),
+    Row(
+        "train-output-under-a-file",
+        ["train", "--config", "{root}/train.json", "--output-dir", "{root}/plot.png/run"],
+        1,
+        match="is a file, not a folder",
+        prepare=lambda ws: _config(ws),
+    ),
+    # -- the Python API --
+    Row("api-unknown-method", call=lambda ws: __import__("llmrerank").Reranker("nope"), raises=ValueError,
+        match="nope"),
+    Row("api-bad-option-value", call=lambda ws: __import__("llmrerank").Reranker("likelihood", reduction="max"),
+        raises=ValueError, match="reduction"),
+    Row("api-dict-of-documents", call=lambda ws: _ranker(ws).rank("honey", {"d1": "honey bees"}), raises=TypeError,
+        match="dict"),
+    Row("api-set-of-documents", call=lambda ws: _ranker(ws).rank("honey", {"honey bees", "wasps"}),
+        raises=TypeError, match="set"),
+    Row("api-query-not-a-string", call=lambda ws: _ranker(ws).rank(3, ["honey"]), raises=TypeError,
+        match="query must be a str"),
+    Row("api-lists-mismatch", call=lambda ws: _ranker(ws).rank_many(["q"], [["a"], ["b"]]), raises=ValueError,
+        match="1 queries but 2 candidate lists"),
+    Row("api-rerank-run-top-k-zero", call=lambda ws: _rerank_api(ws, top_k=0), raises=ValueError,
+        match="top_k must be at least 1"),
+    Row("api-rerank-run-unknown-document", call=lambda ws: _rerank_api(ws, run={"q1": [("zz", 1.0)]}),
+        raises=KeyError, match="zz"),
+    Row("api-rerank-run-bad-tag", call=lambda ws: _rerank_api(ws, tag="a tag"), raises=ValueError,
+        match="run tag"),
+    Row("api-bm25-negative-k1", call=lambda ws: __import__("llmrerank.retrieve").retrieve.bm25_search(
+        {"d": __import__("llmrerank").Document("x")}, {"q": "x"}, k1=-1.0), raises=ValueError, match="k1"),
+    Row("api-evaluate-negative-rel", call=lambda ws: __import__("llmrerank.evaluate").evaluate.evaluate_runs(
+        {"q": {"d": 1}}, {"r": {"q": [("d", 1.0)]}}, rel=-5), raises=ValueError, match="rel"),
+    Row("api-train-config-fractional-epochs", call=lambda ws: __import__(
+        "llmrerank.train.config").train.config.TrainConfig(data="x", epochs=1.5), raises=ValueError,
+        match="epochs"),
+]
+
+
+def _run_cli(argv: list[str], capsys: Any) -> tuple[int, str]:
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        status = e.code if isinstance(e.code, int) else 1
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input_or_fault(row: Row, ws: Workspace, capsys: Any) -> None:
+    if row.prepare:
+        row.prepare(ws)
+    before = ws.snapshot()
+    try:
+        if row.argv is not None:
+            status, err = _run_cli([ws.fmt(a) for a in row.argv], capsys)
+            lines = [line for line in err.splitlines() if line.strip() and "Loading weights" not in line]
+            assert status == row.status, err
+            assert lines, "no message"
+            assert lines[-1].startswith(("error:", "usage:", "llmrerank")), err
+            assert "Traceback" not in err, err
+            assert any(__import__("re").search(row.match, line) for line in lines), err
+        else:
+            with pytest.raises(row.raises, match=row.match):
+                row.call(ws)
+    finally:
+        holder = getattr(ws, "holder", None)
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    after = ws.snapshot()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"changed or left behind: {changed}"
+
+
+def test_the_battery_is_at_least_forty_rows() -> None:
+    assert len(ROWS) >= 40 and len({r.id for r in ROWS}) == len(ROWS)
+
+
+def test_an_unexpected_failure_is_one_line_naming_a_bug() -> None:
+    message, status = describe_error(RuntimeError("the cache is inconsistent"))
+    assert status == 1 and message.startswith("unexpected RuntimeError: the cache is inconsistent")
+    assert "--debug" in message and "bug" in message
+
+
+def test_debug_shows_the_traceback(ws: Workspace, capsys: Any) -> None:
+    argv = ["evaluate", "--qrels", str(ws.write("bad.qrels", "q1 0 d1 high\n")), str(ws.root / "bm25.trec")]
+    status, err = _run_cli(argv, capsys)
+    assert status == 2 and "Traceback" not in err and err.splitlines() == [f"error: {ws.root}/bad.qrels, line 1: "
+                                                                          "relevance must be an integer, got 'high'"]
+    status, err = _run_cli(["--debug", *argv], capsys)
+    assert status == 2 and "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith("error:")
+
+
+# --- faults in a real process -----------------------------------------------------------------------------------
+
+N_QUERIES, N_DOCS = 150, 12
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """A BEIR folder with enough queries that a rerank with the tiny model runs for a few seconds."""
+    root = tmp_path_factory.mktemp("big")
+    (root / "qrels").mkdir()
+    shutil.copy(TINY / "corpus.jsonl", root / "corpus.jsonl")
+    docs = [json.loads(line)["_id"] for line in (TINY / "corpus.jsonl").read_text().splitlines()][:N_DOCS]
+    words = "how do honey bees make why volcano erupt sourdough bread rise flower nectar".split()
+    queries, qrels, run = [], ["query-id\tcorpus-id\tscore"], []
+    for i in range(N_QUERIES):
+        text = " ".join(words[(i + j) % len(words)] for j in range(3 + i % 3))
+        queries.append(json.dumps({"_id": f"q{i}", "text": text}))
+        qrels.append(f"q{i}\t{docs[i % len(docs)]}\t1")
+        order = docs[i % len(docs) :] + docs[: i % len(docs)]
+        run += [f"q{i} Q0 {d} {r} {100 - r} bm25" for r, d in enumerate(order, 1)]
+    (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    (root / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    (root / "run.trec").write_text("\n".join(run) + "\n")
+    return root
+
+
+def _rerank_argv(big: Path, model: Path, out: Path) -> list[str]:
+    return ["rerank", "--data", str(big), "--model", str(model), "--method", "likelihood", "--top-k", "8",
+            "--batch-size", "1", "--queries-per-batch", "1", "--quiet", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def reference(big, tiny_model_dir, tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference") / "out.trec"
+    assert main(_rerank_argv(big, tiny_model_dir, out)) == 0
+    return out
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "llmrerank.cli", *argv], stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_queries(path: Path, n: int, process: subprocess.Popen) -> None:
+    """Until ``path`` holds ``n`` finished queries (the process must still be running then)."""
+    deadline = time.monotonic() + 120
+    while not (path.exists() and path.read_text().count("\n") >= n * N_DOCS):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the rerank did not start"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
+def test_an_interrupted_rerank_resumes_to_the_same_bytes(sig, status, big, tiny_model_dir, reference, tmp_path):
+    out = tmp_path / "out.trec"
+    out.write_text("an earlier complete output\n")
+    (tmp_path / "out.trec.json").write_text('{"earlier": true}\n')
+    argv = _rerank_argv(big, tiny_model_dir, out)
+    process = _start(argv)
+    partial = tmp_path / "out.trec.partial"
+    _wait_for_queries(partial, 10, process)
+    process.send_signal(sig)
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == status, err
+    if sig != signal.SIGKILL:
+        what = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
+        assert err.splitlines()[-1] == (
+            f"{what}: the queries finished so far are kept in {partial}; resume with: llmrerank "
+            + " ".join(argv) + " --resume"
+        )
+        assert not (tmp_path / "out.trec.lock").exists()
+    else:
+        assert (tmp_path / "out.trec.lock").exists()  # stale: its holder was killed, so nobody holds the lock
+    # the earlier output is untouched until the new run completes
+    assert out.read_text() == "an earlier complete output\n"
+    assert (tmp_path / "out.trec.json").read_text() == '{"earlier": true}\n'
+    finished = partial.read_text().count("\n") // N_DOCS
+    assert 10 <= finished < N_QUERIES
+
+    resumed = subprocess.run([sys.executable, "-m", "llmrerank.cli", *argv, "--resume"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{finished} queries already done (resume)" in resumed.stderr
+    assert out.read_bytes() == reference.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.trec", "out.trec.json"]
+    assert json.loads((tmp_path / "out.trec.json").read_text())["status"] == "complete"
+
+
+def test_a_second_writer_is_refused_and_the_first_finishes(big, tiny_model_dir, reference, tmp_path):
+    out = tmp_path / "out.trec"
+    argv = _rerank_argv(big, tiny_model_dir, out)
+    first = _start(argv)
+    _wait_for_queries(tmp_path / "out.trec.partial", 1, first)
+    for extra in ([], ["--resume"]):
+        second = subprocess.run([sys.executable, "-m", "llmrerank.cli", *argv, *extra], capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 1
+        assert second.stderr.splitlines() == [
+            f"error: {out} is being written by another process (pid {first.pid}); wait for it to finish, "
+            "or write to another path"
+        ]
+    assert first.wait(timeout=300) == 0, first.communicate()[1]
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_resume_keeps_only_finished_queries_that_match_the_input_run(big, tiny_model_dir, reference, tmp_path,
+                                                                      capsys):
+    """A damaged partial file: each kind of damage is redone, the rest kept, the result as if uninterrupted."""
+    lines = reference.read_text().splitlines(keepends=True)
+    block = {f"q{i}": lines[i * N_DOCS : (i + 1) * N_DOCS] for i in range(N_QUERIES)}
+
+    def edit(qid: str, position: int, field: int, value: str) -> list[str]:
+        out = list(block[qid])
+        fields = out[position].split()
+        fields[field] = value
+        out[position] = " ".join(fields) + "\n"
+        return out
+
+    partial = (
+        block["q0"]  # kept
+        + edit("q1", 3, 4, "nan")  # a NaN score
+        + edit("q2", 0, 2, "d999")  # a document the run does not have for this query
+        + edit("q3", 1, 3, "7")  # ranks not 1..n
+        + edit("q4", 2, 4, "1e9")  # scores not strictly decreasing
+        + edit("q5", 0, 5, "other-tag")  # another run's line
+        + block["q6"][:5] + block["q7"] + block["q6"][5:]  # two writers' lines mixed: q6 in two places, q7 kept
+        + block["q8"][:-1]  # cut short by a crash
+        + [block["q9"][0].rstrip("\n")]  # the last line cut mid-way
+    )
+    out = tmp_path / "out.trec"
+    (tmp_path / "out.trec.partial").write_text("".join(partial))
+    sidecar = json.loads(Path(str(reference) + ".json").read_text())
+    (tmp_path / "out.trec.partial.json").write_text(json.dumps({**sidecar, "status": "running"}))
+    assert main([*_rerank_argv(big, tiny_model_dir, out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "2 queries already done (resume); 8 unfinished or damaged, redone" in err, err
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_byte_order_marks_are_dropped(ws: Workspace, capsys: Any) -> None:
+    """A run, qrels, queries and corpus saved with a BOM read as without it: same output, same evaluation."""
+    bom = b"\xef\xbb\xbf"
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "run.trec"):
+        path = ws.data / name
+        path.write_bytes(bom + path.read_bytes())
+    out = ws.root / "bom.trec"
+    argv = ["rerank", "--data", str(ws.data), "--model", str(ws.model), "--method", "likelihood", "--top-k", "3"]
+    assert main([*argv, "--quiet", "--out", str(out)]) == 0
+    assert out.read_bytes() == (ws.root / "out.trec").read_bytes()
+    evaluate = ["evaluate", "--json", "--metrics", "nDCG@10", "--"]
+    assert main(["evaluate", "--data", str(TINY), *evaluate[1:], str(ws.root / "out.trec")]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--data", str(ws.data), *evaluate[1:], str(out)]) == 0
+    with_bom = json.loads(capsys.readouterr().out)
+    assert with_bom["num_queries"] == plain["num_queries"] == 3
+    assert with_bom["aggregate"]["bom.trec"] == plain["aggregate"]["out.trec"]
