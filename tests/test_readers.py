@@ -343,3 +343,11 @@ def test_a_truncated_dense_head_is_named(tiny_model_dir, tmp_path):
         DenseHead(32).load(path)
     with pytest.raises(ModelLoadError, match=re.escape(message)):
         Reranker("pointwise", model=str(tiny_model_dir), head="dense", head_weights=str(path))
+
+
+def test_a_file_that_is_not_gguf_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMRERANK_CACHE", str(tmp_path / "cache"))
+    path = _write(tmp_path / "gguf", "model.gguf", b"garbage" * 10)
+    message = f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); re-download it"
+    with pytest.raises(ModelLoadError, match=f"^{re.escape(message)}$"):
+        _load(path.parent)
