@@ -3,23 +3,52 @@
 Presets are resolved from installed Python packages only; nothing is ever downloaded at run time.
 A GGUF model is dequantised by transformers once and saved as an ordinary Hugging Face folder under the cache
 directory (``$LLMRERANK_CACHE``, default ``~/.cache/llmrerank``), so later loads take about a second.
+
+A folder's files are checked before transformers reads them, where that is cheap (the config parses, a weights
+file is there, safetensors headers cover their files), and what transformers, safetensors or peft still refuse is
+turned into a :class:`ModelLoadError` naming the file or folder, what is wrong and what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .data import DataFormatError, read_text
 
 CACHE_ENV = "LLMRERANK_CACHE"
 
 
 class ModelNotInstalledError(ImportError):
     """A preset's model package is missing; the message carries the exact install line."""
+
+
+class ModelLoadError(ValueError):
+    """A model's files are missing or damaged (no weights file, a truncated or corrupt one, a config that does not
+    parse, a trained folder's missing adapters); the message names the file or folder, what is wrong and what to
+    do."""
+
+
+# What transformers reads a folder's weights from, in the order it prefers them.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+REDO = "re-export or re-download it, or retrain"
+RETRAIN = "retrain, or copy the whole folder `llmrerank train` wrote again"
 
 
 @dataclass(frozen=True)
@@ -107,17 +136,22 @@ def resolve(model: str) -> ModelSource:
 
     Raises ModelNotInstalledError for a preset whose package is missing and FileNotFoundError for a path that
     does not exist. A name that is neither a preset nor an existing path is an error: nothing is downloaded.
+    A folder with a config.json is checked by :func:`check_model_folder` (a ModelLoadError); one without weights
+    but with a single ``.gguf`` file loads that file.
     """
     key = ALIASES.get(model, model)
     if key in PRESETS:
         return _cached_gguf(PRESETS[key])
     path = Path(model).expanduser()
     if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").is_file():
-            ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) == 1:
                 return _cached_plain_gguf(ggufs[0])
             raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+        if weights_file(path) is None and len(ggufs) == 1:
+            return _cached_plain_gguf(ggufs[0])
+        check_model_folder(path)
         return ModelSource(str(path), path)
     if path.is_file() and path.suffix == ".gguf":
         return _cached_plain_gguf(path)
@@ -125,6 +159,119 @@ def resolve(model: str) -> ModelSource:
         f"unknown model {model!r}: give a preset ({', '.join([*ALIASES, *PRESETS])}), a local Hugging Face "
         "model folder, or a path to a .gguf file (models are never downloaded at run time)"
     )
+
+
+def _short(e: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters."""
+    lines = str(e).strip().splitlines()
+    line = lines[0] if lines else type(e).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _json_object(path: Path, what: str, fix: str) -> dict:
+    """The JSON object in ``path``; one that does not parse is a ModelLoadError saying ``what`` it is."""
+    try:
+        data = json.loads(read_text(path))
+    except DataFormatError as e:
+        reason = e.reason.split("; ")[0]  # "not UTF-8 text (byte ...)", without its advice: ours follows
+        raise ModelLoadError(f"{path}, line {e.line}: {what} is damaged ({reason}); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(
+            f"{path}, line {e.lineno}: {what} is damaged (not valid JSON: {e.msg} at column {e.colno}); {fix}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: {what} is damaged (expected a JSON object, got {type(data).__name__}); {fix}")
+    return data
+
+
+def _check_safetensors(path: Path, what: str, fix: str) -> None:
+    # safe_open reads the header only (the tensors are mapped, not read), and refuses one that does not cover the file
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(
+            f"{path}: {what} is damaged (truncated or not a safetensors file: {_short(e)}); {fix}"
+        ) from None
+
+
+def _check_torch_file(path: Path, what: str, fix: str) -> None:
+    # torch.save writes a zip archive (its directory at the end, so a cut file has none); older files are a pickle
+    with open(path, "rb") as f:
+        legacy = f.read(1) == b"\x80"
+    if not legacy and not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path}: {what} is damaged (truncated or not a PyTorch checkpoint); {fix}")
+
+
+def _check_weights(path: Path, what: str, fix: str) -> None:
+    if path.suffix == ".safetensors":
+        _check_safetensors(path, what, fix)
+    else:
+        _check_torch_file(path, what, fix)
+
+
+def weights_file(folder: Path) -> Path | None:
+    """The file transformers reads a folder's weights from (the first of :data:`WEIGHT_FILES` there), or None."""
+    return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a Hugging Face model folder that transformers would fail to load, before it reads it: a config.json
+    that does not parse or names no ``model_type``, no weights file, a sharded index that does not parse or lists
+    a missing shard, a safetensors file whose header does not cover it, a ``.bin`` that is no PyTorch checkpoint.
+    Only headers are read, never the tensors. Raises ModelLoadError."""
+    config_path = folder / "config.json"
+    config = _json_object(config_path, "the model config", REDO)
+    if not isinstance(config.get("model_type"), str):
+        raise ModelLoadError(f"{config_path}: the model config names no model_type (not a transformers config); {REDO}")
+    weights = weights_file(folder)
+    if weights is None:
+        raise ModelLoadError(f"{folder}: no weights file: expected {', '.join(WEIGHT_FILES)}, or a .gguf file; {REDO}")
+    if not weights.name.endswith(".index.json"):
+        _check_weights(weights, "the weights file", REDO)
+        return
+    weight_map = _json_object(weights, "the weights index", REDO).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelLoadError(
+            f"{weights}: the weights index is damaged (no weight_map of tensor names to files); {REDO}"
+        )
+    for name in dict.fromkeys(weight_map.values()):
+        shard = folder / name
+        if not shard.is_file():
+            raise ModelLoadError(f"{shard}: the weights file is missing ({weights.name} lists it); {REDO}")
+        _check_weights(shard, "the weights file", REDO)
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """Refuse a trained folder whose LoRA adapters are missing or damaged (the config parses, a weights file is
+    there, its header covers it), before the base model loads. Raises ModelLoadError."""
+    config_path = folder / "adapter_config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(
+            f"{folder}: the LoRA adapters are missing (no adapter_config.json beside llmrerank.json); {RETRAIN}"
+        )
+    if not isinstance(_json_object(config_path, "the adapter config", RETRAIN).get("peft_type"), str):
+        raise ModelLoadError(f"{config_path}: the adapter config names no peft_type (not a peft config); {RETRAIN}")
+    weights = next((folder / name for name in ADAPTER_FILES if (folder / name).is_file()), None)
+    if weights is None:
+        expected = " or ".join(ADAPTER_FILES)
+        raise ModelLoadError(f"{folder}: the LoRA adapter weights are missing (expected {expected}); {RETRAIN}")
+    _check_weights(weights, "the adapter weights file", RETRAIN)
+
+
+@contextmanager
+def _loading(where: Path | str, what: str, fix: str) -> Iterator[None]:
+    """Turn what transformers, safetensors or peft raise on files they cannot read into a ModelLoadError."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (ModelLoadError, FileNotFoundError):
+        raise
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+        raise ModelLoadError(f"{where}: {what} could not be loaded ({type(e).__name__}: {_short(e)}); {fix}") from e
 
 
 def _cached_plain_gguf(path: Path) -> ModelSource:
@@ -174,8 +321,15 @@ def _dequantise_to(folder: Path, gguf_name: str, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32)
+    path = folder / gguf_name
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelLoadError(
+                f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); re-download it"
+            )
+    with _loading(path, "the GGUF file", "re-download it"):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained while it still looks quantised.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -195,24 +349,33 @@ def _dequantise_to(folder: Path, gguf_name: str, target: Path) -> None:
 
 
 def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, object, str]:
-    """Load (model, tokenizer, name) for a preset, folder, GGUF file, or trained folder (base + adapter)."""
+    """Load (model, tokenizer, name) for a preset, folder, GGUF file, or trained folder (base + adapter).
+
+    Raises ModelLoadError for missing or damaged model files (see :func:`check_model_folder`), besides what
+    :func:`resolve` raises."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import trained
 
     folder = trained.read(model)
     if folder is not None and folder.weights == "lora":
+        root = Path(model).expanduser()
+        check_adapter_folder(root)
         lm, tokenizer, _ = load_causal_lm(folder.base_model, dtype, device)
         from .extras import require
 
         peft = require("peft", f"loading the LoRA adapters in {model}")
-        lm = peft.PeftModel.from_pretrained(lm, str(Path(model).expanduser())).merge_and_unload()
+        with _loading(root, "the LoRA adapters", RETRAIN):
+            lm = peft.PeftModel.from_pretrained(lm, str(root)).merge_and_unload()
         lm.eval()
         return lm, tokenizer, str(model)
     source = resolve(model)
     kwargs: dict = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(source.folder, **kwargs)
-    lm = AutoModelForCausalLM.from_pretrained(source.folder, dtype=dtype, **kwargs)
+    fix = "check its files, or re-export or re-download it"
+    with _loading(source.folder, "the tokenizer", fix):
+        tokenizer = AutoTokenizer.from_pretrained(source.folder, **kwargs)
+    with _loading(source.folder, "the model", fix):
+        lm = AutoModelForCausalLM.from_pretrained(source.folder, dtype=dtype, **kwargs)
     lm.to(device)
     lm.eval()
     return lm, tokenizer, source.name

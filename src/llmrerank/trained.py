@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data import DataFormatError, read_text
+
 RECORD = "llmrerank.json"
 HEAD = "head.safetensors"
 FORMAT = 1
@@ -46,15 +48,16 @@ class TrainedFolder:
 
 def read(folder: str | Path) -> TrainedFolder | None:
     """The record of a folder written by ``llmrerank train``, or None for any other model (a preset name, a plain
-    Hugging Face folder, a GGUF file). A folder whose record is damaged is a ValueError naming the file."""
+    Hugging Face folder, a GGUF file). A folder whose record is damaged is a ValueError naming the file (a
+    :class:`~llmrerank.data.DataFormatError`, with the line, where it does not parse)."""
     root = Path(folder).expanduser()
     path = root / RECORD
     if not path.is_file():
         return None
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from e
+        raise DataFormatError(path, e.lineno, f"not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object")
     missing = [k for k in ("method", "options", "base_model", "weights") if k not in meta]

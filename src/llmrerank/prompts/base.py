@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..data import DataFormatError, read_text
 from ..types import Document
 
 if sys.version_info >= (3, 11):
@@ -174,17 +175,36 @@ def builtin_names(kind: str) -> list[str]:
     return sorted(name for k, name in _BUILTINS if k == kind)
 
 
+_TOML_AT = re.compile(r"\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)$")
+
+
+def _toml_error(path: Path, e: tomllib.TOMLDecodeError) -> ValueError:
+    # Python 3.14's TOMLDecodeError has lineno/colno; before, the position ends the message: "... (at line 2, column 5)"
+    line, column, message = getattr(e, "lineno", None), getattr(e, "colno", None), getattr(e, "msg", None)
+    if line is None:
+        found = _TOML_AT.search(str(e))
+        if found is None:
+            return ValueError(f"{path}: cannot parse prompt template: {e}")
+        line, column, message = int(found["line"]), int(found["column"]), str(e)[: found.start()]
+    return DataFormatError(path, line, f"cannot parse prompt template: {message} at column {column}")
+
+
 def load_template(path: str | Path, kind: str = "prompt") -> Any:
-    """Load a template of ``kind`` from a TOML or JSON file (by its suffix), named after the file unless it says."""
+    """Load a template of ``kind`` from a TOML or JSON file (by its suffix), named after the file unless it says.
+
+    The file is read as every text file is (:func:`llmrerank.data.read_text`: a byte-order mark dropped). A file
+    that does not parse is a :class:`~llmrerank.data.DataFormatError` naming it and the line."""
     cls = _template_class(kind)
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p)
     try:
         data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"{p}: cannot parse prompt template: {e}") from e
+    except json.JSONDecodeError as e:
+        raise DataFormatError(p, e.lineno, f"cannot parse prompt template: {e.msg} at column {e.colno}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise _toml_error(p, e) from None
     if not isinstance(data, dict):
         raise ValueError(f"{p}: a prompt template is a table of fields")
     return cls.from_dict({"name": p.stem, **data})

@@ -227,12 +227,22 @@ class DenseHead(torch.nn.Module):
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(path))
 
     def load(self, path: str | Path) -> None:
+        """Load trained weights; a damaged file is a :class:`~llmrerank.models.ModelLoadError` naming it."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
+
+        from ..models import ModelLoadError
 
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"dense head weights not found: {p}")
-        state = load_file(str(p))
+        try:
+            state = load_file(str(p))
+        except (SafetensorError, OSError) as e:
+            raise ModelLoadError(
+                f"{p}: the dense head's weights file is damaged (truncated or not a safetensors file: {e}); "
+                "retrain, or copy the whole folder `llmrerank train` wrote again"
+            ) from None
         expected = tuple(self.linear.weight.shape)
         if tuple(state.get("linear.weight", torch.empty(0)).shape) != expected:
             raise ValueError(f"{p}: head weights do not fit this model (expected linear.weight of shape {expected})")

@@ -4,11 +4,13 @@ A checkpoint (``checkpoints/step-NNNNNNNN``) holds the trainable weights, the op
 RNG states; with the data order a pure function of the seed and the step (:mod:`.schedule`), a run killed at
 any point resumes from its last checkpoint and ends where an uninterrupted run would. Every folder here is
 written under a temporary name and renamed into place, so one killed half-written is never taken for complete.
+A file found damaged all the same (a disk filled up, a hand edit) is a ValueError naming it and saying what to do.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 import sys
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..data import DataFormatError, read_text
 from .config import TrainConfig
 from .setup import head_of
 
@@ -26,6 +29,30 @@ LOG = "log.jsonl"
 BEST = "best"
 CONFIG = "config.json"
 WEIGHTS = "trainable.safetensors"
+START_OVER = "start over with --no-resume"
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    """The JSON value of a file written here; one that is missing or does not parse is a ValueError naming it (and
+    the line) and saying what to do (``fix``)."""
+    try:
+        return json.loads(read_text(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing; {fix}") from None
+    except DataFormatError as e:
+        raise DataFormatError(path, e.line, f"damaged file: {e.reason}; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise DataFormatError(
+            path, e.lineno, f"damaged file: not valid JSON ({e.msg} at column {e.colno}); {fix}"
+        ) from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --- the trainable weights ----------------------------------------------------------------------------------
@@ -54,11 +81,21 @@ def load_trainable_state(backend: Any, ranker: Any, state: Mapping[str, torch.Te
             p.copy_(state[n])
 
 
-def load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The trainable weights a checkpoint or the best/ folder holds."""
+def load_weights(folder: Path, fix: str = START_OVER) -> dict[str, torch.Tensor]:
+    """The trainable weights a checkpoint or the best/ folder holds; a missing or damaged file is a ValueError
+    naming it and saying what to do (``fix``)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(folder / WEIGHTS))
+    path = folder / WEIGHTS
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing; {fix}") from None
+    except (SafetensorError, OSError) as e:
+        raise ValueError(
+            f"{path}: the weights file is damaged (truncated or not a safetensors file: {e}); {fix}"
+        ) from None
 
 
 # --- folders written then renamed ---------------------------------------------------------------------------
@@ -121,9 +158,15 @@ def check_same_config(output_dir: Path, config: TrainConfig) -> None:
     path = output_dir / CONFIG
     if not (output_dir / CHECKPOINTS).is_dir() or not path.is_file():
         return
-    before = json.loads(path.read_text())
+    fix = f"use another output_dir, or {START_OVER}"
+    before = _read_json(path, fix)
+    if not isinstance(before, dict):
+        raise ValueError(f"{path}: damaged file: expected a JSON object of config keys; {fix}")
     if "options" not in before:  # written before the options table: read as such a config is read today
-        before = json.loads(json.dumps(type(config).from_dict(before).to_dict()))
+        try:
+            before = json.loads(json.dumps(type(config).from_dict(before).to_dict()))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a training config this version reads ({e}); {fix}") from None
     now = json.loads(json.dumps(config.to_dict()))
     differ = sorted(k for k in set(before) | set(now) if k != "output_dir" and before.get(k) != now.get(k))
     if differ:
@@ -140,18 +183,33 @@ def start_over(output_dir: Path) -> None:
 
 
 def truncate_log(log: Path, step: int) -> None:
-    """Drop the log lines of steps after ``step``, and a line cut short by a kill."""
+    """Drop the log lines of steps after ``step``, and a last line cut short by a kill (no newline at its end).
+
+    Any other line that is not a log entry (a JSON object with an integer ``step``) is a
+    :class:`~llmrerank.data.DataFormatError` naming the file and the line."""
     if not log.exists():
         return
+    fix = f"the log is damaged: {START_OVER}"
+    try:
+        text = read_text(log)
+    except DataFormatError as e:
+        raise DataFormatError(log, e.line, f"{e.reason}; {fix}") from None
+    lines = text.split("\n")
     kept = []
-    for line in log.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # the last line, with no newline after it: cut short by a kill
+                continue
+            raise DataFormatError(log, number, f"not valid JSON ({e.msg} at column {e.colno}); {fix}") from None
+        if not isinstance(entry, dict) or not _is_int(entry.get("step")):
+            raise DataFormatError(log, number, f'not a log entry (a JSON object with an integer "step"); {fix}')
         if entry["step"] <= step:
             kept.append(line)
-    log.write_text("".join(k + "\n" for k in kept))
+    log.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
 
 def resume(
@@ -162,11 +220,22 @@ def resume(
     root = output_dir / CHECKPOINTS
     done = sorted(root.glob("step-*")) if root.is_dir() else []
     if not done:
+        truncate_log(output_dir / LOG, 0)  # a run killed before its first checkpoint: its steps run again
         return 0
     last = done[-1]
-    step = json.loads((last / "step.json").read_text())["step"]
-    load_trainable_state(backend, ranker, load_weights(last))
-    state = torch.load(last / "state.pt", weights_only=False)
+    fix = f"remove {last} to resume from the checkpoint before it, or {START_OVER}"
+    record = _read_json(last / "step.json", fix)
+    step = record.get("step") if isinstance(record, dict) else None
+    if not _is_int(step) or step < 1:
+        raise ValueError(f'{last / "step.json"}: damaged file: expected {{"step": <a positive integer>}}; {fix}')
+    load_trainable_state(backend, ranker, load_weights(last, fix))
+    try:
+        state = torch.load(last / "state.pt", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{last / 'state.pt'}: damaged file ({type(e).__name__}: {e}); {fix}") from None
+    keys = ("optimizer", "scheduler", "torch_rng", "python_rng")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise ValueError(f"{last / 'state.pt'}: damaged file: expected the keys {', '.join(keys)}; {fix}")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
@@ -195,7 +264,11 @@ class KeepBest:
         is dropped, since the rerun evaluates that step again."""
         record = self.folder / "best.json"
         if self.on and start > 0 and record.is_file():
-            best = json.loads(record.read_text())
+            fix = f"remove {self.folder} to resume without the best evaluation so far, or {START_OVER}"
+            best = _read_json(record, fix)
+            if not (isinstance(best, dict) and _is_int(best.get("step")) and _is_number(best.get("nDCG@10"))):
+                expected = '{"step": <an integer>, "nDCG@10": <a number>}'
+                raise ValueError(f"{record}: damaged file: expected {expected}; {fix}")
             if best["step"] <= start:
                 self.record = best
                 return
