@@ -225,8 +225,10 @@ def test_a_flag_value_is_checked_by_its_spec(tmp_path, tiny_model_dir, capsys):
 
     base = ["rerank", "--data", str(TINY), "--run", str(TINY / "run.trec"), "--model", str(tiny_model_dir)]
     out = str(tmp_path / "o.trec")
-    assert main([*base, "--method", "setwise", "--set-size", "30", "--out", out]) == 2
-    assert "set_size must be 2 to 26" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # the flag's range is checked when it is parsed
+        main([*base, "--method", "setwise", "--set-size", "30", "--out", out])
+    assert exit_info.value.code == 2
+    assert "argument --set-size: must be 2 to 26, got 30" in capsys.readouterr().err
     assert main([*base, "--method", "pairwise", "--sort-top-k", "3", "--out", out]) == 2
     assert "sort_top_k applies to aggregation='heapsort' or 'bubblesort' only" in capsys.readouterr().err
 

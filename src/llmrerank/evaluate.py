@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Union
 
@@ -148,7 +149,9 @@ def evaluate_runs(
         An :class:`Evaluation` with means, per-query values and p-values against the baseline.
 
     Raises:
-        ValueError: no runs, no judged query, no or repeated measures, or an unknown measure.
+        ValueError: no runs, no judged query, no or repeated measures, an unknown measure, or ``rel`` not an
+            int >= 1.
+        TypeError: ``qrels``, ``runs`` or a run not a mapping, or ``measures`` a single string.
 
     Example:
         >>> qrels = {"q1": {"d1": 1}}
@@ -156,8 +159,24 @@ def evaluate_runs(
         >>> ev.aggregate["bm25"]["RR@10"]
         0.5
     """
+    if not isinstance(qrels, Mapping):
+        raise TypeError(f"qrels must be a mapping {{query_id: {{doc_id: grade}}}}, got {type(qrels).__name__}")
+    if not isinstance(runs, Mapping):
+        raise TypeError(f"runs must be a mapping {{run_name: run}}, got {type(runs).__name__}")
     if not runs:
         raise ValueError("no runs to evaluate")
+    for run_name, run in runs.items():
+        if not isinstance(run, Mapping):
+            raise TypeError(
+                f"run {run_name!r} must be a mapping {{query_id: [(doc_id, score), ...]}}, got {type(run).__name__}"
+            )
+    if isinstance(measures, str):
+        raise TypeError(f"measures must be a sequence of measure names, e.g. [{measures!r}], not a single string")
+    if rel is not None and (not isinstance(rel, Integral) or isinstance(rel, bool) or rel < 1):
+        raise ValueError(
+            "rel is the grade at or above which a judged document counts as relevant for the binary measures: "
+            f"an integer >= 1, got {type(rel).__name__} {rel!r}"
+        )
     names = list(measures)
     if not names:
         raise ValueError("no measures to compute")

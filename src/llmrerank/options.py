@@ -38,6 +38,7 @@ class Spec:
         types: the Python types a value may have (``None`` is allowed when the default is ``None``).
         choices: the allowed values, if they are a closed set.
         minimum, maximum: inclusive bounds of a number.
+        below: an exclusive upper bound of a number (e.g. 1 for a dropout probability).
         positive: the number must be above zero.
         when: ``(other option, values)``: the option applies only while the other one has one of these values;
             elsewhere it must keep its default, and ``to_dict`` leaves it out.
@@ -52,6 +53,7 @@ class Spec:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    below: float | None = None
     positive: bool = False
     when: tuple[str, tuple[Any, ...]] | None = None
     convert: Callable[[Any], Any] | None = None
@@ -115,25 +117,14 @@ class Options:
         where = f"{self.method} option {f.name}" if self.method else f"option {f.name}"
         if value is None and f.default is None:
             return None
-        if spec.types and (
-            not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types)
-        ):
-            want = " or ".join(t.__name__ for t in spec.types)
-            raise ValueError(f"{where} must be {want}, got {type(value).__name__} {value!r}")
-        if spec.choices is not None and value not in spec.choices:
-            raise ValueError(
-                f"unknown {f.name} {value!r} for {self.method}: choose one of {', '.join(map(str, spec.choices))}"
-            )
-        if spec.positive and value <= 0:
-            raise ValueError(f"{f.name} must be positive, got {value}")
-        low, high = spec.minimum, spec.maximum
-        if low is not None and high is not None:
-            if not low <= value <= high:
-                raise ValueError(f"{f.name} must be {low:g} to {high:g}, got {value}")
-        elif low is not None and value < low:
-            raise ValueError(f"{f.name} must be at least {low:g}, got {value}")
-        elif high is not None and value > high:
-            raise ValueError(f"{f.name} must be at most {high:g}, got {value}")
+        problem = violation(spec, value)
+        if problem is not None:
+            kind, what = problem
+            if kind == "type":
+                raise ValueError(f"{where} must be {what}, got {type(value).__name__} {value!r}")
+            if kind == "choices":
+                raise ValueError(f"unknown {f.name} {value!r} for {self.method}: choose one of {what}")
+            raise ValueError(f"{f.name} must be {what}, got {value}")
         if spec.convert is None:
             return value
         try:
@@ -177,6 +168,37 @@ class Options:
                 continue
             out[f.name] = plain(getattr(self, f.name))
         return out
+
+
+def violation(spec: Spec, value: Any) -> tuple[str, str] | None:
+    """The first rule of ``spec`` that ``value`` breaks, as ``(kind, what it must be)``, or None when it keeps them.
+
+    ``kind`` is ``"type"`` (``what``: ``"int"``, ``"float or int"``; a bool is an int only where ``bool`` is
+    listed; ``type(None)`` in ``types`` lets None through), ``"choices"`` (``what``: the choices, comma-separated)
+    or ``"range"`` (``what``: ``"positive"``, ``"at least 1"``, ``"2 to 26"``, ``"at least 0 and below 1"``; NaN
+    is outside every range). The caller words the message: :class:`Options` and the training config both do.
+    """
+    if value is None and type(None) in spec.types:
+        return None
+    if spec.types and (not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types)):
+        return "type", " or ".join("None" if t is type(None) else t.__name__ for t in spec.types)
+    if spec.choices is not None and value not in spec.choices:
+        return "choices", ", ".join(map(str, spec.choices))
+    if spec.positive and not value > 0:
+        return "range", "positive"
+    low, high, below = spec.minimum, spec.maximum, spec.below
+    if (
+        (low is not None and not value >= low)
+        or (high is not None and not value <= high)
+        or (below is not None and not value < below)
+    ):
+        if low is not None and high is not None:
+            return "range", f"{low:g} to {high:g}"
+        parts = [f"at least {low:g}"] if low is not None else []
+        parts += [f"at most {high:g}"] if high is not None else []
+        parts += [f"below {below:g}"] if below is not None else []
+        return "range", " and ".join(parts)
+    return None
 
 
 def plain(value: Any) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -20,6 +22,11 @@ def _make_stemmer(name: str | None):  # -> Stemmer.Stemmer | None
     if name not in available:
         raise ValueError(f"unknown stemmer {name!r}; PyStemmer knows: {', '.join(available)} (or None)")
     return Stemmer.Stemmer(name)
+
+
+def _number(value: object) -> bool:
+    """A real number that is not a bool (numpy scalars included)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _doc_text(doc: Document) -> str:
@@ -69,7 +76,8 @@ def bm25_search(
         ordered by corpus order, so the result is deterministic.
 
     Raises:
-        ValueError: an unknown stemmer, ``top_k < 1`` or an empty corpus.
+        ValueError: an unknown stemmer, ``top_k`` not a positive int, ``k1`` not a finite number >= 0, ``b``
+            outside [0, 1], or an empty corpus.
 
     Example:
         >>> from llmrerank.data import load_beir, sample_path
@@ -78,8 +86,12 @@ def bm25_search(
     """
     import bm25s
 
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if not isinstance(top_k, Integral) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"bm25_search: top_k must be a positive integer, got {type(top_k).__name__} {top_k!r}")
+    if not _number(k1) or not (math.isfinite(k1) and k1 >= 0):
+        raise ValueError(f"bm25_search: k1 must be a finite number >= 0, got {type(k1).__name__} {k1!r}")
+    if not _number(b) or not 0 <= b <= 1:
+        raise ValueError(f"bm25_search: b must be a number in [0, 1], got {type(b).__name__} {b!r}")
     if not corpus:
         raise ValueError("the corpus is empty: nothing to retrieve")
     stem = _make_stemmer(stemmer)

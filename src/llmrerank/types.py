@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -37,10 +38,34 @@ def as_document(doc: DocLike, position: int | None = None) -> Document:
     raise TypeError(f"a document must be a str or llmrerank.Document, got {type(doc).__name__}{where}")
 
 
-def as_documents(docs: Sequence[DocLike]) -> list[Document]:
+def as_documents(docs: Sequence[DocLike], what: str = "docs") -> list[Document]:
+    """A sequence (list, tuple, ...) of str or Document as Documents, in its order. Refused, naming ``what``: a
+    single string, a mapping (its keys would be ranked), a set (it has no order) and anything else that is not a
+    sequence, such as a generator."""
     if isinstance(docs, (str, bytes)):
-        raise TypeError("docs must be a sequence of documents, not a single string")
+        raise TypeError(f"{what} must be a sequence of documents, not a single string")
+    if isinstance(docs, Mapping):
+        raise TypeError(
+            f"{what} must be a sequence of documents, got a {type(docs).__name__} (its keys would be ranked): "
+            "pass a list of documents, e.g. list(d.values())"
+        )
+    if isinstance(docs, AbstractSet):
+        raise TypeError(
+            f"{what} must be a sequence of documents, got a {type(docs).__name__}, which has no order: "
+            "pass a list (sorted as you mean it)"
+        )
+    if not is_sequence(docs):
+        kind = type(docs).__name__
+        raise TypeError(f"{what} must be a sequence of documents (a list or tuple), got {kind}: pass list({what})")
     return [as_document(d, i) for i, d in enumerate(docs)]
+
+
+def is_sequence(value: Any) -> bool:
+    """Whether ``value`` is ordered and indexable: a :class:`~collections.abc.Sequence`, or an array-like with
+    ``__len__`` and ``__getitem__`` (a numpy array), but not a mapping."""
+    if isinstance(value, Sequence):
+        return True
+    return not isinstance(value, Mapping) and hasattr(value, "__len__") and hasattr(value, "__getitem__")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .argtypes import positive_int
+
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``evaluate`` subparser."""
@@ -18,7 +20,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--metrics", nargs="+", default=None, help="ir_measures names (default: nDCG@10 RR@10 R@100 AP Judged@10)"
     )
-    p.add_argument("--rel", type=int, default=None, help="relevance threshold, binary measures (default: 2 if graded)")
+    p.add_argument(
+        "--rel",
+        type=positive_int,
+        default=None,
+        help="the grade at or above which a document counts as relevant for the binary measures (default: 2 if "
+        "the qrels are graded, else 1)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output (with per-query values)")
     p.add_argument("--per-query", action="store_true", help="also print the first metric per query")
     p.add_argument("--plot", default=None, help="write a per-query difference plot (PNG) for the first metric")

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..options import BackendOptions, Spec
+from .argtypes import spec_type
 
 
 def _declared() -> Iterator[tuple[str, str, Spec, Any]]:
@@ -46,12 +47,15 @@ def _help(declared: list[tuple[str, Spec, Any]]) -> str:
     return "; ".join(f"{', '.join(methods)}: {text}{shown}" for (text, shown), methods in groups.items())
 
 
-def _value_type(spec: Spec) -> Any:
+def _value_type(declared: list[tuple[str, Spec, Any]]) -> Any:
+    """The flag's ``type=``: the spec's parser, else a number checked against the range, when every method that
+    declares the flag gives it the same one (otherwise the chosen method's options check it), else str."""
+    spec = declared[0][1]
     if spec.parse is not None:
         return spec.parse
-    for kind in (int, float):
-        if kind in spec.types:
-            return kind
+    if int in spec.types or float in spec.types:
+        ranges = {(s.minimum, s.maximum, s.below, s.positive) for _, s, _ in declared}
+        return spec_type(spec if len(ranges) == 1 else Spec(spec.help, spec.types))
     return str
 
 
@@ -74,7 +78,7 @@ def add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
             flag,
             dest=name,
             metavar=None if choices else flag[2:].upper().replace("-", "_"),
-            type=_value_type(spec),
+            type=_value_type(declared),
             default=None,
             choices=choices or None,
             help=_help(declared),

@@ -6,13 +6,15 @@ import argparse
 import json
 from typing import Any
 
+from .argtypes import positive_int
+
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``train`` subparser."""
     p = subparsers.add_parser("train", help="fine-tune a ranker (LoRA or full) from a TOML/YAML config")
     p.add_argument("--config", required=True, help="a .toml, .yaml or .json file (see examples/)")
     p.add_argument("--output-dir", default=None, help="overrides output_dir of the config")
-    p.add_argument("--max-steps", type=int, default=None, help="overrides max_steps of the config")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="overrides max_steps of the config")
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

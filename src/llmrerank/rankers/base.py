@@ -3,7 +3,7 @@ checks, the finite-score check, and the machinery of rankers that score each doc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -12,7 +12,7 @@ import torch
 from ..backends.base import Backend
 from ..options import BackendOptions, Options
 from ..prompts import PromptRenderer
-from ..types import DocLike, Document, Ranking, as_documents, ranking_from_scores
+from ..types import DocLike, Document, Ranking, as_documents, is_sequence, ranking_from_scores
 
 
 @runtime_checkable
@@ -44,9 +44,18 @@ def check_batch(queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> li
     """The (query, documents) pairs of a ``rank_many`` call, checked: a sequence of str and as many lists."""
     if isinstance(queries, str):
         raise TypeError("queries must be a sequence of str, not a single str")
+    for what, given in (("queries", queries), ("docs", docs)):
+        if isinstance(given, Mapping):
+            raise TypeError(
+                f"{what} must be a sequence with one entry per query, got a {type(given).__name__} (its keys would "
+                f"be used): pass lists in one order of query ids, e.g. [{what}[q] for q in ids]"
+            )
+        if not is_sequence(given):
+            kind = type(given).__name__
+            raise TypeError(f"{what} must be a sequence (a list or tuple) with one entry per query, got {kind}")
     if len(queries) != len(docs):
         raise ValueError(f"got {len(queries)} queries but {len(docs)} candidate lists")
-    return [(check_query(q, i), as_documents(ds)) for i, (q, ds) in enumerate(zip(queries, docs))]
+    return [(check_query(q, i), as_documents(ds, f"docs[{i}]")) for i, (q, ds) in enumerate(zip(queries, docs))]
 
 
 def check_finite(values: torch.Tensor, what: str = "scores") -> torch.Tensor:

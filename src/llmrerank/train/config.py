@@ -1,4 +1,5 @@
-"""The training configuration: one dataclass, read from TOML, YAML or JSON, unknown keys refused.
+"""The training configuration: one dataclass, read from TOML, YAML or JSON, unknown keys refused and every
+key checked against :data:`CHECKS` (its type, range or choices) when the config is made.
 
 The scoring function being trained is named by ``method`` and ``options``, the same options table that
 ``Reranker(method, **options)`` takes and the trained folder writes back. Configs written before the table
@@ -8,12 +9,16 @@ named six of its options at the top level (``head``, ``tokens``, ``normalisation
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from ..options import BackendOptions, Spec, violation
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,6 +73,137 @@ def training_options(
         if key not in table and key in cls.specs() and probe.applies(key):
             table[key] = value
     return cls.build(table).to_dict()
+
+
+def _rule(*types: type, **rules: Any) -> Spec:
+    return Spec(help="", types=types, **rules)
+
+
+_NONE = type(None)
+# What each key may hold (a key's type may include None only where its default is None or None turns it off).
+# lora_targets ("all-linear" or a list of module names), loss (among LOSSES) and loss_options (what the loss
+# takes) are checked by TrainConfig itself.
+CHECKS: dict[str, Spec] = {
+    "model": _rule(str),
+    "method": _rule(str, choices=("pointwise", "likelihood")),
+    "options": _rule(Mapping),
+    "dtype": _rule(str, choices=BackendOptions.specs()["dtype"][0].choices),
+    "threads": _rule(int, _NONE, minimum=1),
+    "data": _rule(str),
+    "split": _rule(str),
+    "run": _rule(str, _NONE),
+    "group_size": _rule(int, minimum=2),
+    "top_k": _rule(int, minimum=1),
+    "rel": _rule(int, _NONE, minimum=1),
+    "unjudged": _rule(bool),
+    "max_positives": _rule(int, _NONE, minimum=1),
+    "teacher_run": _rule(str, _NONE),
+    "teacher_mode": _rule(str, choices=("scores", "order")),
+    "dev_split": _rule(str, _NONE),
+    "dev_run": _rule(str, _NONE),
+    "dev_top_k": _rule(int, minimum=1),
+    "eval_every": _rule(int, minimum=0),
+    "keep_best": _rule(bool),
+    "loss": _rule(str),
+    "loss_options": _rule(Mapping),
+    "lora": _rule(bool),
+    "lora_r": _rule(int, minimum=1),
+    "lora_alpha": _rule(int, minimum=1),
+    "lora_dropout": _rule(float, int, minimum=0, below=1),
+    "lora_targets": _rule(),
+    "learning_rate": _rule(float, int, positive=True),
+    "head_learning_rate": _rule(float, int, positive=True),
+    "weight_decay": _rule(float, int, minimum=0),
+    "warmup_steps": _rule(int, minimum=0),
+    "epochs": _rule(int, minimum=1),
+    "max_steps": _rule(int, _NONE, minimum=1),
+    "groups_per_batch": _rule(int, minimum=1),
+    "grad_accum": _rule(int, minimum=1),
+    "max_grad_norm": _rule(float, int, _NONE, positive=True),
+    "gradient_checkpointing": _rule(bool),
+    "bf16_autocast": _rule(bool, str, choices=(True, False, "auto")),
+    "seed": _rule(int, minimum=0),
+    "output_dir": _rule(str),
+    "save_every": _rule(int, minimum=1),
+    "keep_checkpoints": _rule(int, minimum=1),
+}
+_NON_EMPTY = ("model", "split", "output_dir")  # `data` may stay empty when the trainer is given its groups
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Mapping: "a table"}
+
+
+def _shown(value: Any) -> str:
+    """A choice as the config file spells it: true/false, strings quoted."""
+    return json.dumps(value)
+
+
+def _either(values: Any) -> str:
+    shown = [_shown(v) for v in values]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
+def _refused(key: str, what: str, value: Any) -> ValueError:
+    """The error of a config value: ``config: <key> must be <what>, got <type> <value>``."""
+    return ValueError(f"config: {key} must be {what}, got {type(value).__name__} {value!r}")
+
+
+def _check_value(key: str, spec: Spec, value: Any) -> None:
+    """Raise :func:`_refused` when ``value`` breaks ``spec`` (see :func:`llmrerank.options.violation`), or is a
+    float that is not finite."""
+    problem = violation(spec, value)
+    if problem is not None:
+        kind, what = problem
+        if kind == "type":
+            kinds = [t for t in spec.types if not (t is int and float in spec.types)]  # a number includes ints
+            what = " or ".join("None" if t is _NONE else _TYPE_WORDS.get(t, t.__name__) for t in kinds)
+            if float in spec.types and isinstance(value, str) and _is_number(value):
+                yaml_text = "e" in value.lower() and "." not in value  # PyYAML reads 1e-4 as a string
+                hint = f"YAML reads {value} as text: write {value.lower().replace('e', '.0e', 1)}" if yaml_text else ""
+                raise ValueError(f"{_refused(key, what, value)} ({hint or 'write it unquoted'})")
+        if spec.choices is not None:  # a wrong type among choices (bf16_autocast = 1): say the choices
+            what = _either(spec.choices)
+        raise _refused(key, what, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _refused(key, "a finite number", value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def loss_keywords(loss: str) -> dict[str, Any]:
+    """The keyword options loss ``loss`` of :data:`llmrerank.train.losses.LOSSES` takes, with their defaults."""
+    from .losses import LOSSES
+
+    params = inspect.signature(LOSSES[loss]).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+def _check_loss(loss: str, loss_options: Mapping[str, Any]) -> None:
+    """Refuse a loss not in ``LOSSES`` (naming them), an option the loss does not take (naming those it does),
+    an option of the wrong type, or one out of the loss's range (by the loss's own check, on a tiny group)."""
+    import torch
+
+    from .losses import LOSSES
+
+    if loss not in LOSSES:
+        raise _refused("loss", _either(LOSSES), loss)
+    accepted = loss_keywords(loss)
+    unknown = sorted(set(loss_options) - set(accepted))
+    if unknown:
+        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+        raise ValueError(f"config: loss_options {', '.join(unknown)} not taken by loss {_shown(loss)}: {takes}")
+    for name, value in loss_options.items():
+        default = accepted[name]
+        types = (bool,) if isinstance(default, bool) else (float, int) if isinstance(default, float) else ()
+        _check_value(f"loss_options.{name}", _rule(*types), value)
+    try:  # the loss checks its own options' ranges
+        LOSSES[loss](torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), **loss_options)
+    except ValueError as e:
+        raise ValueError(f"config: loss_options: {e}") from None
 
 
 @dataclass
@@ -136,23 +272,24 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
-        positive = ("group_size", "top_k", "dev_top_k", "epochs", "groups_per_batch", "grad_accum", "lora_r")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"config: {name} must be at least 1, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise ValueError("config: group_size must be at least 2 (a positive and a negative)")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"config: max_steps must be at least 1, got {self.max_steps}")
-        if self.save_every < 1 or self.keep_checkpoints < 1:
-            raise ValueError("config: save_every and keep_checkpoints must be at least 1")
-        if self.learning_rate <= 0 or self.head_learning_rate <= 0:
-            raise ValueError("config: learning rates must be positive")
-        if self.bf16_autocast not in (True, False, "auto"):
-            raise ValueError(f'config: bf16_autocast must be true, false or "auto", got {self.bf16_autocast!r}')
-        if self.method not in ("pointwise", "likelihood"):
-            raise ValueError(f"config: method must be 'pointwise' or 'likelihood' to train, got {self.method!r}")
-        self.options = training_options(self.method, self.options)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            _check_value(f.name, CHECKS[f.name], value)
+            if f.name in _NON_EMPTY and not value.strip():
+                raise _refused(f.name, "a non-empty string", value)
+        targets = self.lora_targets
+        if isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) and t for t in targets):
+            self.lora_targets = list(targets)
+        elif targets != "all-linear":
+            raise _refused("lora_targets", '"all-linear" or a non-empty list of module names', targets)
+        self.loss_options = dict(self.loss_options)
+        _check_loss(self.loss, self.loss_options)
+        try:
+            self.options = training_options(self.method, self.options)
+        except (ValueError, TypeError) as e:  # the options class names the option; say it is in `options`
+            if str(e).startswith("config:"):
+                raise
+            raise (ValueError if isinstance(e, ValueError) else TypeError)(f"config: options: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,16 +305,20 @@ class TrainConfig:
         legacy = {k: data.pop(k) for k in LEGACY_OPTIONS if k in data}
         if legacy:
             method = data.get("method", cls.method)
+            _check_value("method", CHECKS["method"], method)
             data["options"] = training_options(method, data.get("options", {}), legacy, resolve=False)
         return cls(**data)
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file; ``overrides`` (not None) win."""
+        """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file (UTF-8, a byte-order mark dropped); ``overrides``
+        (not None) win and are checked as the file's keys are."""
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
-        text = p.read_text(encoding="utf-8")
+        from ..data import read_text
+
+        text = read_text(p)
         try:
             if p.suffix == ".toml":
                 data = tomllib.loads(text)
