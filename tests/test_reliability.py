@@ -199,17 +199,17 @@ ROWS = [
     Row("rerank-option-of-another-method", [*RERANK, "--tokens", "yes_no", *OUT], 2, match="--tokens does not apply"),
     Row("rerank-batch-size-zero", [*RERANK, "--batch-size", "0", *OUT], 2, match="batch.size"),
     Row("rerank-unknown-device", [*RERANK, "--device", "tpu9", *OUT], 2, match="unknown device 'tpu9'"),
-    Row("rerank-missing-model", [*RERANK[:3], "{root}/no-model", *RERANK[4:], *OUT], 2, match="no-model"),
+    Row("rerank-missing-model", [*RERANK[:4], "{root}/no-model", *RERANK[5:], *OUT], 2, match="no-model"),
     Row(
         "rerank-model-without-weights",
-        [*RERANK[:3], "{root}/broken-model", *RERANK[4:], *OUT],
+        [*RERANK[:4], "{root}/broken-model", *RERANK[5:], *OUT],
         2,
         match="broken-model",
         prepare=_no_weights,
     ),
     Row(
         "rerank-model-truncated-weights",
-        [*RERANK[:3], "{root}/broken-model", *RERANK[4:], *OUT],
+        [*RERANK[:4], "{root}/broken-model", *RERANK[5:], *OUT],
         2,
         match="model.safetensors",
         prepare=_truncated_weights,
@@ -219,8 +219,13 @@ ROWS = [
     Row("rerank-out-is-a-folder", [*RERANK, "--out", "{root}/data"], 1, match="it is a folder"),
     Row("rerank-out-under-a-file", [*RERANK, "--out", "{root}/plot.png/x.trec"], 1, match="is a file, not a folder"),
     Row("rerank-out-not-writable", [*RERANK, "--out", "/sys/llmrerank-test.trec"], 1, match="Permission denied"),
-    Row("rerank-second-writer", [*RERANK, *OUT], 1, match=r"being written by another process \(pid 4242\)",
-        prepare=_hold_lock),
+    Row(
+        "rerank-second-writer",
+        [*RERANK, *OUT],
+        1,
+        match=r"being written by another process \(pid 4242\)",
+        prepare=_hold_lock,
+    ),
     Row(
         "rerank-resume-other-settings",
         [*RERANK, "--max-length", "64", *OUT, "--resume"],
@@ -242,22 +247,42 @@ ROWS = [
         prepare=lambda ws: ws.write("out.trec.json", '{"run": "out.trec", "sta'),
     ),
     # -- retrieve --
-    Row("retrieve-negative-k1", ["retrieve", "--data", "{data}", "--k1", "-1", "--out", "{root}/bm25.trec"], 2,
-        match="k1"),
-    Row("retrieve-b-above-1", ["retrieve", "--data", "{data}", "--b", "1.5", "--out", "{root}/bm25.trec"], 2,
-        match=r"\bb\b"),
-    Row("retrieve-top-k-zero", ["retrieve", "--data", "{data}", "--top-k", "0", "--out", "{root}/bm25.trec"], 2,
-        match="top-k"),
-    Row("retrieve-missing-split", ["retrieve", "--data", "{data}", "--split", "dev", "--out", "{root}/bm25.trec"], 2,
-        match="available splits: test"),
-    Row("retrieve-out-is-a-folder", ["retrieve", "--data", "{data}", "--out", "{root}/data"], 1,
-        match="it is a folder"),
+    Row(
+        "retrieve-negative-k1",
+        ["retrieve", "--data", "{data}", "--k1", "-1", "--out", "{root}/bm25.trec"],
+        2,
+        match="k1",
+    ),
+    Row(
+        "retrieve-b-above-1",
+        ["retrieve", "--data", "{data}", "--b", "1.5", "--out", "{root}/bm25.trec"],
+        2,
+        match=r"\bb\b",
+    ),
+    Row(
+        "retrieve-top-k-zero",
+        ["retrieve", "--data", "{data}", "--top-k", "0", "--out", "{root}/bm25.trec"],
+        2,
+        match="top-k",
+    ),
+    Row(
+        "retrieve-missing-split",
+        ["retrieve", "--data", "{data}", "--split", "dev", "--out", "{root}/bm25.trec"],
+        2,
+        match="available splits: test",
+    ),
+    Row(
+        "retrieve-out-is-a-folder", ["retrieve", "--data", "{data}", "--out", "{root}/data"], 1, match="it is a folder"
+    ),
     # -- evaluate --
-    Row("evaluate-negative-rel", ["evaluate", "--data", "{data}", "--rel", "-5", "{root}/bm25.trec"], 2,
-        match="rel"),
+    Row("evaluate-negative-rel", ["evaluate", "--data", "{data}", "--rel", "-5", "{root}/bm25.trec"], 2, match="rel"),
     Row("evaluate-no-qrels", ["evaluate", "{root}/bm25.trec"], 2, match="--data or --qrels"),
-    Row("evaluate-unknown-measure", ["evaluate", "--data", "{data}", "--metrics", "nDCG@x", "--", "{root}/bm25.trec"], 2,
-        match="nDCG@x"),
+    Row(
+        "evaluate-unknown-measure",
+        ["evaluate", "--data", "{data}", "--metrics", "nDCG@x", "--", "{root}/bm25.trec"],
+        2,
+        match="nDCG@x",
+    ),
     Row(
         "evaluate-qrels-bad-grade",
         ["evaluate", "--qrels", "{root}/bad.tsv", "{root}/bm25.trec"],
@@ -315,8 +340,13 @@ ROWS = [
         match="train.toml: cannot parse",
         prepare=lambda ws: ws.write("train.toml", 'model = "x\n'),
     ),
-    Row("train-max-steps-zero", ["train", "--config", "{root}/train.json", "--max-steps", "0"], 2, match="max-steps",
-        prepare=lambda ws: _config(ws)),
+    Row(
+        "train-max-steps-zero",
+        ["train", "--config", "{root}/train.json", "--max-steps", "0"],
+        2,
+        match="max-steps",
+        prepare=lambda ws: _config(ws),
+    ),
     Row(
         "train-output-under-a-file",
         ["train", "--config", "{root}/train.json", "--output-dir", "{root}/plot.png/run"],
@@ -325,31 +355,74 @@ ROWS = [
         prepare=lambda ws: _config(ws),
     ),
     # -- the Python API --
-    Row("api-unknown-method", call=lambda ws: __import__("llmrerank").Reranker("nope"), raises=ValueError,
-        match="nope"),
-    Row("api-bad-option-value", call=lambda ws: __import__("llmrerank").Reranker("likelihood", reduction="max"),
-        raises=ValueError, match="reduction"),
-    Row("api-dict-of-documents", call=lambda ws: _ranker(ws).rank("honey", {"d1": "honey bees"}), raises=TypeError,
-        match="dict"),
-    Row("api-set-of-documents", call=lambda ws: _ranker(ws).rank("honey", {"honey bees", "wasps"}),
-        raises=TypeError, match="set"),
-    Row("api-query-not-a-string", call=lambda ws: _ranker(ws).rank(3, ["honey"]), raises=TypeError,
-        match="query must be a str"),
-    Row("api-lists-mismatch", call=lambda ws: _ranker(ws).rank_many(["q"], [["a"], ["b"]]), raises=ValueError,
-        match="1 queries but 2 candidate lists"),
-    Row("api-rerank-run-top-k-zero", call=lambda ws: _rerank_api(ws, top_k=0), raises=ValueError,
-        match="top_k must be at least 1"),
-    Row("api-rerank-run-unknown-document", call=lambda ws: _rerank_api(ws, run={"q1": [("zz", 1.0)]}),
-        raises=KeyError, match="zz"),
-    Row("api-rerank-run-bad-tag", call=lambda ws: _rerank_api(ws, tag="a tag"), raises=ValueError,
-        match="run tag"),
-    Row("api-bm25-negative-k1", call=lambda ws: __import__("llmrerank.retrieve").retrieve.bm25_search(
-        {"d": __import__("llmrerank").Document("x")}, {"q": "x"}, k1=-1.0), raises=ValueError, match="k1"),
-    Row("api-evaluate-negative-rel", call=lambda ws: __import__("llmrerank.evaluate").evaluate.evaluate_runs(
-        {"q": {"d": 1}}, {"r": {"q": [("d", 1.0)]}}, rel=-5), raises=ValueError, match="rel"),
-    Row("api-train-config-fractional-epochs", call=lambda ws: __import__(
-        "llmrerank.train.config").train.config.TrainConfig(data="x", epochs=1.5), raises=ValueError,
-        match="epochs"),
+    Row(
+        "api-unknown-method", call=lambda ws: __import__("llmrerank").Reranker("nope"), raises=ValueError, match="nope"
+    ),
+    Row(
+        "api-bad-option-value",
+        call=lambda ws: __import__("llmrerank").Reranker("likelihood", reduction="max"),
+        raises=ValueError,
+        match="reduction",
+    ),
+    Row(
+        "api-dict-of-documents",
+        call=lambda ws: _ranker(ws).rank("honey", {"d1": "honey bees"}),
+        raises=TypeError,
+        match="dict",
+    ),
+    Row(
+        "api-set-of-documents",
+        call=lambda ws: _ranker(ws).rank("honey", {"honey bees", "wasps"}),
+        raises=TypeError,
+        match="set",
+    ),
+    Row(
+        "api-query-not-a-string",
+        call=lambda ws: _ranker(ws).rank(3, ["honey"]),
+        raises=TypeError,
+        match="query must be a str",
+    ),
+    Row(
+        "api-lists-mismatch",
+        call=lambda ws: _ranker(ws).rank_many(["q"], [["a"], ["b"]]),
+        raises=ValueError,
+        match="1 queries but 2 candidate lists",
+    ),
+    Row(
+        "api-rerank-run-top-k-zero",
+        call=lambda ws: _rerank_api(ws, top_k=0),
+        raises=ValueError,
+        match="top_k must be at least 1",
+    ),
+    Row(
+        "api-rerank-run-unknown-document",
+        call=lambda ws: _rerank_api(ws, run={"q1": [("zz", 1.0)]}),
+        raises=KeyError,
+        match="zz",
+    ),
+    Row("api-rerank-run-bad-tag", call=lambda ws: _rerank_api(ws, tag="a tag"), raises=ValueError, match="run tag"),
+    Row(
+        "api-bm25-negative-k1",
+        call=lambda ws: __import__("llmrerank.retrieve").retrieve.bm25_search(
+            {"d": __import__("llmrerank").Document("x")}, {"q": "x"}, k1=-1.0
+        ),
+        raises=ValueError,
+        match="k1",
+    ),
+    Row(
+        "api-evaluate-negative-rel",
+        call=lambda ws: __import__("llmrerank.evaluate").evaluate.evaluate_runs(
+            {"q": {"d": 1}}, {"r": {"q": [("d", 1.0)]}}, rel=-5
+        ),
+        raises=ValueError,
+        match="rel",
+    ),
+    Row(
+        "api-train-config-fractional-epochs",
+        call=lambda ws: __import__("llmrerank.train.config").train.config.TrainConfig(data="x", epochs=1.5),
+        raises=ValueError,
+        match="epochs",
+    ),
 ]
 
 
@@ -375,6 +448,8 @@ def test_bad_input_or_fault(row: Row, ws: Workspace, capsys: Any) -> None:
             assert lines[-1].startswith(("error:", "usage:", "llmrerank")), err
             assert "Traceback" not in err, err
             assert any(__import__("re").search(row.match, line) for line in lines), err
+            if os.environ.get("SHOW_MESSAGES"):
+                print(f"\n{row.id}: {lines[-1]}", file=sys.__stderr__)
         else:
             with pytest.raises(row.raises, match=row.match):
                 row.call(ws)
@@ -401,8 +476,11 @@ def test_an_unexpected_failure_is_one_line_naming_a_bug() -> None:
 def test_debug_shows_the_traceback(ws: Workspace, capsys: Any) -> None:
     argv = ["evaluate", "--qrels", str(ws.write("bad.qrels", "q1 0 d1 high\n")), str(ws.root / "bm25.trec")]
     status, err = _run_cli(argv, capsys)
-    assert status == 2 and "Traceback" not in err and err.splitlines() == [f"error: {ws.root}/bad.qrels, line 1: "
-                                                                          "relevance must be an integer, got 'high'"]
+    assert (
+        status == 2
+        and "Traceback" not in err
+        and err.splitlines() == [f"error: {ws.root}/bad.qrels, line 1: relevance must be an integer, got 'high'"]
+    )
     status, err = _run_cli(["--debug", *argv], capsys)
     assert status == 2 and "Traceback (most recent call last)" in err and err.splitlines()[-1].startswith("error:")
 
@@ -434,8 +512,24 @@ def big(tmp_path_factory) -> Path:
 
 
 def _rerank_argv(big: Path, model: Path, out: Path) -> list[str]:
-    return ["rerank", "--data", str(big), "--model", str(model), "--method", "likelihood", "--top-k", "8",
-            "--batch-size", "1", "--queries-per-batch", "1", "--quiet", "--out", str(out)]
+    return [
+        "rerank",
+        "--data",
+        str(big),
+        "--model",
+        str(model),
+        "--method",
+        "likelihood",
+        "--top-k",
+        "8",
+        "--batch-size",
+        "1",
+        "--queries-per-batch",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -475,7 +569,8 @@ def test_an_interrupted_rerank_resumes_to_the_same_bytes(sig, status, big, tiny_
         what = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
         assert err.splitlines()[-1] == (
             f"{what}: the queries finished so far are kept in {partial}; resume with: llmrerank "
-            + " ".join(argv) + " --resume"
+            + " ".join(argv)
+            + " --resume"
         )
         assert not (tmp_path / "out.trec.lock").exists()
     else:
@@ -486,8 +581,9 @@ def test_an_interrupted_rerank_resumes_to_the_same_bytes(sig, status, big, tiny_
     finished = partial.read_text().count("\n") // N_DOCS
     assert 10 <= finished < N_QUERIES
 
-    resumed = subprocess.run([sys.executable, "-m", "llmrerank.cli", *argv, "--resume"], capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "llmrerank.cli", *argv, "--resume"], capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"{finished} queries already done (resume)" in resumed.stderr
     assert out.read_bytes() == reference.read_bytes()
@@ -501,8 +597,9 @@ def test_a_second_writer_is_refused_and_the_first_finishes(big, tiny_model_dir, 
     first = _start(argv)
     _wait_for_queries(tmp_path / "out.trec.partial", 1, first)
     for extra in ([], ["--resume"]):
-        second = subprocess.run([sys.executable, "-m", "llmrerank.cli", *argv, *extra], capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "llmrerank.cli", *argv, *extra], capture_output=True, text=True, timeout=120
+        )
         assert second.returncode == 1
         assert second.stderr.splitlines() == [
             f"error: {out} is being written by another process (pid {first.pid}); wait for it to finish, "
@@ -512,8 +609,7 @@ def test_a_second_writer_is_refused_and_the_first_finishes(big, tiny_model_dir, 
     assert out.read_bytes() == reference.read_bytes()
 
 
-def test_resume_keeps_only_finished_queries_that_match_the_input_run(big, tiny_model_dir, reference, tmp_path,
-                                                                      capsys):
+def test_resume_keeps_only_finished_queries_that_match_the_input_run(big, tiny_model_dir, reference, tmp_path, capsys):
     """A damaged partial file: each kind of damage is redone, the rest kept, the result as if uninterrupted."""
     lines = reference.read_text().splitlines(keepends=True)
     block = {f"q{i}": lines[i * N_DOCS : (i + 1) * N_DOCS] for i in range(N_QUERIES)}
@@ -532,7 +628,9 @@ def test_resume_keeps_only_finished_queries_that_match_the_input_run(big, tiny_m
         + edit("q3", 1, 3, "7")  # ranks not 1..n
         + edit("q4", 2, 4, "1e9")  # scores not strictly decreasing
         + edit("q5", 0, 5, "other-tag")  # another run's line
-        + block["q6"][:5] + block["q7"] + block["q6"][5:]  # two writers' lines mixed: q6 in two places, q7 kept
+        + block["q6"][:5]
+        + block["q7"]
+        + block["q6"][5:]  # two writers' lines mixed: q6 in two places, q7 kept
         + block["q8"][:-1]  # cut short by a crash
         + [block["q9"][0].rstrip("\n")]  # the last line cut mid-way
     )

@@ -281,14 +281,21 @@ def write_run(
 ) -> None:
     """Write a run in TREC format, queries in mapping order, each list best first.
 
-    With ``append=True`` the lines are added to the end of an existing file (e.g. to write query by query).
-    Parent folders are created when missing.
+    The file is written whole or not at all (:func:`llmrerank.outputs.write_atomic`): an earlier file at ``path``
+    stays as it was until the new one is complete, and a bad id leaves it untouched. With ``append=True`` the
+    lines are added to the end of an existing file instead (e.g. to write query by query). Parent folders are
+    created when missing.
     """
+    from .outputs import make_parent, write_atomic
+
+    text = "".join(format_run_lines(qid, items, tag) for qid, items in run.items())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a" if append else "w", encoding="utf-8") as f:
-        for qid, items in run.items():
-            f.write(format_run_lines(qid, items, tag))
+    if not append:
+        write_atomic(path, text, "run")
+        return
+    make_parent(path, "run")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ Conventions:
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import ir_measures
+
+from .outputs import write_atomic
 
 PathLike = Union[str, Path]
 Run = Mapping[str, Sequence[tuple[str, float]]]
@@ -299,6 +302,7 @@ def plot_per_query(ev: Evaluation, measure: str, path: PathLike) -> Path:
         ax.set_xticks([])
     axes[-1].set_xlabel("queries, sorted by difference")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    write_atomic(out, image.getvalue(), "plot")  # an earlier plot stays whole until this one is
     return out

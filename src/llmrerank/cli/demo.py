@@ -8,13 +8,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .argtypes import positive_int
 from .ranker_args import add_model_args, ranker_from_args
 
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``demo`` subparser."""
     p = subparsers.add_parser("demo", help="rerank a bundled DL19 sample with the default model and show nDCG@10")
-    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--top-k", type=positive_int, default=20, help="rerank this many per query (default 20)")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--quiet", action="store_true")
     add_model_args(p, "likelihood")

@@ -40,7 +40,10 @@ def run(args: argparse.Namespace) -> None:
         raise argparse.ArgumentError(None, "evaluate needs --data or --qrels")
     from ..data import load_beir, load_qrels, load_run
     from ..evaluate import DEFAULT_MEASURES, evaluate_runs, format_per_query, format_table, plot_per_query
+    from ..outputs import check_writable
 
+    if args.plot:
+        check_writable(args.plot, "plot")  # before the work, not after it
     qrels = load_qrels(args.qrels) if args.qrels else load_beir(args.data, split=args.split).qrels
     runs = {}
     for path in args.runs:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .argtypes import positive_int
 from .ranker_args import add_model_args, ranker_from_args
 
 
@@ -16,10 +17,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help="BEIR folder with the corpus and queries")
     p.add_argument("--split", default="test", help="qrels split whose queries are reranked")
     p.add_argument("--run", default=None, help="input TREC run (default: the one .trec file in --data)")
-    p.add_argument("--top-k", type=int, default=100, help="rerank this many per query; the rest follow unchanged")
+    p.add_argument(
+        "--top-k", type=positive_int, default=100, help="rerank this many per query; the rest follow unchanged"
+    )
     p.add_argument("--out", required=True, help="output TREC run; a JSON sidecar is written next to it")
     p.add_argument("--resume", action="store_true", help="keep the queries already complete in --out")
-    p.add_argument("--queries-per-batch", type=int, default=4, help="batch the documents of this many queries")
+    p.add_argument("--queries-per-batch", type=positive_int, default=4, help="batch the documents of this many queries")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p, "pointwise")
     p.set_defaults(func=run)

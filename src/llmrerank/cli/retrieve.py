@@ -24,9 +24,12 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> None:
     """Retrieve the top k per query with BM25 and write them as a TREC run."""
     from ..data import load_beir, write_run
+    from ..outputs import OutputLock, check_writable
     from ..retrieve import bm25_search
 
     ds = load_beir(args.data, split=args.split)
-    run = bm25_search(ds.corpus, ds.queries, top_k=args.top_k, k1=args.k1, b=args.b)
-    write_run(args.out, run, tag="bm25")
+    out = check_writable(args.out, "output run")
+    with OutputLock(out, "output run"):
+        run = bm25_search(ds.corpus, ds.queries, top_k=args.top_k, k1=args.k1, b=args.b)
+        write_run(out, run, tag="bm25")  # whole or not at all
     print(f"wrote {args.out}: {len(run)} queries, top {args.top_k}", file=sys.stderr)

@@ -29,11 +29,14 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     """Train as the config says; print the dev evaluations and where the trained model is."""
+    from ..outputs import OutputLock, check_writable
     from ..train.config import TrainConfig
     from ..train.trainer import Trainer
 
     config = TrainConfig.load(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
-    result = Trainer(config).train(resume=not args.no_resume, progress=not args.quiet)
+    output = check_writable(config.output_dir, "training output", folder=True)
+    with OutputLock(output, "training output"):  # a second trainer is refused before it loads a model
+        result = Trainer(config).train(resume=not args.no_resume, progress=not args.quiet)
     for entry in result.dev:
         print(json.dumps(entry))
     if result.best is not None:
