@@ -119,9 +119,9 @@ def _rerank_api(ws: Workspace, **kw: Any) -> Any:
 
     ds = load_beir(ws.data)
     run = kw.pop("run", None) or load_run(ws.data / "run.trec")
-    corpus = kw.pop("corpus", ds.corpus)
+    queries = kw.pop("queries", ds.queries)
     ranker = Reranker("likelihood", model=str(ws.model))
-    return rerank_run(ranker, ds.queries, corpus, run, ws.root / "out.trec", progress=False, **kw)
+    return rerank_run(ranker, queries, ds.corpus, run, ws.root / "out.trec", progress=False, **kw)
 
 
 def _ranker(ws: Workspace) -> Any:
@@ -393,6 +393,18 @@ ROWS = [
         call=lambda ws: _rerank_api(ws, top_k=0),
         raises=ValueError,
         match="top_k must be at least 1",
+    ),
+    Row(
+        "api-rerank-run-fractional-top-k",
+        call=lambda ws: _rerank_api(ws, top_k=2.5),
+        raises=TypeError,
+        match="top_k must be an integer, got float 2.5",
+    ),
+    Row(
+        "api-rerank-run-list-of-queries",
+        call=lambda ws: _rerank_api(ws, queries=["how do honey bees make honey"]),
+        raises=TypeError,
+        match="queries must be a mapping",
     ),
     Row(
         "api-rerank-run-unknown-document",

@@ -42,16 +42,25 @@ def rerank(
     The arguments are checked before anything is ranked: a ``top_k`` or batch below 1, or a candidate
     without text in ``corpus`` (a KeyError naming the query and the document), raise at the call.
     """
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if queries_per_batch < 1:
-        raise ValueError(f"queries_per_batch must be at least 1, got {queries_per_batch}")
+    check_arguments(queries, corpus, run, top_k, queries_per_batch)
     todo = [q for q in run if q in queries and q not in skip]
     for qid in todo:
         missing = [d for d, _ in list(run[qid])[:top_k] if d not in corpus]
         if missing:
             raise KeyError(f"query {qid}: {len(missing)} candidate(s) have no text in the corpus, e.g. {missing[0]!r}")
     return _rerank(ranker, queries, corpus, run, top_k, todo, queries_per_batch)
+
+
+def check_arguments(queries: Any, corpus: Any, run: Any, top_k: Any, queries_per_batch: Any) -> None:
+    """What :func:`rerank` and :func:`rerank_run` take: three mappings of ids and two counts of at least 1."""
+    for name, value in (("queries", queries), ("corpus", corpus), ("run", run)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{name} must be a mapping of ids (a dict), got {type(value).__name__}")
+    for name, value in (("top_k", top_k), ("queries_per_batch", queries_per_batch)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def _rerank(
@@ -262,6 +271,7 @@ def rerank_run(
     """
     from tqdm.auto import tqdm
 
+    check_arguments(queries, corpus, run, top_k, queries_per_batch)
     out = check_writable(out, "output run")
     tag = tag or f"llmrerank-{ranker.method}"
     check_token(tag, "run tag")
