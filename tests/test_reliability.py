@@ -673,3 +673,39 @@ def test_byte_order_marks_are_dropped(ws: Workspace, capsys: Any) -> None:
     with_bom = json.loads(capsys.readouterr().out)
     assert with_bom["num_queries"] == plain["num_queries"] == 3
     assert with_bom["aggregate"]["bom.trec"] == plain["aggregate"]["out.trec"]
+
+
+def test_a_terminated_training_names_how_to_resume(tiny_model_dir, tmp_path):
+    output = tmp_path / "train"
+    table = {"model": str(tiny_model_dir), "data": str(TINY), "split": "test", "group_size": 2, "max_steps": 200}
+    table.update(output_dir=str(output), save_every=1, keep_checkpoints=1, lora_r=2)
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps(table))
+    argv = ["train", "--config", str(config), "--quiet"]
+    process = _start(argv)
+    deadline = time.monotonic() + 120
+    while not any((output / "checkpoints").glob("step-*")):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == 143, err
+    assert err.splitlines()[-1] == (
+        f"terminated (SIGTERM): the checkpoints written so far are kept in {output / 'checkpoints'}; "
+        f"resume with: llmrerank {' '.join(argv)}"
+    )
+    assert not (output / "model").exists() and not (tmp_path / "train.lock").exists()
+    resumed = subprocess.run([sys.executable, "-m", "llmrerank.cli", *argv], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and (output / "model" / "llmrerank.json").is_file()
+
+
+def test_an_interrupt_before_anything_is_written_says_so(tmp_path):
+    from llmrerank.cli import build_parser, rerank
+
+    argv = ["rerank", "--data", "d", "--out", str(tmp_path / "o.trec")]
+    args = build_parser().parse_args(argv)
+    assert rerank.resume_hint(args, argv) == f"nothing was written yet; run it again: llmrerank {' '.join(argv)}"
+    (tmp_path / "o.trec.partial").write_text("")
+    assert rerank.resume_hint(args, argv).endswith(f"resume with: llmrerank {' '.join(argv)} --resume")

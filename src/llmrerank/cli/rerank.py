@@ -47,10 +47,10 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     from ..outputs import partial_path
     from . import resume_command
 
-    return (
-        f"the queries finished so far are kept in {partial_path(args.out)}; resume with: "
-        f"{resume_command(argv, add=['--resume'])}"
-    )
+    partial = partial_path(args.out)
+    if not partial.exists():
+        return f"nothing was written yet; run it again: {resume_command(argv)}"
+    return f"the queries finished so far are kept in {partial}; resume with: {resume_command(argv, add=['--resume'])}"
 
 
 def run(args: argparse.Namespace) -> None:

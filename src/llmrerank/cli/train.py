@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from .argtypes import positive_int
@@ -22,9 +23,15 @@ def add_parser(subparsers: Any) -> None:
 
 def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     """What an interrupted training says: the checkpoints are kept, and the command that resumes from the last."""
+    from ..train.checkpoint import CHECKPOINTS
     from . import resume_command
 
-    return f"the checkpoints written so far are kept; resume with: {resume_command(argv, drop=['--no-resume'])}"
+    command = resume_command(argv, drop=["--no-resume"])
+    output = getattr(args, "output_dir_in_use", None)
+    folder = Path(output) / CHECKPOINTS if output else None
+    if folder is None or not any(folder.glob("step-*")):  # the complete ones (a checkpoint is renamed into place)
+        return f"no checkpoint was written yet; run it again: {command}"
+    return f"the checkpoints written so far are kept in {folder}; resume with: {command}"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -35,6 +42,7 @@ def run(args: argparse.Namespace) -> None:
 
     config = TrainConfig.load(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
     output = check_writable(config.output_dir, "training output", folder=True)
+    args.output_dir_in_use = str(output)  # for resume_hint
     with OutputLock(output, "training output"):  # a second trainer is refused before it loads a model
         result = Trainer(config).train(resume=not args.no_resume, progress=not args.quiet)
     for entry in result.dev:
