@@ -120,8 +120,9 @@ def _rerank_api(ws: Workspace, **kw: Any) -> Any:
     ds = load_beir(ws.data)
     run = kw.pop("run", None) or load_run(ws.data / "run.trec")
     queries = kw.pop("queries", ds.queries)
+    corpus = kw.pop("corpus", ds.corpus)
     ranker = Reranker("likelihood", model=str(ws.model))
-    return rerank_run(ranker, queries, ds.corpus, run, ws.root / "out.trec", progress=False, **kw)
+    return rerank_run(ranker, queries, corpus, run, ws.root / "out.trec", progress=False, **kw)
 
 
 def _ranker(ws: Workspace) -> Any:
@@ -215,10 +216,26 @@ ROWS = [
         prepare=_truncated_weights,
     ),
     Row("rerank-out-is-the-input-run", [*RERANK, "--run", "{run}", "--out", "{run}"], 2, match="input run"),
+    Row("rerank-run-is-a-folder", [*RERANK, "--run", "{data}", *OUT], 2, match=r"data is a folder; give a file"),
+    Row(
+        "rerank-query-without-text",
+        [*RERANK, *OUT],
+        2,
+        match="query q2 has no text",
+        prepare=lambda ws: ws.write(
+            "data/queries.jsonl",
+            (ws.data / "queries.jsonl").read_text().replace("why does a volcano erupt", " "),
+        ),
+    ),
     # -- rerank: outputs --
     Row("rerank-out-is-a-folder", [*RERANK, "--out", "{root}/data"], 1, match="it is a folder"),
     Row("rerank-out-under-a-file", [*RERANK, "--out", "{root}/plot.png/x.trec"], 1, match="is a file, not a folder"),
-    Row("rerank-out-not-writable", [*RERANK, "--out", "/sys/llmrerank-test.trec"], 1, match="Permission denied"),
+    Row(
+        "rerank-out-not-writable",
+        [*RERANK, "--out", "/sys/llmrerank-test.trec"],
+        1,
+        match="Permission denied|not writable",
+    ),
     Row(
         "rerank-second-writer",
         [*RERANK, *OUT],
@@ -401,6 +418,24 @@ ROWS = [
         match="top_k must be an integer, got float 2.5",
     ),
     Row(
+        "api-rerank-run-query-text-not-a-string",
+        call=lambda ws: _rerank_api(ws, queries={"q1": 7}),
+        raises=TypeError,
+        match="query q1: its text must be a str, got int",
+    ),
+    Row(
+        "api-rerank-run-corpus-value-not-a-document",
+        call=lambda ws: _rerank_api(ws, corpus={d: 3 for d in ("d1", "d2", "d3", "d4")}, run={"q1": [("d1", 1.0)]}),
+        raises=TypeError,
+        match=r"corpus\['d1'\] must be a Document or a str, got int",
+    ),
+    Row(
+        "api-rerank-run-query-id-with-a-space",
+        call=lambda ws: _rerank_api(ws, queries={"q 1": "honey"}, run={"q 1": [("d1", 1.0)]}),
+        raises=ValueError,
+        match="query id must be a non-empty string without whitespace",
+    ),
+    Row(
         "api-rerank-run-list-of-queries",
         call=lambda ws: _rerank_api(ws, queries=["how do honey bees make honey"]),
         raises=TypeError,
@@ -499,49 +534,41 @@ def test_debug_shows_the_traceback(ws: Workspace, capsys: Any) -> None:
 
 # --- faults in a real process -----------------------------------------------------------------------------------
 
-N_QUERIES, N_DOCS = 150, 12
+N_QUERIES, N_DOCS, TOP_K, PER_BATCH = 200, 50, 40, 3
+WORDS = "how do honey bees make why volcano erupt sourdough bread rise flower nectar store wax combs cat mat".split()
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
-    """A BEIR folder with enough queries that a rerank with the tiny model runs for a few seconds."""
+    """A BEIR folder with enough queries and candidates that a rerank with the tiny model runs for a few seconds."""
     root = tmp_path_factory.mktemp("big")
     (root / "qrels").mkdir()
-    shutil.copy(TINY / "corpus.jsonl", root / "corpus.jsonl")
-    docs = [json.loads(line)["_id"] for line in (TINY / "corpus.jsonl").read_text().splitlines()][:N_DOCS]
-    words = "how do honey bees make why volcano erupt sourdough bread rise flower nectar".split()
+    n = len(WORDS)
+    corpus = [
+        json.dumps({"_id": f"d{i}", "text": " ".join(WORDS[(i * 7 + j) % n] for j in range(4 + i % 9))})
+        for i in range(N_DOCS + 20)
+    ]
     queries, qrels, run = [], ["query-id\tcorpus-id\tscore"], []
     for i in range(N_QUERIES):
-        text = " ".join(words[(i + j) % len(words)] for j in range(3 + i % 3))
-        queries.append(json.dumps({"_id": f"q{i}", "text": text}))
-        qrels.append(f"q{i}\t{docs[i % len(docs)]}\t1")
-        order = docs[i % len(docs) :] + docs[: i % len(docs)]
-        run += [f"q{i} Q0 {d} {r} {100 - r} bm25" for r, d in enumerate(order, 1)]
-    (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
-    (root / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
-    (root / "run.trec").write_text("\n".join(run) + "\n")
+        queries.append(json.dumps({"_id": f"q{i}", "text": " ".join(WORDS[(i + j) % n] for j in range(3 + i % 3))}))
+        qrels.append(f"q{i}\td{i % N_DOCS}\t1")
+        run += [f"q{i} Q0 d{(i + r) % (N_DOCS + 20)} {r + 1} {100 - r} bm25" for r in range(N_DOCS)]
+    for name, lines in (
+        ("corpus.jsonl", corpus),
+        ("queries.jsonl", queries),
+        ("qrels/test.tsv", qrels),
+        ("run.trec", run),
+    ):
+        (root / name).write_text("\n".join(lines) + "\n")
     return root
 
 
 def _rerank_argv(big: Path, model: Path, out: Path) -> list[str]:
-    return [
-        "rerank",
-        "--data",
-        str(big),
-        "--model",
-        str(model),
-        "--method",
-        "likelihood",
-        "--top-k",
-        "8",
-        "--batch-size",
-        "1",
-        "--queries-per-batch",
-        "1",
-        "--quiet",
-        "--out",
-        str(out),
-    ]
+    """Batched as by default (several queries, several sequences a forward pass): a resume must batch what is
+    left as the uninterrupted run did, or the scores move in their last bits."""
+    options = ["--method", "likelihood", "--top-k", str(TOP_K), "--batch-size", "4"]
+    options += ["--queries-per-batch", str(PER_BATCH), "--quiet", "--out", str(out)]
+    return ["rerank", "--data", str(big), "--model", str(model), *options]
 
 
 @pytest.fixture(scope="module")
@@ -592,12 +619,13 @@ def test_an_interrupted_rerank_resumes_to_the_same_bytes(sig, status, big, tiny_
     assert (tmp_path / "out.trec.json").read_text() == '{"earlier": true}\n'
     finished = partial.read_text().count("\n") // N_DOCS
     assert 10 <= finished < N_QUERIES
+    kept = finished - finished % PER_BATCH  # whole batches: one cut short by the signal is reranked again
 
     resumed = subprocess.run(
         [sys.executable, "-m", "llmrerank.cli", *argv, "--resume"], capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{finished} queries already done (resume)" in resumed.stderr
+    assert f"{kept} queries already done (resume)" in resumed.stderr
     assert out.read_bytes() == reference.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.trec", "out.trec.json"]
     assert json.loads((tmp_path / "out.trec.json").read_text())["status"] == "complete"
@@ -608,15 +636,20 @@ def test_a_second_writer_is_refused_and_the_first_finishes(big, tiny_model_dir, 
     argv = _rerank_argv(big, tiny_model_dir, out)
     first = _start(argv)
     _wait_for_queries(tmp_path / "out.trec.partial", 1, first)
-    for extra in ([], ["--resume"]):
-        second = subprocess.run(
-            [sys.executable, "-m", "llmrerank.cli", *argv, *extra], capture_output=True, text=True, timeout=120
-        )
-        assert second.returncode == 1
-        assert second.stderr.splitlines() == [
-            f"error: {out} is being written by another process (pid {first.pid}); wait for it to finish, "
-            "or write to another path"
-        ]
+    first.send_signal(signal.SIGSTOP)  # paused mid-run, still holding the output, however fast this machine is
+    try:
+        for extra in ([], ["--resume"]):
+            second = subprocess.run(
+                [sys.executable, "-m", "llmrerank.cli", *argv, *extra], capture_output=True, text=True, timeout=120
+            )
+            assert second.returncode == 1
+            assert second.stderr.splitlines() == [
+                f"error: {out} is being written by another process (pid {first.pid}); wait for it to finish, "
+                "or write to another path"
+            ]
+        assert first.poll() is None and not out.exists()
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=300) == 0, first.communicate()[1]
     assert out.read_bytes() == reference.read_bytes()
 
@@ -633,18 +666,34 @@ def test_resume_keeps_only_finished_queries_that_match_the_input_run(big, tiny_m
         out[position] = " ".join(fields) + "\n"
         return out
 
+    def whole(*qids: str) -> list[str]:
+        return [line for q in qids for line in block[q]]
+
+    # batches of PER_BATCH = 3 queries: a batch is kept only if all three are, so that what is reranked again is
+    # batched as it was in the uninterrupted run
+    score = block["q18"][4].split()[4]
     partial = (
-        block["q0"]  # kept
-        + edit("q1", 3, 4, "nan")  # a NaN score
-        + edit("q2", 0, 2, "d999")  # a document the run does not have for this query
-        + edit("q3", 1, 3, "7")  # ranks not 1..n
-        + edit("q4", 2, 4, "1e9")  # scores not strictly decreasing
-        + edit("q5", 0, 5, "other-tag")  # another run's line
-        + block["q6"][:5]
-        + block["q7"]
-        + block["q6"][5:]  # two writers' lines mixed: q6 in two places, q7 kept
-        + block["q8"][:-1]  # cut short by a crash
-        + [block["q9"][0].rstrip("\n")]  # the last line cut mid-way
+        whole("q0", "q1", "q2")  # kept
+        + edit("q3", 3, 4, "nan")
+        + whole("q4", "q5")  # a NaN score
+        + edit("q6", 0, 2, "d999")
+        + whole("q7", "q8")  # a document the run does not have for this query
+        + edit("q9", 1, 3, "7")
+        + whole("q10", "q11")  # ranks not 1..n
+        + edit("q12", 2, 4, "1e9")
+        + whole("q13", "q14")  # scores not strictly decreasing
+        + edit("q15", 0, 5, "other-tag")
+        + whole("q16", "q17")  # another run's line
+        + edit("q18", 4, 4, score + "0")
+        + whole("q19", "q20")  # the same score, written by hand
+        + whole("q21", "q22", "q23")  # kept
+        + block["q24"][:5]
+        + block["q25"]
+        + block["q24"][5:]
+        + block["q26"]  # two writers' lines mixed
+        + block["q27"][:-1]
+        + whole("q28", "q29")  # cut short
+        + [block["q30"][0].rstrip("\n")]  # the last line cut mid-way by a crash
     )
     out = tmp_path / "out.trec"
     (tmp_path / "out.trec.partial").write_text("".join(partial))
@@ -652,8 +701,8 @@ def test_resume_keeps_only_finished_queries_that_match_the_input_run(big, tiny_m
     (tmp_path / "out.trec.partial.json").write_text(json.dumps({**sidecar, "status": "running"}))
     assert main([*_rerank_argv(big, tiny_model_dir, out), "--resume"]) == 0
     err = capsys.readouterr().err
-    assert "2 queries already done (resume); 8 unfinished or damaged, redone" in err, err
     assert out.read_bytes() == reference.read_bytes()
+    assert "6 queries already done (resume); 25 unfinished or damaged, redone" in err, err
 
 
 def test_byte_order_marks_are_dropped(ws: Workspace, capsys: Any) -> None:
@@ -678,7 +727,7 @@ def test_byte_order_marks_are_dropped(ws: Workspace, capsys: Any) -> None:
 def test_a_terminated_training_names_how_to_resume(tiny_model_dir, tmp_path):
     output = tmp_path / "train"
     table = {"model": str(tiny_model_dir), "data": str(TINY), "split": "test", "group_size": 2, "max_steps": 200}
-    table.update(output_dir=str(output), save_every=1, keep_checkpoints=1, lora_r=2)
+    table.update(output_dir=str(output), save_every=1, keep_checkpoints=1, lora=False)  # no extra needed
     config = tmp_path / "train.json"
     config.write_text(json.dumps(table))
     argv = ["train", "--config", str(config), "--quiet"]
@@ -709,3 +758,60 @@ def test_an_interrupt_before_anything_is_written_says_so(tmp_path):
     assert rerank.resume_hint(args, argv) == f"nothing was written yet; run it again: llmrerank {' '.join(argv)}"
     (tmp_path / "o.trec.partial").write_text("")
     assert rerank.resume_hint(args, argv).endswith(f"resume with: llmrerank {' '.join(argv)} --resume")
+
+
+class FailsAtCall:
+    """A real ranker whose ``rank_many`` fails at its n-th call, as a model can mid-run (out of memory, NaN)."""
+
+    def __init__(self, ranker: Any, n: int):
+        self.ranker, self.n, self.calls = ranker, n, 0
+        self.method, self.options = ranker.method, ranker.options
+
+    def rank_many(self, queries: Any, docs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.n:
+            raise FloatingPointError("the model produced 3 non-finite scores (NaN or inf); check the dtype")
+        return self.ranker.rank_many(queries, docs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ranker, name)
+
+
+def test_a_failure_mid_run_keeps_the_earlier_output_and_resumes(big, tiny_model_dir, reference, tmp_path):
+    from llmrerank import Reranker
+    from llmrerank.data import load_beir, load_run
+    from llmrerank.pipeline import rerank_run
+
+    ds, run = load_beir(big), load_run(big / "run.trec")
+    ranker = Reranker("likelihood", model=str(tiny_model_dir), batch_size=4)
+    out = tmp_path / "out.trec"
+    out.write_text("an earlier complete output\n")
+    kw = dict(top_k=TOP_K, queries_per_batch=PER_BATCH, progress=False, tag="llmrerank-likelihood")
+    sidecar = json.loads(Path(str(reference) + ".json").read_text())
+    kw["sidecar"] = {k: sidecar[k] for k in ("data", "split", "input_run")}
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        rerank_run(FailsAtCall(ranker, 5), ds.queries, ds.corpus, run, out, **kw)
+    assert out.read_text() == "an earlier complete output\n"
+    assert (tmp_path / "out.trec.partial").read_text().count("\n") == 4 * PER_BATCH * N_DOCS  # 4 batches done
+    report = rerank_run(ranker, ds.queries, ds.corpus, run, out, resume=True, **kw)
+    assert report.queries_skipped_resume == 4 * PER_BATCH
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_resume_reads_the_same_files_under_another_spelling(ws: Workspace, capsys: Any) -> None:
+    argv = [*RERANK, "--out", "{root}/new.trec"]
+    assert main([ws.fmt(a) for a in argv]) == 0
+    spelled = [a.replace("{data}", "{root}/./data/../data") for a in argv]
+    assert main([ws.fmt(a) for a in spelled] + ["--resume"]) == 0
+    assert "3 queries already done (resume)" in capsys.readouterr().err
+
+
+def test_outputs_in_the_current_folder(tmp_path, monkeypatch) -> None:
+    from llmrerank.outputs import OutputLock, check_writable
+
+    monkeypatch.chdir(tmp_path)
+    assert check_writable(".", "training output", folder=True) == Path(".")
+    with OutputLock("."):
+        assert (tmp_path.parent / f"{tmp_path.name}.lock").is_file()
+    with pytest.raises(OSError, match="give a file name"):
+        check_writable("/", "output run")

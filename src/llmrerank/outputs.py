@@ -40,7 +40,7 @@ def partial_path(path: PathLike) -> Path:
 
 
 def lock_path(path: PathLike) -> Path:
-    p = Path(path)
+    p = Path(os.path.abspath(path))  # "." and ".." have no name of their own
     return p.with_name(p.name + ".lock")
 
 
@@ -55,13 +55,15 @@ def check_writable(path: PathLike, what: str = "output", folder: bool = False) -
     writing), and ``path`` itself must not be a folder (or, with ``folder``, must not be a file).
     """
     p = Path(path)
-    if p.name in ("", ".", ".."):
+    if not Path(os.path.abspath(p)).name:  # "/" ("." and ".." name the folder they stand for)
         raise OutputError(f"cannot write the {what} {str(path)!r}: give a file name")
     if not folder and p.is_dir():
         raise OutputError(f"cannot write the {what} {p}: it is a folder; give a file path")
     if folder and p.exists() and not p.is_dir():
         raise OutputError(f"cannot write the {what} {p}: it is a file, not a folder")
-    parent = p.absolute().parent
+    absolute = Path(os.path.abspath(p))
+    # a folder that exists is written into (and its lock beside it); anything else is made in its parent
+    parent = absolute if folder and absolute.is_dir() else absolute.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():

@@ -7,6 +7,7 @@ file writer :func:`rerank_run`, the trainer's dev evaluation and the benchmark s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -37,18 +38,38 @@ def rerank(
     """Rerank the top ``top_k`` candidates of each query of ``run``: ``(query id, Ranking)`` in run order.
 
     Queries of ``run`` that are not in ``queries`` (another split) or are in ``skip`` are passed over. The
-    candidates of ``queries_per_batch`` queries go to :meth:`~llmrerank.rankers.base.Ranker.rank_many`
+    candidates of each batch of queries (:func:`batches`) go to :meth:`~llmrerank.rankers.base.Ranker.rank_many`
     together. Each Ranking orders the query's top ``top_k`` (``ranking.ids`` are the run's document ids).
-    The arguments are checked before anything is ranked: a ``top_k`` or batch below 1, or a candidate
-    without text in ``corpus`` (a KeyError naming the query and the document), raise at the call.
+    The arguments are checked before anything is ranked: a ``top_k`` or batch below 1, a query without text, or
+    a candidate without text in ``corpus`` (a KeyError naming the query and the document), raise at the call.
     """
     check_arguments(queries, corpus, run, top_k, queries_per_batch)
-    todo = [q for q in run if q in queries and q not in skip]
-    for qid in todo:
-        missing = [d for d, _ in list(run[qid])[:top_k] if d not in corpus]
+    loaded = [q for q in run if q in queries]
+    for qid in loaded:
+        if qid in skip:
+            continue
+        text = queries[qid]
+        if not isinstance(text, str):
+            raise TypeError(f"query {qid}: its text must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"query {qid} has no text: give it one, or leave it out of the run")
+        head = [d for d, _ in list(run[qid])[:top_k]]
+        missing = [d for d in head if d not in corpus]
         if missing:
             raise KeyError(f"query {qid}: {len(missing)} candidate(s) have no text in the corpus, e.g. {missing[0]!r}")
-    return _rerank(ranker, queries, corpus, run, top_k, todo, queries_per_batch)
+        for d in head:
+            if not isinstance(corpus[d], (Document, str)):
+                raise TypeError(f"corpus[{d!r}] must be a Document or a str, got {type(corpus[d]).__name__}")
+    groups = [[q for q in group if q not in skip] for group in batches(loaded, queries_per_batch)]
+    return _rerank(ranker, queries, corpus, run, top_k, [g for g in groups if g])
+
+
+def batches(qids: Sequence[str], queries_per_batch: int) -> list[list[str]]:
+    """The queries ranked together: ``qids`` (a run's loaded queries, in run order) in groups of
+    ``queries_per_batch``. Fixed before any query is skipped, so that a resumed run ranks what is left in the
+    same company as the uninterrupted run did, and its scores agree to the last bit (a batch's padding can move
+    them)."""
+    return [list(qids[i : i + queries_per_batch]) for i in range(0, len(qids), queries_per_batch)]
 
 
 def check_arguments(queries: Any, corpus: Any, run: Any, top_k: Any, queries_per_batch: Any) -> None:
@@ -69,11 +90,9 @@ def _rerank(
     corpus: Mapping[str, Document],
     run: Run,
     top_k: int,
-    todo: list[str],
-    queries_per_batch: int,
+    groups: list[list[str]],
 ) -> Iterator[tuple[str, Ranking]]:
-    for b in range(0, len(todo), queries_per_batch):
-        chunk = todo[b : b + queries_per_batch]
+    for chunk in groups:
         heads = [[d for d, _ in list(run[q])[:top_k]] for q in chunk]
         docs = [[_with_id(corpus[d], d) for d in head] for head in heads]
         rankings = ranker.rank_many([queries[q] for q in chunk], docs)
@@ -165,22 +184,24 @@ def sidecar_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _valid_block(lines: Sequence[str], candidates: Sequence[tuple[str, float]], top_k: int, tag: str) -> bool:
-    """Whether one query's lines of an earlier output are a finished reranking of its ``candidates``: every one
-    of them once (the top ``top_k`` in any order, the rest in run order), ranks 1..n, finite scores strictly
-    decreasing, the run's tag."""
+def _valid_block(qid: str, lines: Sequence[str], candidates: Sequence[tuple[str, float]], top_k: int, tag: str) -> bool:
+    """Whether one query's lines of an earlier output are a finished reranking of its ``candidates``, exactly as
+    this module writes one: every candidate once (the top ``top_k`` in any order, the rest in run order), ranks
+    1..n, finite scores strictly decreasing, the run's tag, each line in the canonical form."""
     if len(lines) != len(candidates):
         return False
     docs, prev = [], math.inf
-    for i, line in enumerate(lines):
-        fields = line.split()
-        if len(fields) != 6 or fields[1] != "Q0" or fields[3] != str(i + 1) or fields[5] != tag:
+    for rank, line in enumerate(lines, start=1):
+        fields = line.split(" ")
+        if len(fields) != 6:
             return False
         try:
             score = float(fields[4])
         except ValueError:
             return False
         if not (math.isfinite(score) and score < prev):
+            return False
+        if line != f"{qid} Q0 {fields[2]} {rank} {score!r} {tag}\n":  # an edited line is not ours
             return False
         prev = score
         docs.append(fields[2])
@@ -190,11 +211,12 @@ def _valid_block(lines: Sequence[str], candidates: Sequence[tuple[str, float]], 
 
 
 def kept_queries(path: Path, run: Run, qids: Collection[str], top_k: int, tag: str) -> tuple[dict[str, str], int]:
-    """The queries of an earlier output (``path``) that a resumed run keeps, with their exact text, and how many
-    others it held but cannot be kept (cut short, interleaved with another writer's, edited, another run's).
+    """The queries of ``qids`` that an earlier output (``path``) holds finished, with their exact text, and how
+    many others of ``qids`` it holds but cannot be kept (cut short, mixed with another writer's lines, edited,
+    another run's).
 
-    A query is kept only if its lines are one unbroken block that :func:`_valid_block` accepts; everything else
-    is reranked again.
+    A query is kept only if its lines are one unbroken block that :func:`_valid_block` accepts; a query with no
+    candidates has no lines and is always finished.
     """
     blocks: dict[str, list[str]] = {}
     broken: set[str] = set()
@@ -215,14 +237,18 @@ def kept_queries(path: Path, run: Run, qids: Collection[str], top_k: int, tag: s
     kept = {
         q: "".join(lines)
         for q, lines in blocks.items()
-        if q not in broken and q in qids and _valid_block(lines, run[q], top_k, tag)
+        if q not in broken and q in qids and _valid_block(q, lines, run[q], top_k, tag)
     }
-    return kept, len(blocks) - len(kept)
+    kept.update({q: "" for q in qids if not run[q] and q not in blocks})
+    return kept, sum(q in qids and q not in kept for q in blocks)
 
 
-def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The sidecar of ``path`` (the output, or its partial file) being resumed; refuses one made with other
-    settings, a damaged one, or none."""
+def _source(out: Path) -> Path | None:
+    """What a resumed run picks up: the partial file of an interrupted run, else a complete output, else none."""
+    return next((p for p in (partial_path(out), out) if p.exists()), None)
+
+
+def _read_sidecar(path: Path, out: Path) -> dict[str, Any]:
     side = sidecar_path(path)
     if not side.exists():
         raise ValueError(
@@ -235,12 +261,66 @@ def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[st
         raise ValueError(f"cannot resume {out}: {side} is damaged ({e}); drop --resume to start over") from None
     if not isinstance(previous, dict):
         raise ValueError(f"cannot resume {out}: {side} is damaged (not a JSON object); drop --resume to start over")
+    return previous
+
+
+def check_resumable(out: str | Path) -> None:
+    """Refuse a resume of ``out`` whose earlier run shows no readable sidecar, before a model is loaded (its
+    settings are compared once the ranker exists, in :func:`rerank_run`)."""
+    out = Path(out)
+    source = _source(out)
+    if source is not None:
+        _read_sidecar(source, out)
+
+
+def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The sidecar of ``path`` (the output, or its partial file) being resumed; refuses one made with other
+    settings, a damaged one, or none."""
+    previous = _read_sidecar(path, out)
     differ = [k for k, v in settings.items() if k in previous and previous[k] != v]
+    if differ and path != out:
+        raise ValueError(
+            f"cannot resume {out}: its unfinished run {path} was written with other {', '.join(differ)}; rerun with "
+            "those settings, or drop --resume to start over"
+        )
     if differ:
         raise ValueError(
             f"cannot resume {out}: it was written with other {', '.join(differ)}; use another --out or drop --resume"
         )
     return previous
+
+
+def _settings(ranker: Ranker, top_k: int, sidecar: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues: the ranker, how its model runs (all but the
+    thread count, which does not change a score), the top k and the caller's own keys."""
+    settings: dict[str, Any] = {"ranker": ranker.describe()}
+    config = getattr(ranker, "config", None)
+    if callable(config):
+        settings["backend"] = {k: v for k, v in config().get("backend", {}).items() if k != "threads"}
+    settings.update({"top_k": top_k, **(dict(sidecar) if sidecar else {})})
+    return json.loads(json.dumps(settings))  # as it reads back from the sidecar (tuples become lists)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _finish_rename(out: Path) -> None:
+    """Complete the last step of an earlier run killed between renaming its run and renaming its sidecar: the
+    partial sidecar says complete and describes (by digest) the run now at ``out``."""
+    partial, side = partial_path(out), sidecar_path(partial_path(out))
+    if partial.exists() or not side.exists() or not out.exists():
+        return
+    try:
+        meta = json.loads(read_text(side))
+    except (json.JSONDecodeError, DataFormatError):
+        return
+    if isinstance(meta, dict) and meta.get("status") == "complete" and meta.get("sha256") == _sha256(out):
+        os.replace(side, sidecar_path(out))
 
 
 def rerank_run(
@@ -260,14 +340,16 @@ def rerank_run(
 
     The documents below ``top_k`` follow in their input order, and the written scores strictly decrease down
     each list (:func:`chain_scores`). Queries of ``run`` that are not in ``queries`` (another split) are left out.
-    Writes a JSON sidecar next to ``out`` describing the model, method, prompt, options and timings.
+    Writes a JSON sidecar next to ``out`` describing the model, method, prompt, options and timings, and the
+    run's SHA-256.
 
     The output is never harmed: the arguments are checked before anything is written; the queries are written
     to ``<out>.partial`` (with its sidecar ``<out>.partial.json``) and renamed to ``out`` once all are done, so
     an earlier ``out`` stays as it was until then; a second process writing the same ``out`` is refused with
-    :class:`~llmrerank.outputs.OutputLockedError`. With ``resume``, the queries already finished in the partial
-    file of an interrupted run (else in ``out``) are kept, if :func:`kept_queries` accepts them, and the rest
-    reranked; the result is the same file an uninterrupted run writes.
+    :class:`~llmrerank.outputs.OutputLockedError`. With ``resume``, the batches (:func:`batches`) whose queries
+    the partial file of an interrupted run (else ``out``) holds finished are kept, if :func:`kept_queries` accepts
+    them, and the rest reranked; the result is the file an uninterrupted run with the same settings writes, byte
+    for byte. A resume with other settings (ranker, backend, top k, the caller's ``sidecar`` keys) is refused.
     """
     from tqdm.auto import tqdm
 
@@ -278,15 +360,24 @@ def rerank_run(
     qids = [q for q in run if q in queries]
     if not qids:
         raise ValueError("no query of the run is among the loaded queries (wrong --split or --run?)")
+    for qid in qids:  # what the TREC format cannot hold is refused now, not half-way through the run
+        check_token(qid, "query id")
+        for d, _ in run[qid]:
+            check_token(d, f"document id (query {qid})")
     report = RerankReport(queries_not_loaded=len(run) - len(qids))
-    settings = {"ranker": ranker.describe(), "top_k": top_k, **(dict(sidecar) if sidecar else {})}
-    settings = json.loads(json.dumps(settings))  # as it reads back from the sidecar (tuples become lists)
+    settings = _settings(ranker, top_k, sidecar)
     partial = partial_path(out)
     with OutputLock(out, "output run"):
-        source = next((p for p in (partial, out) if p.exists()), None) if resume else None
+        _finish_rename(out)
+        source = _source(out) if resume else None
         previous = _previous_run(source, out, settings) if source else {}
-        done, report.queries_redone_resume = kept_queries(source, run, qids, top_k, tag) if source else ({}, 0)
+        kept, damaged = kept_queries(source, run, qids, top_k, tag) if source else ({}, 0)
+        # whole batches only, so what is reranked again is batched as the uninterrupted run batched it
+        done = {
+            q: kept[q] for group in batches(qids, queries_per_batch) if all(q in kept for q in group) for q in group
+        }
         report.queries_skipped_resume = len(done)
+        report.queries_redone_resume = damaged + sum(q not in done for q in kept)
         old_per_query = previous.get("report", {}).get("per_query", {})
         report.per_query.update({q: old_per_query[q] for q in done if q in old_per_query})
         rankings = rerank(ranker, queries, corpus, run, top_k, skip=done, queries_per_batch=queries_per_batch)
@@ -301,8 +392,8 @@ def rerank_run(
         stats = getattr(getattr(ranker, "backend", None), "stats", None)
         before = stats.snapshot() if stats else {}
         start = time.perf_counter()
-        with _open_for_append(partial) as f:
-            bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
+        bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
+        with _open_for_append(partial) as f, bar:  # the bar ends its line however the loop ends
             for qid, ranking in rankings:
                 tail = list(run[qid])[top_k:]
                 order = [*ranking.ids, *(d for d, _ in tail)]
@@ -315,7 +406,6 @@ def rerank_run(
                 else:
                     elapsed = time.perf_counter() - start
                     bar.set_postfix(docs_s=f"{report.documents / elapsed:.1f}", tok_s=f"{report.tokens / elapsed:.0f}")
-            bar.close()
         report.queries = len(todo)
         report.seconds = time.perf_counter() - start
         # kept queries that do not all come before the new ones: put the file in run order
@@ -326,14 +416,15 @@ def rerank_run(
         meta = {
             **base,
             "status": "complete",
+            "sha256": _sha256(partial),
             "report": report.to_dict(),
             "backend_stats": stats.since(before) if stats else None,
         }
-        # the sidecar first, then the run: a crash between the two leaves the partial file, which --resume
-        # finds complete
-        _write_sidecar(out, meta)
+        # The earlier output and its sidecar stay a pair until the run is renamed over it; the new sidecar
+        # follows at once (a crash between the two is completed by the next call, _finish_rename).
+        _write_sidecar(partial, meta)
         os.replace(partial, out)
-        sidecar_path(partial).unlink(missing_ok=True)
+        os.replace(sidecar_path(partial), sidecar_path(out))
     return report
 
 

@@ -62,12 +62,14 @@ def describe_error(e: BaseException) -> tuple[str, int]:
         return str(e.args[0]) if e.args else "a key is missing", BAD_INPUT
     if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in str(e.args[-1]):
         return f"file not found: {e.filename}", BAD_INPUT  # open()'s own error, without our message
+    if isinstance(e, IsADirectoryError) and e.filename:
+        return f"{e.filename} is a folder; give a file", BAD_INPUT
     if isinstance(e, (DataFormatError, ValueError, TypeError, ImportError, FileNotFoundError, NotADirectoryError)):
         return str(e), BAD_INPUT
     if isinstance(e, OutputError):
         return str(e), FAILED
     if isinstance(e, PermissionError):
-        return f"cannot read {e.filename}: permission denied; check the file's permissions", FAILED
+        return f"permission denied: {e.filename}; check its permissions (and its folder's)", FAILED
     if isinstance(e, OSError):
         where = f" {e.filename}" if e.filename else ""
         return f"input/output failure{where}: {e.strerror or e}", FAILED
@@ -113,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         message, status = describe_error(e)
+        message = " ".join(line.strip() for line in message.splitlines() if line.strip())  # one line, always
         print(f"error: {message}", file=sys.stderr)
         return status
     finally:

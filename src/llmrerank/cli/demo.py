@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> None:
     """Rerank the bundled sample's BM25 run and print BM25 against the reranked run."""
     from ..data import find_run, load_beir, load_run, sample_path
     from ..evaluate import evaluate_runs, format_table
+    from ..outputs import check_writable
     from ..pipeline import rerank_run
 
     folder = sample_path()
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> None:
         f"reranking with --method {args.method} --model {args.model}",
         file=sys.stderr,
     )
+    if args.out_dir:
+        check_writable(args.out_dir, "demo output", folder=True)  # before the model loads
     ranker = ranker_from_args(args)
     out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="llmrerank-demo-"))
     out = out_dir / f"{args.method}.trec"

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
     """Rerank the input run and write the output run with its sidecar."""
     from ..data import load_beir, load_run
     from ..outputs import OutputLock, check_writable
-    from ..pipeline import rerank_run
+    from ..pipeline import check_resumable, rerank_run
 
     ds = load_beir(args.data, split=args.split)
     run_path = load_run_arg(args)
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> None:
     if out.resolve() == run_path.resolve():
         raise ValueError(f"--out {out} is the input run; write the reranked run to another path")
     with OutputLock(out, "output run"):  # a second writer is refused before it loads a model
+        if args.resume:
+            check_resumable(out)  # a missing or damaged sidecar, too
         ranker = ranker_from_args(args)
         report = rerank_run(
             ranker,
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> None:
             resume=args.resume,
             queries_per_batch=args.queries_per_batch,
             progress=not args.quiet,
-            sidecar={"data": str(args.data), "split": args.split, "input_run": str(run_path)},
+            # resolved: the same files spelled another way still resume
+            sidecar={"data": str(Path(args.data).resolve()), "split": args.split, "input_run": str(run_path.resolve())},
         )
     print(f"wrote {out}: {report.summary()}", file=sys.stderr)

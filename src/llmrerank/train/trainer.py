@@ -170,39 +170,39 @@ class Trainer:
         start = self._resume() if resume else 0
         self._best.restore(start)
         result = TrainResult(self.output_dir, self.output_dir / FINAL, self.total_steps, start)
-        bar = tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not progress)
         t0 = time.perf_counter()
-        for step in range(start, self.total_steps):
-            self.backend.train_mode(True)
-            self.optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for micro in range(c.grad_accum):
-                groups = [self.groups[i] for i in self.group_indices(step, micro)]
-                loss = self.batch_loss(groups) / c.grad_accum
-                loss.backward()
-                step_loss += loss.item()
-            if c.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            done = step + 1
-            entry: dict[str, Any] = {"step": done, "loss": step_loss, "lr": self.scheduler.get_last_lr()[0]}
-            entry["seconds"] = round(time.perf_counter() - t0, 3)
-            if c.eval_every and done % c.eval_every == 0 and done < self.total_steps:
-                dev = self.evaluate_dev()
-                entry.update({f"dev_{k}": v for k, v in dev.items()})
-                result.dev.append({"step": done, **{k: v for k, v in entry.items() if k.startswith("dev_")}})
-                self._best.offer(done, dev, self.trainable_state)
-            self._log(entry)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            stop = any([bool(callback(self, done)) for callback in self.callbacks])
-            if done % c.save_every == 0 or done == self.total_steps or stop:
-                self._save_checkpoint(done)
-            if stop:
-                result.steps = done
-                break
-        bar.close()
+        # the bar ends its line however the loop ends (an interrupt, a failure)
+        with tqdm(total=self.total_steps, initial=start, desc="train", unit="step", disable=not progress) as bar:
+            for step in range(start, self.total_steps):
+                self.backend.train_mode(True)
+                self.optimizer.zero_grad(set_to_none=True)
+                step_loss = 0.0
+                for micro in range(c.grad_accum):
+                    groups = [self.groups[i] for i in self.group_indices(step, micro)]
+                    loss = self.batch_loss(groups) / c.grad_accum
+                    loss.backward()
+                    step_loss += loss.item()
+                if c.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                done = step + 1
+                entry: dict[str, Any] = {"step": done, "loss": step_loss, "lr": self.scheduler.get_last_lr()[0]}
+                entry["seconds"] = round(time.perf_counter() - t0, 3)
+                if c.eval_every and done % c.eval_every == 0 and done < self.total_steps:
+                    dev = self.evaluate_dev()
+                    entry.update({f"dev_{k}": v for k, v in dev.items()})
+                    result.dev.append({"step": done, **{k: v for k, v in entry.items() if k.startswith("dev_")}})
+                    self._best.offer(done, dev, self.trainable_state)
+                self._log(entry)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+                stop = any([bool(callback(self, done)) for callback in self.callbacks])
+                if done % c.save_every == 0 or done == self.total_steps or stop:
+                    self._save_checkpoint(done)
+                if stop:
+                    result.steps = done
+                    break
         final = self.evaluate_dev()
         if final:
             self._log({"step": result.steps, **{f"dev_{k}": v for k, v in final.items()}, "final": True})
