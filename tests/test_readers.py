@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import needs
 from llmrerank import trained
 from llmrerank.data import DataFormatError, load_corpus, load_qrels, load_queries, load_run, read_jsonl
 from llmrerank.models import ModelLoadError, load_causal_lm
@@ -351,3 +352,27 @@ def test_a_file_that_is_not_gguf_is_named(tmp_path, monkeypatch):
     message = f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); re-download it"
     with pytest.raises(ModelLoadError, match=f"^{re.escape(message)}$"):
         _load(path.parent)
+
+
+def test_adapters_that_do_not_fit_the_base_model_are_refused(tiny_model_dir, tmp_path):
+    """peft only warns when the file lacks adapter weights the model expects; the model would then run with those
+    adapters at their initial values. Refused, naming the file."""
+    needs("peft", "LoRA adapters")
+    import peft
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = _lora_folder(tmp_path, tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    adapted = peft.get_peft_model(
+        base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    adapted.save_pretrained(folder)
+    Reranker("pointwise", model=str(folder))  # whole: loads
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    dropped = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != dropped}, str(weights))
+    message = f"{weights}: the LoRA adapters do not fit the base model {tiny_model_dir}: 1 adapter weight(s)"
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        Reranker("pointwise", model=str(folder))

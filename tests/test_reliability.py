@@ -815,3 +815,29 @@ def test_outputs_in_the_current_folder(tmp_path, monkeypatch) -> None:
         assert (tmp_path.parent / f"{tmp_path.name}.lock").is_file()
     with pytest.raises(OSError, match="give a file name"):
         check_writable("/", "output run")
+
+
+def test_a_lock_is_re_entrant_in_its_thread_and_refuses_another(tmp_path) -> None:
+    import threading
+
+    from llmrerank.outputs import OutputLock, OutputLockedError
+
+    out = tmp_path / "out.trec"
+    refused: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            with OutputLock(out):
+                pass
+        except OutputLockedError as e:
+            refused.append(e)
+
+    with OutputLock(out), OutputLock(out):  # the command line, then the writer it calls
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert (tmp_path / "out.trec.lock").read_text() == f"{os.getpid()}\n"
+    assert len(refused) == 1 and f"(pid {os.getpid()})" in str(refused[0])
+    assert not (tmp_path / "out.trec.lock").exists()
+    with OutputLock(out):  # released: taken again
+        pass

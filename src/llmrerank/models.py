@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .data import DataFormatError, read_text
 
@@ -274,6 +275,31 @@ def _loading(where: Path | str, what: str, fix: str) -> Iterator[None]:
         raise ModelLoadError(f"{where}: {what} could not be loaded ({type(e).__name__}: {_short(e)}); {fix}") from e
 
 
+def _check_adapter_keys(root: Path, adapted: Any, peft: Any) -> None:
+    """peft only warns when the adapter file lacks weights the model expects (another base model, an edited
+    file), and the model then runs with those adapters at their initial values: a silent wrong score. Refuse."""
+    weights = root / ADAPTER_FILES[0]
+    if not weights.is_file():
+        return  # a .bin adapter: peft's own loading is all there is
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        present = set(f.keys())
+    missing = sorted(set(peft.get_peft_model_state_dict(adapted)) - present)
+    if missing:
+        raise ModelLoadError(
+            f"{weights}: the LoRA adapters do not fit the base model {_base_name(root)}: {len(missing)} adapter "
+            f"weight(s) the model expects are not in the file, e.g. {missing[0]}; {RETRAIN}"
+        )
+
+
+def _base_name(root: Path) -> str:
+    from . import trained
+
+    folder = trained.read(root)
+    return folder.base_model if folder is not None else "?"
+
+
 def _cached_plain_gguf(path: Path) -> ModelSource:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -366,7 +392,9 @@ def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, o
 
         peft = require("peft", f"loading the LoRA adapters in {model}")
         with _loading(root, "the LoRA adapters", RETRAIN):
-            lm = peft.PeftModel.from_pretrained(lm, str(root)).merge_and_unload()
+            adapted = peft.PeftModel.from_pretrained(lm, str(root))
+        _check_adapter_keys(root, adapted, peft)
+        lm = adapted.merge_and_unload()
         lm.eval()
         return lm, tokenizer, str(model)
     source = resolve(model)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, ClassVar, Union
@@ -85,21 +86,23 @@ class OutputLock:
 
     A context manager. The lock is an advisory ``fcntl.flock``: released by the kernel when the process ends,
     so a stale ``.lock`` file left by ``kill -9`` is taken over by the next run. The file records the holder's
-    pid for the message, and is removed on release. Re-entrant within a process: the command line takes the lock
-    before it loads a model, and the writer it calls takes it again.
+    pid for the message, and is removed on release. Re-entrant within a thread: the command line takes the lock
+    before it loads a model, and the writer it calls takes it again; another thread is refused like another
+    process.
     """
 
-    _held: ClassVar[dict[str, int]] = {}  # lock files this process holds -> how many times
+    _held: ClassVar[dict[tuple[int, str], int]] = {}  # (thread, lock file) held -> how many times
 
     def __init__(self, path: PathLike, what: str = "output"):
         self.path = Path(path)
         self.what = what
         self.file: IO[str] | None = None
-        self.key = str(lock_path(self.path).absolute())
+        self.key = (0, "")
 
     def __enter__(self) -> OutputLock:
         import fcntl
 
+        self.key = (threading.get_ident(), str(lock_path(self.path)))
         if self.key in self._held:
             self._held[self.key] += 1
             return self
