@@ -221,7 +221,7 @@ ROWS = [
         "rerank-query-without-text",
         [*RERANK, *OUT],
         2,
-        match="query q2 has no text",
+        match="query q2: the query-likelihood target is empty",
         prepare=lambda ws: ws.write(
             "data/queries.jsonl",
             (ws.data / "queries.jsonl").read_text().replace("why does a volcano erupt", " "),
@@ -248,6 +248,12 @@ ROWS = [
         [*RERANK, "--max-length", "64", *OUT, "--resume"],
         2,
         match="written with other ranker",
+    ),
+    Row(
+        "rerank-resume-other-batches",
+        [*RERANK, "--queries-per-batch", "2", *OUT, "--resume"],
+        2,
+        match="written with other .*queries_per_batch",
     ),
     Row(
         "rerank-resume-without-sidecar",
@@ -804,6 +810,24 @@ def test_resume_reads_the_same_files_under_another_spelling(ws: Workspace, capsy
     spelled = [a.replace("{data}", "{root}/./data/../data") for a in argv]
     assert main([ws.fmt(a) for a in spelled] + ["--resume"]) == 0
     assert "3 queries already done (resume)" in capsys.readouterr().err
+    # a sidecar that holds the paths as typed (as before they were stored resolved) resumes too
+    side = ws.root / "new.trec.json"
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "data": os.path.relpath(meta["data"])}))
+    assert main([ws.fmt(a) for a in argv] + ["--resume"]) == 0
+    assert "3 queries already done (resume)" in capsys.readouterr().err
+
+
+def test_a_crash_between_the_last_two_renames_is_completed(ws: Workspace, capsys: Any) -> None:
+    argv = [ws.fmt(a) for a in [*RERANK, "--out", "{root}/new.trec"]]
+    assert main(argv) == 0
+    run, side = (ws.root / "new.trec").read_bytes(), (ws.root / "new.trec.json").read_bytes()
+    (ws.root / "new.trec.json").rename(ws.root / "new.trec.partial.json")  # the run renamed, its sidecar not yet
+    assert main([*argv, "--resume"]) == 0
+    assert "3 queries already done (resume)" in capsys.readouterr().err
+    assert (ws.root / "new.trec").read_bytes() == run
+    assert json.loads((ws.root / "new.trec.json").read_bytes())["sha256"] == json.loads(side)["sha256"]
+    assert not (ws.root / "new.trec.partial.json").exists()
 
 
 def test_outputs_in_the_current_folder(tmp_path, monkeypatch) -> None:
@@ -837,7 +861,7 @@ def test_a_lock_is_re_entrant_in_its_thread_and_refuses_another(tmp_path) -> Non
         thread.start()
         thread.join()
         assert (tmp_path / "out.trec.lock").read_text() == f"{os.getpid()}\n"
-    assert len(refused) == 1 and f"(pid {os.getpid()})" in str(refused[0])
+    assert len(refused) == 1 and "being written by another thread of this process" in str(refused[0])
     assert not (tmp_path / "out.trec.lock").exists()
     with OutputLock(out):  # released: taken again
         pass

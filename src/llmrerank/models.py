@@ -285,7 +285,8 @@ def _check_adapter_keys(root: Path, adapted: Any, peft: Any) -> None:
 
     with safe_open(str(weights), framework="pt") as f:
         present = set(f.keys())
-    missing = sorted(set(peft.get_peft_model_state_dict(adapted)) - present)
+    # save_embedding_layers=False: "auto" would look the base model up on the Hub to decide
+    missing = sorted(set(peft.get_peft_model_state_dict(adapted, save_embedding_layers=False)) - present)
     if missing:
         raise ModelLoadError(
             f"{weights}: the LoRA adapters do not fit the base model {_base_name(root)}: {len(missing)} adapter "

@@ -64,13 +64,17 @@ def check_writable(path: PathLike, what: str = "output", folder: bool = False) -
         raise OutputError(f"cannot write the {what} {p}: it is a file, not a folder")
     absolute = Path(os.path.abspath(p))
     # a folder that exists is written into (and its lock beside it); anything else is made in its parent
-    parent = absolute if folder and absolute.is_dir() else absolute.parent
+    if folder and absolute.is_dir() and not os.access(absolute, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the {what} {p}: {absolute} is not writable; choose another path")
+    parent = absolute.parent  # where it is made, or renamed into place, and where its lock goes
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise OutputError(f"cannot write the {what} {p}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write the {what} {p}: {parent} is not writable; choose another path")
+        raise OutputError(
+            f"cannot write the {what} {p}: {parent} is not writable (its lock file goes there); choose another path"
+        )
     return p
 
 
@@ -112,7 +116,9 @@ class OutputLock:
             try:
                 f = open(lock, "a+", encoding="utf-8")
             except OSError as e:
-                raise OutputError(f"cannot write the {self.what} {self.path}: {_reason(e)}") from e
+                raise OutputError(
+                    f"cannot write the {self.what} {self.path}: its lock file {lock}: {_reason(e)}"
+                ) from e
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -121,9 +127,13 @@ class OutputLock:
                 f.close()
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise OutputError(f"cannot lock the {self.what} {self.path}: {_reason(e)}") from e
+                who = (
+                    "another thread of this process"
+                    if holder == str(os.getpid())
+                    else f"another process (pid {holder})"
+                )
                 raise OutputLockedError(
-                    f"{self.path} is being written by another process (pid {holder}); wait for it to finish, "
-                    "or write to another path"
+                    f"{self.path} is being written by {who}; wait for it to finish, or write to another path"
                 ) from None
             # the holder before us may have removed the file between our open and our lock: lock the new one
             try:

@@ -40,8 +40,9 @@ def rerank(
     Queries of ``run`` that are not in ``queries`` (another split) or are in ``skip`` are passed over. The
     candidates of each batch of queries (:func:`batches`) go to :meth:`~llmrerank.rankers.base.Ranker.rank_many`
     together. Each Ranking orders the query's top ``top_k`` (``ranking.ids`` are the run's document ids).
-    The arguments are checked before anything is ranked: a ``top_k`` or batch below 1, a query without text, or
-    a candidate without text in ``corpus`` (a KeyError naming the query and the document), raise at the call.
+    The arguments are checked before anything is ranked: a ``top_k`` or batch below 1, a query the ranker's
+    ``check_query`` refuses, or a candidate without text in ``corpus`` (a KeyError naming the query and the
+    document), raise at the call.
     """
     check_arguments(queries, corpus, run, top_k, queries_per_batch)
     loaded = [q for q in run if q in queries]
@@ -51,8 +52,12 @@ def rerank(
         text = queries[qid]
         if not isinstance(text, str):
             raise TypeError(f"query {qid}: its text must be a str, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"query {qid} has no text: give it one, or leave it out of the run")
+        check = getattr(ranker, "check_query", None)
+        if check is not None:  # what the ranker would refuse half-way through the run (an empty target, ...)
+            try:
+                check(text)
+            except ValueError as e:
+                raise ValueError(f"query {qid}: {e}") from e
         head = [d for d, _ in list(run[qid])[:top_k]]
         missing = [d for d in head if d not in corpus]
         if missing:
@@ -268,6 +273,7 @@ def check_resumable(out: str | Path) -> None:
     """Refuse a resume of ``out`` whose earlier run shows no readable sidecar, before a model is loaded (its
     settings are compared once the ranker exists, in :func:`rerank_run`)."""
     out = Path(out)
+    _finish_rename(out)
     source = _source(out)
     if source is not None:
         _read_sidecar(source, out)
@@ -277,7 +283,7 @@ def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[st
     """The sidecar of ``path`` (the output, or its partial file) being resumed; refuses one made with other
     settings, a damaged one, or none."""
     previous = _read_sidecar(path, out)
-    differ = [k for k, v in settings.items() if k in previous and previous[k] != v]
+    differ = [k for k, v in settings.items() if k in previous and not _same(previous[k], v)]
     if differ and path != out:
         raise ValueError(
             f"cannot resume {out}: its unfinished run {path} was written with other {', '.join(differ)}; rerun with "
@@ -290,14 +296,32 @@ def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[st
     return previous
 
 
-def _settings(ranker: Ranker, top_k: int, sidecar: Mapping[str, Any] | None) -> dict[str, Any]:
+def _same(a: Any, b: Any) -> bool:
+    """Settings as equal as a resume needs: equal values, where two strings naming the same existing file or
+    folder are equal however they are spelled (a relative path, a trailing slash, an older sidecar's path)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and a and b:
+        try:
+            return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+        except OSError:
+            return False
+    return False
+
+
+def _settings(ranker: Ranker, top_k: int, queries_per_batch: int, sidecar: Mapping[str, Any] | None) -> dict[str, Any]:
     """What a resumed run must share with the run it continues: the ranker, how its model runs (all but the
-    thread count, which does not change a score), the top k and the caller's own keys."""
+    thread count, which does not change a score), the top k, the batches (they move scores in their last bits)
+    and the caller's own keys."""
     settings: dict[str, Any] = {"ranker": ranker.describe()}
     config = getattr(ranker, "config", None)
     if callable(config):
         settings["backend"] = {k: v for k, v in config().get("backend", {}).items() if k != "threads"}
-    settings.update({"top_k": top_k, **(dict(sidecar) if sidecar else {})})
+    settings.update({"top_k": top_k, "queries_per_batch": queries_per_batch, **(dict(sidecar) if sidecar else {})})
     return json.loads(json.dumps(settings))  # as it reads back from the sidecar (tuples become lists)
 
 
@@ -365,7 +389,7 @@ def rerank_run(
         for d, _ in run[qid]:
             check_token(d, f"document id (query {qid})")
     report = RerankReport(queries_not_loaded=len(run) - len(qids))
-    settings = _settings(ranker, top_k, sidecar)
+    settings = _settings(ranker, top_k, queries_per_batch, sidecar)
     partial = partial_path(out)
     with OutputLock(out, "output run"):
         _finish_rename(out)
@@ -378,11 +402,13 @@ def rerank_run(
         }
         report.queries_skipped_resume = len(done)
         report.queries_redone_resume = damaged + sum(q not in done for q in kept)
-        old_per_query = previous.get("report", {}).get("per_query", {})
+        old_report = previous.get("report")
+        old_per_query = old_report.get("per_query") if isinstance(old_report, dict) else None
+        old_per_query = old_per_query if isinstance(old_per_query, dict) else {}
         report.per_query.update({q: old_per_query[q] for q in done if q in old_per_query})
         rankings = rerank(ranker, queries, corpus, run, top_k, skip=done, queries_per_batch=queries_per_batch)
         todo = [q for q in qids if q not in done]
-        base = {"run": str(out), **settings, "queries_per_batch": queries_per_batch}
+        base = {"run": str(out), **settings}
 
         make_parent(out, "output run")
         _write_sidecar(partial, {**base, "status": "running"})

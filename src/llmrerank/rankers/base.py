@@ -110,6 +110,11 @@ class RankerBase:
             return getattr(options, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def check_query(self, query: str) -> None:
+        """Raise (a ValueError) what ranking ``query`` would raise before any model call, so that a run over many
+        queries refuses one at its start, not half-way through (override; default: nothing to check)."""
+        check_query(query)
+
     def details(self) -> dict[str, Any]:
         """What ``describe()`` adds to the options: values derived at start-up (override)."""
         return {}
@@ -195,6 +200,11 @@ class PointScorer(RankerBase):
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------------------------
+
+    def check_query(self, query: str) -> None:
+        """The prompt around the documents is built for ``query``: an empty likelihood target, or a prompt that
+        leaves no room for a document within max_length, is refused here."""
+        self.renderer.parts(check_query(query))
 
     def encode(self, query: str, docs: Sequence[DocLike]) -> list[Encoded]:
         check_query(query)
