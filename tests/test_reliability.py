@@ -125,6 +125,13 @@ def _rerank_api(ws: Workspace, **kw: Any) -> Any:
     return rerank_run(ranker, queries, corpus, run, ws.root / "out.trec", progress=False, **kw)
 
 
+def _trainer(ws: Workspace) -> Any:
+    from llmrerank.train.config import TrainConfig
+    from llmrerank.train.trainer import Trainer
+
+    return Trainer(TrainConfig.load(ws.root / "train.json"))
+
+
 def _ranker(ws: Workspace) -> Any:
     from llmrerank import Reranker
 
@@ -440,6 +447,18 @@ ROWS = [
         call=lambda ws: _rerank_api(ws, queries={"q 1": "honey"}, run={"q 1": [("d1", 1.0)]}),
         raises=ValueError,
         match="query id must be a non-empty string without whitespace",
+    ),
+    Row(
+        "api-trainer-dev-query-it-cannot-score",
+        call=lambda ws: _trainer(ws),
+        raises=ValueError,
+        match="dev query q2: the query-likelihood target is empty",
+        prepare=lambda ws: (
+            ws.write(
+                "data/queries.jsonl", (ws.data / "queries.jsonl").read_text().replace("why does a volcano erupt", "")
+            ),
+            _config(ws, method="likelihood", dev_split="test", lora=False),
+        ),
     ),
     Row(
         "api-rerank-run-list-of-queries",

@@ -97,6 +97,13 @@ class Trainer:
         if len(sizes) != 1:
             raise ValueError(f"all groups must have the same size, got sizes {sorted(sizes)}")
         self.dev = dev if dev is not None else load_dev(c)
+        if self.dev is not None:  # a dev query the ranker cannot score fails now, not after the first steps
+            for qid in self.dev.run:
+                if qid in self.dev.queries:
+                    try:
+                        self.ranker.check_query(self.dev.queries[qid])
+                    except ValueError as e:
+                        raise ValueError(f"dev query {qid}: {e}") from e
         if c.keep_best and self.dev is None:
             raise ValueError("config: keep_best picks the best dev evaluation: set dev_split (or pass a dev set)")
         self._best = checkpoint.KeepBest(self.output_dir, c.keep_best)
