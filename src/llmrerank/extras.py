@@ -18,6 +18,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "peft": ("peft", "train"),
     "yaml": ("PyYAML", "train"),
     "matplotlib": ("matplotlib", "plot"),
+    "fastapi": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "prometheus_client": ("prometheus-client", "serve"),
 }
 
 

@@ -85,17 +85,31 @@ def add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
         )
 
 
-def ranker_from_args(args: argparse.Namespace) -> Any:
-    """The ranker the parsed flags describe; a method-specific flag the method does not take is a ValueError."""
-    from ..registry import Reranker, options_class
+def ranker_options_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The backend options and the method's options the parsed flags set (flags left unset are left out); a
+    method-specific flag the method does not take is a ValueError."""
+    from ..registry import options_class
 
-    accepted = set(options_class(args.method).specs()) | set(BackendOptions.specs())
+    method_options = set(options_class(args.method).specs())
+    backend_options = set(BackendOptions.specs())
+    backend: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for name, declared in _flags().items():
         value = getattr(args, name)
         if value is None:
             continue
-        if name not in accepted:
+        if name in backend_options:
+            backend[name] = value
+        elif name in method_options:
+            options[name] = value
+        else:
             raise ValueError(f"{declared[0][1].cli_flag(name)} does not apply to --method {args.method}")
-        options[name] = value
-    return Reranker(args.method, model=args.model, **options)
+    return backend, options
+
+
+def ranker_from_args(args: argparse.Namespace) -> Any:
+    """The ranker the parsed flags describe; a method-specific flag the method does not take is a ValueError."""
+    from ..registry import Reranker
+
+    backend, options = ranker_options_from_args(args)
+    return Reranker(args.method, model=args.model, **backend, **options)

@@ -110,6 +110,14 @@ class RankerBase:
             return getattr(options, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def relevance(self, ranking: Ranking) -> list[float]:
+        """A relevance in [0, 1] for each document of ``ranking`` (in its order), monotone in the ranking: what the
+        service answers as ``relevance_score``. This default, for methods whose scores only order (listwise,
+        comparison), is rank-based: ``(n - rank) / n`` for ranks 0..n-1, so the best is 1.0. Methods with a
+        probability behind their score override it."""
+        n = len(ranking)
+        return [(n - r) / n for r in range(n)]
+
     def check_query(self, query: str) -> None:
         """Raise (a ValueError) what ranking ``query`` would raise before any model call, so that a run over many
         queries refuses one at its start, not half-way through (override; default: nothing to check)."""

@@ -17,7 +17,7 @@ import torch
 
 from ..options import Options, option, template_option
 from ..prompts import QUERY_LIKELIHOOD, PromptParts
-from ..types import Document
+from ..types import Document, Ranking
 from .base import Encoded, PointScorer
 
 REDUCTIONS = ("mean", "sum")
@@ -63,3 +63,8 @@ class LikelihoodRanker(PointScorer):
         per_token = self.backend.target_logprobs([e.prompt for e in items], [e.target for e in items], grad=grad)
         reduce = torch.mean if self.options.reduction == "mean" else torch.sum
         return torch.stack([reduce(lp) for lp in per_token])
+
+    def relevance(self, ranking: Ranking) -> list[float]:
+        """``exp`` of the score: the geometric-mean probability of the query's tokens (``reduction="mean"``), or
+        the probability of the whole query (``"sum"``)."""
+        return torch.tensor(ranking.scores, dtype=torch.float64).exp().tolist()

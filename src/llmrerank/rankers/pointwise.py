@@ -36,7 +36,7 @@ from ..prompts import (
     continuation_ids,
     word_openers,
 )
-from ..types import DocLike, Document
+from ..types import DocLike, Document, Ranking
 from .base import Encoded, PointScorer, check_finite
 
 NORMALISATIONS = ("pair_softmax", "vocab_softmax", "yes_logit", "logit")
@@ -188,6 +188,15 @@ class PointwiseRanker(PointScorer):
                 return self.dense(hidden)
         logits = self.backend.last_logits(seqs, grad=grad)
         return normalise(logits, self.yes_id, self.no_id, self.normalisation)
+
+    def relevance(self, ranking: Ranking) -> list[float]:
+        """P(yes) for the probability normalisations (``exp`` of their log-probability: over the answer pair
+        for ``pair_softmax``, the vocabulary for ``vocab_softmax``); the sigmoid of the score for ``logit``
+        (which is the pair P(yes) again), ``yes_logit`` and the dense head."""
+        scores = torch.tensor(ranking.scores, dtype=torch.float64)
+        if self.dense is None and self.normalisation in ("pair_softmax", "vocab_softmax"):
+            return scores.exp().tolist()
+        return torch.sigmoid(scores).tolist()
 
     def score_variants(self, query: str, docs: Sequence[DocLike]) -> dict[str, list[float]]:
         """All normalisations from one forward pass, in input order (the tokens head only)."""

@@ -313,30 +313,37 @@ class TrainConfig:
     def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file (UTF-8, a byte-order mark dropped); ``overrides``
         (not None) win and are checked as the file's keys are."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        from ..data import read_text
-
-        text = read_text(p)
-        try:
-            if p.suffix == ".toml":
-                data = tomllib.loads(text)
-            elif p.suffix in (".yaml", ".yml"):
-                from ..extras import require
-
-                yaml = require("yaml", "YAML configs")
-                try:
-                    data = yaml.safe_load(text) or {}
-                except yaml.YAMLError as e:
-                    raise ValueError(f"{p}: cannot parse: {e}") from e
-            elif p.suffix == ".json":
-                data = json.loads(text)
-            else:
-                raise ValueError(f"{p}: a config is a .toml, .yaml or .json file")
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p}: cannot parse: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: the config must be a mapping of keys to values")
+        data = read_config_file(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The table of a ``.toml``, ``.yaml``/``.yml`` or ``.json`` config file (UTF-8, a byte-order mark dropped);
+    a file that does not parse, or is not a table, is a ValueError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    from ..data import read_text
+
+    text = read_text(p)
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            from ..extras import require
+
+            yaml = require("yaml", "YAML configs")
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                raise ValueError(f"{p}: cannot parse: {e}") from e
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ValueError(f"{p}: a config is a .toml, .yaml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: cannot parse: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: the config must be a mapping of keys to values")
+    return data

@@ -1,0 +1,245 @@
+"""The one handler behind every route: the rankers being served, by name, each behind its micro-batcher, and
+``rerank(request)`` (pick the ranker, check and prepare the documents, rank through the batcher, map the scores).
+
+Rankers are described as the options table rebuilds them anywhere (``{"name", "method", "model", "backend",
+"options"}``); those on the same weights (the same model and backend options) share one loaded model and one
+model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..types import Document, Ranking
+from .batcher import BatcherClosedError, QueueFullError
+from .protocol import Limits, RerankRequest, RerankResponse, Result, ServeError, check_request
+
+SPEC_KEYS = ("name", "method", "model", "backend", "options")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the service batches and bounds its work (the ``llmrerank serve`` flags)."""
+
+    limits: Limits = field(default_factory=Limits)
+    max_batch_tokens: int = 8192
+    batch_wait_ms: float = 5.0
+    max_queue: int = 256
+    timeout_s: float = 60.0
+    micro_batching: bool = True
+    api_keys: tuple[str, ...] = ()
+
+
+def check_specs(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ranker descriptions, checked before any model loads: known keys, a method, unique names."""
+    if not specs:
+        raise ValueError("serve needs at least one ranker: --model and --method, or a --config with [[rankers]]")
+    out, names = [], set()
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"rankers[{i}] must be a table, got {type(spec).__name__}")
+        unknown = sorted(set(spec) - set(SPEC_KEYS))
+        if unknown:
+            raise ValueError(f"rankers[{i}]: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(SPEC_KEYS)}")
+        if "method" not in spec:
+            raise ValueError(f"rankers[{i}] needs a method")
+        model = spec.get("model") or "default"
+        name = spec.get("name") or model
+        if not isinstance(name, str):
+            raise ValueError(f"rankers[{i}]: name must be a string, got {type(name).__name__}")
+        if name in names:
+            raise ValueError(f"two rankers are named {name!r}: give each its own name")
+        names.add(name)
+        for key in ("backend", "options"):
+            if spec.get(key) is not None and not isinstance(spec[key], Mapping):
+                raise ValueError(f"rankers[{i}].{key} must be a table of names to values")
+        out.append({**spec, "name": name, "model": model})
+    return out
+
+
+def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Build the rankers of ``specs`` (see :func:`check_specs`), loading each distinct (model, backend) once."""
+    from .. import trained
+    from ..backends.hf import HFBackend
+    from ..options import BackendOptions
+    from ..registry import Reranker, options_class
+
+    backends: dict[str, Any] = {}
+    rankers: dict[str, Any] = {}
+    for spec in check_specs(specs):
+        backend_table = BackendOptions.build(dict(spec.get("backend") or {})).to_dict()
+        options = dict(spec.get("options") or {})
+        options_class(spec["method"]).build(options)  # checked before its model loads
+        key = json.dumps([spec["model"], backend_table], sort_keys=True)
+        if key not in backends:
+            backends[key] = HFBackend.load(spec["model"], **backend_table)
+        folder = trained.read(spec["model"])
+        if folder is not None:  # a trained folder: its method and options, as Reranker(model=folder) restores them
+            if folder.method != spec["method"]:
+                raise ValueError(f"{spec['model']} was trained for method {folder.method!r}, not {spec['method']!r}")
+            options = {**folder.ranker_options(), **options}
+        rankers[spec["name"]] = Reranker(spec["method"], backend=backends[key], **options)
+    return rankers
+
+
+def estimated_tokens(query: str, docs: Sequence[Document], max_length: int | None) -> int:
+    """The batcher's cost of one request: about four characters a token, each prompt capped at ``max_length``."""
+    per_doc = [(len(query) + len(d.text) + len(d.title or "")) // 4 + 32 for d in docs]
+    return sum(min(c, max_length) if max_length else c for c in per_doc)
+
+
+class Served:
+    """One ranker being served: its name, the ranker, its batcher, and how a request's documents are prepared."""
+
+    def __init__(self, name: str, ranker: Any, settings: Settings, executor: ThreadPoolExecutor, metrics: Any):
+        from .batcher import Batcher
+
+        self.name = name
+        self.ranker = ranker
+        self.tokenizer = getattr(getattr(ranker, "backend", None), "tokenizer", None)
+        max_length = getattr(ranker.options, "max_length", None)
+        self.batcher = Batcher(
+            ranker.rank_many,
+            cost=lambda q, docs: estimated_tokens(q, docs, max_length),
+            max_batch_tokens=settings.max_batch_tokens,
+            wait_ms=settings.batch_wait_ms,
+            max_queue=settings.max_queue,
+            name=name,
+            enabled=settings.micro_batching,
+            executor=executor,
+            on_batch=lambda n, docs, cost: metrics.batch(name, n, docs, cost),
+        )
+
+    def document_budget(self, query: str) -> int | None:
+        """How many tokens of a document the ranker reads for ``query``: what its prompt leaves within
+        ``max_length`` (one document a prompt), or its ``passage_tokens`` (several a prompt); None if unbounded."""
+        renderer = getattr(self.ranker, "renderer", None)
+        if renderer is not None and hasattr(renderer, "parts") and hasattr(self.ranker.options, "max_length"):
+            parts = renderer.parts(query)
+            return self.ranker.options.max_length - len(parts.head) - len(parts.tail) - len(parts.target)
+        return getattr(self.ranker.options, "passage_tokens", None)
+
+    def prepare(self, request: RerankRequest) -> list[Document]:
+        """The request's documents as the ranker will read them: cut to ``max_tokens_per_doc``, cut from the
+        start (TEI's ``truncation_direction: Left``) or refused when too long (``truncate: false``)."""
+        texts = list(request.documents)
+        if self.tokenizer is None:
+            return [Document(t) for t in texts]
+        needs_budget = not request.truncate or request.truncate_left
+        budget = self.document_budget(request.query) if needs_budget else None
+        if request.max_tokens_per_doc is not None:
+            budget = request.max_tokens_per_doc if budget is None else min(budget, request.max_tokens_per_doc)
+        if budget is None:
+            return [Document(t) for t in texts]
+        out = []
+        for i, text in enumerate(texts):
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            if len(ids) > budget and not request.truncate and request.max_tokens_per_doc is None:
+                raise ServeError(
+                    413,
+                    f"texts[{i}] is {len(ids)} tokens; ranker {self.name!r} reads at most {budget} tokens of a "
+                    "document with this query (its max_length less the prompt): shorten it, or send truncate: true",
+                )
+            if len(ids) > budget:
+                kept = ids[-budget:] if request.truncate_left else ids[:budget]
+                text = self.tokenizer.decode(kept)
+            out.append(Document(text))
+        return out
+
+
+class Service:
+    """The rankers served and the one ``rerank`` every route calls."""
+
+    def __init__(self, specs: Sequence[Mapping[str, Any]], settings: Settings, metrics: Any, rankers: Any = None):
+        self.specs = check_specs(specs)
+        self.settings = settings
+        self.metrics = metrics
+        self.served: dict[str, Served] = {}
+        self.ready = False
+        self.failed: str | None = None
+        self._given = rankers  # already built rankers (tests, a library user), by name
+
+    # --- loading ------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Build the rankers (in a thread, while /health answers 503) and their batchers."""
+        try:
+            rankers = self._given if self._given is not None else load_rankers(self.specs)
+            executors: dict[int, ThreadPoolExecutor] = {}
+            for spec in self.specs:
+                ranker = rankers[spec["name"]]
+                # one model thread per loaded model: rankers on the same weights never run it at once
+                executor = executors.setdefault(
+                    id(ranker.backend), ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmrerank-model")
+                )
+                self.served[spec["name"]] = Served(spec["name"], ranker, self.settings, executor, self.metrics)
+            self.metrics.watch(self)
+            self.ready = True
+        except Exception as e:  # reported by /health and the routes; the process keeps answering
+            self.failed = f"{type(e).__name__}: {e}"
+            raise
+
+    async def close(self) -> None:
+        """Finish every accepted request, then stop the batchers."""
+        for served in self.served.values():
+            await served.batcher.close()
+
+    # --- ranking ------------------------------------------------------------------------------------------
+
+    def pick(self, name: str | None) -> Served:
+        if not self.ready:
+            raise ServeError(503, "the models are still loading; retry shortly", "Unhealthy", {"Retry-After": "5"})
+        if name is None:
+            return next(iter(self.served.values()))
+        if name not in self.served:
+            raise ServeError(404, f"model {name!r} is not served here; served: {', '.join(self.served)}", "Validation")
+        return self.served[name]
+
+    async def rerank(self, request: RerankRequest) -> RerankResponse:
+        served = self.pick(request.model)
+        check_request(request, self.settings.limits)
+        try:
+            served.ranker.check_query(request.query)
+        except ValueError as e:
+            raise ServeError(422, f"ranker {served.name!r} cannot score this query: {e}") from None
+        docs = served.prepare(request)
+        try:
+            ranking: Ranking = await served.batcher.submit(request.query, docs, timeout=self.settings.timeout_s)
+        except QueueFullError:
+            raise ServeError(
+                503, "the server is at capacity; retry shortly", "Overloaded", {"Retry-After": "1"}
+            ) from None
+        except BatcherClosedError:
+            raise ServeError(503, "the server is shutting down", "Unhealthy") from None
+        except asyncio.TimeoutError:
+            raise ServeError(
+                504, f"no answer within {self.settings.timeout_s:g} s; retry, or send fewer documents", "Backend"
+            ) from None
+        except FloatingPointError as e:
+            raise ServeError(500, str(e), "Backend") from None
+        relevance = served.ranker.relevance(ranking)
+        results = tuple(
+            Result(index=i, score=s, relevance=r, text=request.documents[i])
+            for i, s, r in zip(ranking.indices, ranking.scores, relevance)
+        )
+        tokens = int(ranking.metadata.get("tokens", 0))
+        self.metrics.scored(served.name, len(docs), tokens)
+        return RerankResponse(id=str(uuid.uuid4()), model=served.name, results=results, tokens=tokens)
+
+    def models(self) -> dict[str, Any]:
+        """``GET /v1/models``: the rankers served, as OpenAI-style model objects with their method and options."""
+        now = int(time.time())
+        data = []
+        for spec in self.specs:
+            item = {"id": spec["name"], "object": "model", "created": now, "owned_by": "llmrerank"}
+            served = self.served.get(spec["name"])
+            item["llmrerank"] = served.ranker.config() if served else {"method": spec["method"], "model": spec["model"]}
+            data.append(item)
+        return {"object": "list", "data": data}

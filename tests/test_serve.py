@@ -1,0 +1,296 @@
+"""``llmrerank serve`` against a real uvicorn server on a loopback port: the Cohere clients, TEI and vLLM shapes
+over plain HTTP, a bad-input table, keys, metrics, a bounded load test with scores equal to the offline ranker,
+and SIGTERM with requests in flight. Tiny random models: mechanics, not quality."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from conftest import needs
+
+needs("fastapi", "llmrerank serve")
+needs("uvicorn", "llmrerank serve")
+needs("prometheus_client", "llmrerank serve")
+httpx = needs("httpx", "the serve tests", install="pip install httpx")
+
+from llmrerank.rankers import LikelihoodRanker, PointwiseRanker  # noqa: E402
+from llmrerank.serve.app import create_app  # noqa: E402
+from llmrerank.serve.metrics import Metrics  # noqa: E402
+from llmrerank.serve.protocol import Limits  # noqa: E402
+from llmrerank.serve.service import Service, Settings  # noqa: E402
+
+DOCS = [
+    "Honey bees make honey from flower nectar and store it in wax combs.",
+    "Bumblebees are fuzzy insects.",
+    "Wasps are predators.",
+    "A volcano erupt when magma rise.",
+    "Sourdough bread rise with wild yeast.",
+]
+QUERY = "how do honey bees make honey"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real uvicorn server in a thread, on a free loopback port, until ``stop()``."""
+
+    def __init__(self, rankers: dict[str, Any], **settings: Any):
+        import uvicorn
+
+        specs = [{"name": name, "method": r.method, "model": name} for name, r in rankers.items()]
+        self.service = Service(specs, Settings(**settings), Metrics(), rankers=rankers)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def rankers(qwen_backend) -> dict[str, Any]:
+    return {
+        "tiny-pointwise": PointwiseRanker(qwen_backend, max_length=96),
+        "tiny-likelihood": LikelihoodRanker(qwen_backend, max_length=96),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(rankers):
+    with Server(rankers) as s:
+        yield s
+
+
+def offline(ranker: Any, query: str, docs: list[str]) -> tuple[list[int], list[float], list[float]]:
+    """The order, the ranker's own scores and the relevance the library computes without the server."""
+    ranking = ranker.rank(query, docs)
+    return list(ranking.indices), list(ranking.scores), ranker.relevance(ranking)
+
+
+def test_the_cohere_v1_client_gets_the_offline_order_and_fields(server, rankers):
+    cohere = needs("cohere", "the Cohere client test", install="pip install cohere")
+    co = cohere.Client(api_key="unused", base_url=server.url)
+    got = co.rerank(model="tiny-likelihood", query=QUERY, documents=DOCS, top_n=3, return_documents=True)
+    order, _, relevance = offline(rankers["tiny-likelihood"], QUERY, DOCS)
+    assert [r.index for r in got.results] == order[:3]
+    assert [r.relevance_score for r in got.results] == pytest.approx(relevance[:3], abs=1e-4)
+    assert [r.document.text for r in got.results] == [DOCS[i] for i in order[:3]]
+    assert all(0.0 <= r.relevance_score <= 1.0 for r in got.results) and got.id
+    # no model named: the first ranker; documents as {"text": ...} objects; return_documents defaults to false
+    plain = co.rerank(query=QUERY, documents=[{"text": d} for d in DOCS])
+    order, _, relevance = offline(rankers["tiny-pointwise"], QUERY, DOCS)
+    assert [r.index for r in plain.results] == order and plain.results[0].document is None
+    assert [r.relevance_score for r in plain.results] == pytest.approx(relevance, abs=1e-4)
+
+
+def test_the_cohere_v2_client(server, rankers):
+    cohere = needs("cohere", "the Cohere client test", install="pip install cohere")
+    co = cohere.ClientV2(api_key="unused", base_url=server.url)
+    got = co.rerank(model="tiny-pointwise", query=QUERY, documents=DOCS, top_n=10)
+    order, _, relevance = offline(rankers["tiny-pointwise"], QUERY, DOCS)
+    assert [r.index for r in got.results] == order  # top_n beyond the list: all of it
+    assert [r.relevance_score for r in got.results] == pytest.approx(relevance, abs=1e-4)
+
+
+def test_tei_and_vllm_shapes(server, rankers):
+    tei = httpx.post(f"{server.url}/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True,
+                                                    "return_text": True, "model": "tiny-pointwise"})
+    assert tei.status_code == 200
+    order, scores, relevance = offline(rankers["tiny-pointwise"], QUERY, DOCS)
+    body = tei.json()
+    assert [r["index"] for r in body] == order and [r["text"] for r in body] == [DOCS[i] for i in order]
+    assert [r["score"] for r in body] == pytest.approx(scores, abs=1e-4)
+    bare = httpx.post(f"{server.url}/rerank", json={"query": QUERY, "texts": DOCS}).json()
+    assert [r["score"] for r in bare] == pytest.approx(relevance, abs=1e-4) and "text" not in bare[0]
+    # /rerank with "documents": the Cohere/Jina answer (vLLM serves that shape there)
+    jina = httpx.post(f"{server.url}/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2}).json()
+    assert [r["index"] for r in jina["results"]] == order[:2] and jina["usage"]["total_tokens"] > 0
+
+    score = httpx.post(f"{server.url}/score", json={"model": "tiny-pointwise", "text_1": QUERY, "text_2": DOCS})
+    assert score.status_code == 200
+    data = score.json()
+    assert data["object"] == "list" and data["model"] == "tiny-pointwise" and data["usage"]["total_tokens"] > 0
+    by_input = {i: r for i, r in zip(order, relevance)}
+    assert [d["index"] for d in data["data"]] == list(range(len(DOCS)))
+    assert [d["score"] for d in data["data"]] == pytest.approx([by_input[i] for i in range(len(DOCS))], abs=1e-4)
+    pairs = httpx.post(f"{server.url}/score", json={"queries": [QUERY, "why does a volcano erupt"],
+                                                     "documents": DOCS[:2]}).json()
+    assert [d["index"] for d in pairs["data"]] == [0, 1]
+
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["tiny-pointwise", "tiny-likelihood"]
+    assert models["data"][0]["llmrerank"]["method"] == "pointwise"
+
+
+LONG = " ".join(["honey bees make honey"] * 60)
+
+BAD = [
+    ("invalid-json", "/v1/rerank", b'{"query": ', 400, "not valid JSON"),
+    ("not-an-object", "/v1/rerank", [1, 2], 400, "must be a JSON object, got list"),
+    ("no-query", "/v1/rerank", {"documents": DOCS}, 422, "missing field 'query'"),
+    ("empty-query", "/v1/rerank", {"query": "  ", "documents": DOCS}, 400, "query is empty"),
+    ("query-not-a-string", "/v1/rerank", {"query": 3, "documents": DOCS}, 422, "query must be a string, got int"),
+    ("no-documents", "/v1/rerank", {"query": QUERY}, 422, "missing field 'documents'"),
+    ("empty-documents", "/v1/rerank", {"query": QUERY, "documents": []}, 400, "documents is empty"),
+    ("document-not-a-string", "/v1/rerank", {"query": QUERY, "documents": ["a", 7]}, 422, r"documents\[1\] must be"),
+    ("top-n-zero", "/v1/rerank", {"query": QUERY, "documents": DOCS, "top_n": 0}, 422, "top_n must be at least 1"),
+    ("top-n-negative", "/v2/rerank", {"query": QUERY, "documents": DOCS, "top_n": -2}, 422, "top_n must be at least 1"),
+    ("top-n-not-a-number", "/v1/rerank", {"query": QUERY, "documents": DOCS, "top_n": "3"}, 422, "integer, got str"),
+    ("unknown-model", "/v1/rerank", {"model": "gpt-9", "query": QUERY, "documents": DOCS}, 404,
+     "model 'gpt-9' is not served here; served: tiny-pointwise, tiny-likelihood"),
+    ("v2-document-object", "/v2/rerank", {"query": QUERY, "documents": [{"text": "a"}]}, 422,
+     r"documents\[0\] must be a string, got dict"),
+    ("too-many-documents", "/v1/rerank", {"query": QUERY, "documents": ["d"] * 9}, 413,
+     "9 documents in one request; the limit is 8 \\(--max-documents\\)"),
+    ("document-too-long", "/v1/rerank", {"query": QUERY, "documents": ["x" * 501]}, 413,
+     r"documents\[0\] is 501 characters; the limit is 500"),
+    ("tei-too-long-without-truncate", "/rerank", {"query": QUERY, "texts": [LONG], "model": "tiny-pointwise"}, 413,
+     r"texts\[0\] is 240 tokens; ranker 'tiny-pointwise' reads at most \d+ tokens"),
+    ("tei-bad-direction", "/rerank", {"query": QUERY, "texts": DOCS, "truncation_direction": "Up"}, 422,
+     "truncation_direction must be"),
+    ("score-mismatched-lists", "/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, 422,
+     "text_1 has 2 texts and text_2 3"),
+    ("likelihood-empty-target", "/v1/rerank", {"model": "tiny-likelihood", "query": "?", "documents": DOCS}, 422,
+     "cannot score this query: the query-likelihood target is empty"),
+    ("no-route", "/v3/rerank", {"query": QUERY}, 404, "no route /v3/rerank"),
+]
+
+
+@pytest.fixture(scope="module")
+def limited(rankers):
+    with Server(rankers, limits=Limits(max_documents=8, max_document_chars=500)) as s:
+        yield s
+
+
+@pytest.mark.parametrize(("route", "body", "status", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_gets_its_status_and_message_and_the_server_stays_healthy(limited, route, body, status, message):
+    import re
+
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(f"{limited.url}{route}", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    answer = r.json()
+    text = answer["error"] if route == "/rerank" and "texts" in (body if isinstance(body, dict) else {}) else (
+        answer["message"])
+    assert re.search(message, text), text
+    if route == "/rerank" and isinstance(body, dict) and "texts" in body:
+        assert answer["error_type"] == "Validation"
+    assert "Traceback" not in r.text
+    assert httpx.get(f"{limited.url}/health").status_code == 200
+
+
+def test_the_body_limit(rankers):
+    with Server(rankers, limits=Limits(max_body_bytes=200)) as s:
+        r = httpx.post(f"{s.url}/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        assert r.status_code == 413 and "the limit is 200 (--max-body-bytes)" in r.json()["message"]
+
+
+def test_api_keys(rankers):
+    with Server(rankers, api_keys=("k1", "k2")) as s:
+        body = {"query": QUERY, "documents": DOCS}
+        assert httpx.post(f"{s.url}/v1/rerank", json=body).status_code == 401
+        wrong = httpx.post(f"{s.url}/v1/rerank", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "Authorization: Bearer" in wrong.json()["message"]
+        ok = httpx.post(f"{s.url}/v1/rerank", json=body, headers={"Authorization": "Bearer k2"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{s.url}/health").status_code == 200  # no key needed
+        assert httpx.get(f"{s.url}/metrics").status_code == 401
+        assert httpx.get(f"{s.url}/metrics", headers={"Authorization": "Bearer k1"}).status_code == 200
+
+
+def test_load_merges_requests_and_every_score_equals_the_offline_ranker(rankers):
+    """16 concurrent clients x 50 requests of 1 to 20 documents: no errors, micro-batches formed, and every
+    score equal to the offline ranker's on the same input (1e-4 on its own score)."""
+    pool = [f"{w} {v}" for w in ("honey bees", "a volcano", "sourdough bread", "wax combs") for v in
+            ("make honey", "erupt", "rise", "store nectar", "is the mat")]
+    rng = random.Random(0)
+    work = [[(QUERY if rng.random() < 0.5 else "why does a volcano erupt",
+              [pool[rng.randrange(len(pool))] for _ in range(rng.randint(1, 20))]) for _ in range(50)]
+            for _ in range(16)]
+    with Server(rankers, batch_wait_ms=2.0) as s:
+        def client(jobs: list[tuple[str, list[str]]]) -> list[list[float]]:
+            out = []
+            with httpx.Client(base_url=s.url, timeout=60) as http:
+                for query, docs in jobs:
+                    r = http.post("/rerank", json={"model": "tiny-pointwise", "query": query, "texts": docs,
+                                                   "raw_scores": True})
+                    assert r.status_code == 200, r.text
+                    by_index = {item["index"]: item["score"] for item in r.json()}
+                    out.append([by_index[i] for i in range(len(docs))])
+            return out
+
+        with ThreadPoolExecutor(16) as executor:
+            answers = list(executor.map(client, work))
+        metrics = httpx.get(f"{s.url}/metrics").text
+    ranker = rankers["tiny-pointwise"]
+    for jobs, got in zip(work, answers):
+        for (query, docs), scores in zip(jobs, got):
+            assert scores == pytest.approx(ranker.score(query, docs), abs=1e-4)
+    assert 'llmrerank_requests_total{route="/rerank",status="200"} 800.0' in metrics
+    merged = [line for line in metrics.splitlines() if line.startswith("llmrerank_batch_requests_count")]
+    assert merged and float(merged[0].split()[-1]) < 800  # fewer model calls than requests: batches were merged
+
+
+def test_sigterm_answers_every_request_in_flight(tiny_model_dir, tmp_path):
+    """16 requests held in one batch (a long batch wait), then SIGTERM: all 16 answered, then the process ends."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "llmrerank.cli", "serve", "--model", str(tiny_model_dir), "--method", "pointwise",
+           "--port", str(port), "--batch-wait-ms", "3000", "--max-length", "96"]
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        def one(i: int) -> int:
+            r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS[: 1 + i % 5]}, timeout=60)
+            return r.status_code
+
+        with ThreadPoolExecutor(16) as executor:
+            futures = [executor.submit(one, i) for i in range(16)]
+            time.sleep(1.0)  # all 16 are waiting in the batch
+            process.send_signal(signal.SIGTERM)
+            statuses = [f.result() for f in futures]
+        assert statuses == [200] * 16
+        assert process.wait(timeout=60) in (0, 143)
+    finally:
+        if process.poll() is None:
+            process.kill()
