@@ -1,0 +1,1 @@
+"""llmrerank serve: the HTTP rerank service (routes, dialects, micro-batching)."""
