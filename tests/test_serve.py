@@ -123,8 +123,10 @@ def test_the_cohere_v2_client(server, rankers):
 
 
 def test_tei_and_vllm_shapes(server, rankers):
-    tei = httpx.post(f"{server.url}/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True,
-                                                    "return_text": True, "model": "tiny-pointwise"})
+    tei = httpx.post(
+        f"{server.url}/rerank",
+        json={"query": QUERY, "texts": DOCS, "raw_scores": True, "return_text": True, "model": "tiny-pointwise"},
+    )
     assert tei.status_code == 200
     order, scores, relevance = offline(rankers["tiny-pointwise"], QUERY, DOCS)
     body = tei.json()
@@ -143,8 +145,9 @@ def test_tei_and_vllm_shapes(server, rankers):
     by_input = {i: r for i, r in zip(order, relevance)}
     assert [d["index"] for d in data["data"]] == list(range(len(DOCS)))
     assert [d["score"] for d in data["data"]] == pytest.approx([by_input[i] for i in range(len(DOCS))], abs=1e-4)
-    pairs = httpx.post(f"{server.url}/score", json={"queries": [QUERY, "why does a volcano erupt"],
-                                                     "documents": DOCS[:2]}).json()
+    pairs = httpx.post(
+        f"{server.url}/score", json={"queries": [QUERY, "why does a volcano erupt"], "documents": DOCS[:2]}
+    ).json()
     assert [d["index"] for d in pairs["data"]] == [0, 1]
 
     models = httpx.get(f"{server.url}/v1/models").json()
@@ -152,7 +155,7 @@ def test_tei_and_vllm_shapes(server, rankers):
     assert models["data"][0]["llmrerank"]["method"] == "pointwise"
 
 
-LONG = " ".join(["honey bees make honey"] * 60)
+LONG = " ".join(["bees"] * 100)  # 100 tokens, 499 characters
 
 BAD = [
     ("invalid-json", "/v1/rerank", b'{"query": ', 400, "not valid JSON"),
@@ -166,22 +169,62 @@ BAD = [
     ("top-n-zero", "/v1/rerank", {"query": QUERY, "documents": DOCS, "top_n": 0}, 422, "top_n must be at least 1"),
     ("top-n-negative", "/v2/rerank", {"query": QUERY, "documents": DOCS, "top_n": -2}, 422, "top_n must be at least 1"),
     ("top-n-not-a-number", "/v1/rerank", {"query": QUERY, "documents": DOCS, "top_n": "3"}, 422, "integer, got str"),
-    ("unknown-model", "/v1/rerank", {"model": "gpt-9", "query": QUERY, "documents": DOCS}, 404,
-     "model 'gpt-9' is not served here; served: tiny-pointwise, tiny-likelihood"),
-    ("v2-document-object", "/v2/rerank", {"query": QUERY, "documents": [{"text": "a"}]}, 422,
-     r"documents\[0\] must be a string, got dict"),
-    ("too-many-documents", "/v1/rerank", {"query": QUERY, "documents": ["d"] * 9}, 413,
-     "9 documents in one request; the limit is 8 \\(--max-documents\\)"),
-    ("document-too-long", "/v1/rerank", {"query": QUERY, "documents": ["x" * 501]}, 413,
-     r"documents\[0\] is 501 characters; the limit is 500"),
-    ("tei-too-long-without-truncate", "/rerank", {"query": QUERY, "texts": [LONG], "model": "tiny-pointwise"}, 413,
-     r"texts\[0\] is 240 tokens; ranker 'tiny-pointwise' reads at most \d+ tokens"),
-    ("tei-bad-direction", "/rerank", {"query": QUERY, "texts": DOCS, "truncation_direction": "Up"}, 422,
-     "truncation_direction must be"),
-    ("score-mismatched-lists", "/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, 422,
-     "text_1 has 2 texts and text_2 3"),
-    ("likelihood-empty-target", "/v1/rerank", {"model": "tiny-likelihood", "query": "?", "documents": DOCS}, 422,
-     "cannot score this query: the query-likelihood target is empty"),
+    (
+        "unknown-model",
+        "/v1/rerank",
+        {"model": "gpt-9", "query": QUERY, "documents": DOCS},
+        404,
+        "model 'gpt-9' is not served here; served: tiny-pointwise, tiny-likelihood",
+    ),
+    (
+        "v2-document-object",
+        "/v2/rerank",
+        {"query": QUERY, "documents": [{"text": "a"}]},
+        422,
+        r"documents\[0\] must be a string, got dict",
+    ),
+    (
+        "too-many-documents",
+        "/v1/rerank",
+        {"query": QUERY, "documents": ["d"] * 9},
+        413,
+        "9 documents in one request; the limit is 8 \\(--max-documents\\)",
+    ),
+    (
+        "document-too-long",
+        "/v1/rerank",
+        {"query": QUERY, "documents": ["x" * 501]},
+        413,
+        r"documents\[0\] is 501 characters; the limit is 500",
+    ),
+    (
+        "tei-too-long-without-truncate",
+        "/rerank",
+        {"query": QUERY, "texts": [LONG], "model": "tiny-pointwise"},
+        413,
+        r"texts\[0\] is 100 tokens; ranker 'tiny-pointwise' reads at most \d+ tokens",
+    ),
+    (
+        "tei-bad-direction",
+        "/rerank",
+        {"query": QUERY, "texts": DOCS, "truncation_direction": "Up"},
+        422,
+        "truncation_direction must be",
+    ),
+    (
+        "score-mismatched-lists",
+        "/score",
+        {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]},
+        422,
+        "text_1 has 2 texts and text_2 3",
+    ),
+    (
+        "query-leaves-no-room",
+        "/v1/rerank",
+        {"query": " ".join(["honey"] * 200), "documents": DOCS},
+        422,
+        r"cannot score this query: the prompt without the document is \d+ tokens",
+    ),
     ("no-route", "/v3/rerank", {"query": QUERY}, 404, "no route /v3/rerank"),
 ]
 
@@ -200,8 +243,11 @@ def test_bad_input_gets_its_status_and_message_and_the_server_stays_healthy(limi
     r = httpx.post(f"{limited.url}{route}", content=content, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     answer = r.json()
-    text = answer["error"] if route == "/rerank" and "texts" in (body if isinstance(body, dict) else {}) else (
-        answer["message"])
+    text = (
+        answer["error"]
+        if route == "/rerank" and "texts" in (body if isinstance(body, dict) else {})
+        else (answer["message"])
+    )
     assert re.search(message, text), text
     if route == "/rerank" and isinstance(body, dict) and "texts" in body:
         assert answer["error_type"] == "Validation"
@@ -231,19 +277,31 @@ def test_api_keys(rankers):
 def test_load_merges_requests_and_every_score_equals_the_offline_ranker(rankers):
     """16 concurrent clients x 50 requests of 1 to 20 documents: no errors, micro-batches formed, and every
     score equal to the offline ranker's on the same input (1e-4 on its own score)."""
-    pool = [f"{w} {v}" for w in ("honey bees", "a volcano", "sourdough bread", "wax combs") for v in
-            ("make honey", "erupt", "rise", "store nectar", "is the mat")]
+    pool = [
+        f"{w} {v}"
+        for w in ("honey bees", "a volcano", "sourdough bread", "wax combs")
+        for v in ("make honey", "erupt", "rise", "store nectar", "is the mat")
+    ]
     rng = random.Random(0)
-    work = [[(QUERY if rng.random() < 0.5 else "why does a volcano erupt",
-              [pool[rng.randrange(len(pool))] for _ in range(rng.randint(1, 20))]) for _ in range(50)]
-            for _ in range(16)]
+    work = [
+        [
+            (
+                QUERY if rng.random() < 0.5 else "why does a volcano erupt",
+                [pool[rng.randrange(len(pool))] for _ in range(rng.randint(1, 20))],
+            )
+            for _ in range(50)
+        ]
+        for _ in range(16)
+    ]
     with Server(rankers, batch_wait_ms=2.0) as s:
+
         def client(jobs: list[tuple[str, list[str]]]) -> list[list[float]]:
             out = []
             with httpx.Client(base_url=s.url, timeout=60) as http:
                 for query, docs in jobs:
-                    r = http.post("/rerank", json={"model": "tiny-pointwise", "query": query, "texts": docs,
-                                                   "raw_scores": True})
+                    r = http.post(
+                        "/rerank", json={"model": "tiny-pointwise", "query": query, "texts": docs, "raw_scores": True}
+                    )
                     assert r.status_code == 200, r.text
                     by_index = {item["index"]: item["score"] for item in r.json()}
                     out.append([by_index[i] for i in range(len(docs))])
@@ -264,8 +322,22 @@ def test_load_merges_requests_and_every_score_equals_the_offline_ranker(rankers)
 def test_sigterm_answers_every_request_in_flight(tiny_model_dir, tmp_path):
     """16 requests held in one batch (a long batch wait), then SIGTERM: all 16 answered, then the process ends."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llmrerank.cli", "serve", "--model", str(tiny_model_dir), "--method", "pointwise",
-           "--port", str(port), "--batch-wait-ms", "3000", "--max-length", "96"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmrerank.cli",
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "pointwise",
+        "--port",
+        str(port),
+        "--batch-wait-ms",
+        "3000",
+        "--max-length",
+        "96",
+    ]
     process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

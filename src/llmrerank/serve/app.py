@@ -4,8 +4,8 @@ Every answer, errors included, is JSON in the shape of the route's dialect; no t
 (an unexpected failure is logged here and answered 500 with a one-line message), and the service stays healthy.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations (``request: Request``) at
+# definition time, and Request is imported inside create_app so that importing this module needs no fastapi.
 import asyncio
 import json
 import logging

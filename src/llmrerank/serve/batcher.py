@@ -62,6 +62,9 @@ class Batcher:
             successful model call (metrics); an exception it raises is logged, not propagated.
         enabled: False turns micro-batching off, as ``max_batch_tokens=0`` does: each request is its own
             ``rank_many`` call, still one at a time on the one thread.
+        executor: a one-thread executor to run the model calls on, shared by the batchers of rankers on one
+            loaded model so that it never runs twice at once; left running by :meth:`close` (its owner stops
+            it). Default: the batcher's own.
 
     Failure isolation: when a merged call raises, each of its requests is run again alone, so a bad request
     fails only itself; its submitter gets exactly the exception ``rank_many`` raised for it. A call that
@@ -80,6 +83,7 @@ class Batcher:
         name: str = "",
         on_batch: Callable[[int, int, int], None] | None = None,
         enabled: bool = True,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         if not callable(rank_many):
             raise TypeError(f"rank_many must be callable, got {type(rank_many).__name__}")
@@ -105,7 +109,10 @@ class Batcher:
         self._on_batch = on_batch
         self._batching = bool(enabled) and max_batch_tokens > 0
         self._label = f"batcher {name!r}" if name else "batcher"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llmrerank-batcher-{name or 'model'}")
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"llmrerank-batcher-{name or 'model'}"
+        )
         self._queue: deque[_Request] = deque()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,7 +166,8 @@ class Batcher:
         self._wake.set()
         if self._worker is not None and not self._worker.done():
             await asyncio.shield(self._worker)
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     # --- internals ------------------------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ def parse_tei(body: Mapping[str, Any]) -> RerankRequest:
         truncate=optional_bool(body, "truncate", False),
         truncate_left=direction.lower() == "left",
         raw_scores=optional_bool(body, "raw_scores", False),
+        documents_key="texts",
     )
 
 

@@ -55,6 +55,7 @@ class RerankRequest:
     truncate: bool = True
     truncate_left: bool = False
     raw_scores: bool = False
+    documents_key: str = "documents"  # what the dialect calls them, for messages
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def check_request(request: RerankRequest, limits: Limits) -> None:
         if len(text) > limits.max_document_chars:
             raise ServeError(
                 413,
-                f"documents[{i}] is {len(text)} characters; the limit is {limits.max_document_chars} "
+                f"{request.documents_key}[{i}] is {len(text)} characters; the limit is {limits.max_document_chars} "
                 "(--max-document-chars)",
                 "Validation",
             )
