@@ -144,8 +144,9 @@ class Served:
             if len(ids) > budget and not request.truncate and request.max_tokens_per_doc is None:
                 raise ServeError(
                     413,
-                    f"{request.documents_key}[{i}] is {len(ids)} tokens; ranker {self.name!r} reads at most {budget} tokens of a "
-                    "document with this query (its max_length less the prompt): shorten it, or send truncate: true",
+                    f"{request.documents_key}[{i}] is {len(ids)} tokens; ranker {self.name!r} reads at most {budget} "
+                    "tokens of a document with this query (its max_length less the prompt): shorten it, or send "
+                    "truncate: true",
                 )
             if len(ids) > budget:
                 kept = ids[-budget:] if request.truncate_left else ids[:budget]
