@@ -384,6 +384,38 @@ ROWS = [
         match="is a file, not a folder",
         prepare=lambda ws: _config(ws),
     ),
+    # -- serve (refused before the server starts or a model loads; the HTTP rows are in tests/test_serve.py) --
+    Row("serve-missing-config", ["serve", "--config", "{root}/nope.toml"], 2, match="config file not found"),
+    Row(
+        "serve-config-without-rankers",
+        ["serve", "--config", "{root}/serve.toml"],
+        2,
+        match="rankers must be a list of tables",
+        prepare=lambda ws: ws.write("serve.toml", 'rankers = "x"\n'),
+    ),
+    Row(
+        "serve-config-unknown-ranker-key",
+        ["serve", "--config", "{root}/serve.toml"],
+        2,
+        match=r"rankers\[0\]: unknown key\(s\) tokens",
+        prepare=lambda ws: ws.write("serve.toml", '[[rankers]]\nmethod = "pointwise"\ntokens = "yes_no"\n'),
+    ),
+    Row(
+        "serve-config-bad-option",
+        ["serve", "--config", "{root}/serve.toml"],
+        2,
+        match="unknown normalisation 'nope'",
+        prepare=lambda ws: ws.write(
+            "serve.toml", '[[rankers]]\nmethod = "pointwise"\noptions = { normalisation = "nope" }\n'
+        ),
+    ),
+    Row(
+        "serve-option-of-another-method",
+        ["serve", "--method", "likelihood", "--tokens", "yes_no"],
+        2,
+        match="--tokens does not apply to --method likelihood",
+    ),
+    Row("serve-port-zero", ["serve", "--port", "0"], 2, match="argument --port: must be at least 1"),
     # -- the Python API --
     Row(
         "api-unknown-method", call=lambda ws: __import__("llmrerank").Reranker("nope"), raises=ValueError, match="nope"

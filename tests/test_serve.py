@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import needs
+from conftest import needs, require_preset
 
 needs("fastapi", "llmrerank serve")
 needs("uvicorn", "llmrerank serve")
@@ -366,3 +366,76 @@ def test_sigterm_answers_every_request_in_flight(tiny_model_dir, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_the_score_cache_answers_repeats_with_the_same_scores(rankers):
+    with Server(rankers, score_cache=100) as s:
+        body = {"model": "tiny-pointwise", "query": QUERY, "texts": DOCS, "raw_scores": True}
+        first = httpx.post(f"{s.url}/rerank", json=body).json()
+        again = httpx.post(f"{s.url}/rerank", json={**body, "texts": DOCS[:3] + ["Wax combs store honey."]}).json()
+        metrics = httpx.get(f"{s.url}/metrics").text
+    scores = dict(zip(DOCS, rankers["tiny-pointwise"].score(QUERY, DOCS)))
+    assert {r["index"]: r["score"] for r in first} == pytest.approx(
+        {i: scores[d] for i, d in enumerate(DOCS)}, abs=1e-4
+    )
+    assert {r["index"]: r["score"] for r in again if r["index"] < 3} == pytest.approx(
+        {i: scores[d] for i, d in enumerate(DOCS[:3])}, abs=1e-4
+    )
+    assert 'llmrerank_score_cache_hits_total{ranker="tiny-pointwise"} 3.0' in metrics
+    assert 'llmrerank_score_cache_misses_total{ranker="tiny-pointwise"} 6.0' in metrics
+
+
+def test_several_rankers_from_specs_share_one_loaded_model(tiny_model_dir):
+    from llmrerank.cli import build_parser
+    from llmrerank.cli.serve import specs_from_args
+    from llmrerank.serve.service import load_rankers
+
+    config = tiny_model_dir.parent / "serve.toml"
+    config.write_text(
+        f"""
+[[rankers]]
+name = "yes-no"
+method = "pointwise"
+model = "{tiny_model_dir}"
+options = {{ max_length = 96 }}
+
+[[rankers]]
+name = "ql"
+method = "likelihood"
+model = "{tiny_model_dir}"
+
+[[rankers]]
+name = "ql-bf16"
+method = "likelihood"
+model = "{tiny_model_dir}"
+backend = {{ dtype = "bfloat16" }}
+"""
+    )
+    specs = specs_from_args(build_parser().parse_args(["serve", "--config", str(config)]))
+    rankers = load_rankers(specs)
+    assert list(rankers) == ["yes-no", "ql", "ql-bf16"]
+    assert rankers["yes-no"].backend is rankers["ql"].backend  # the same weights, loaded once
+    assert rankers["ql-bf16"].backend is not rankers["ql"].backend
+    assert rankers["yes-no"].options.max_length == 96 and rankers["ql"].method == "likelihood"
+    with pytest.raises(ValueError, match="two rankers are named 'ql'"):
+        load_rankers([*specs, {"name": "ql", "method": "pointwise"}])
+    with pytest.raises(ValueError, match=r"rankers\[0\]: unknown key\(s\) tokens"):
+        load_rankers([{"method": "pointwise", "tokens": "yes_no"}])
+
+
+@pytest.mark.model
+def test_the_135m_preset_served_equals_the_offline_ranker():
+    require_preset("smollm2-135m")
+    cohere = needs("cohere", "the Cohere client test", install="pip install cohere")
+    from llmrerank import Reranker
+
+    ranker = Reranker("pointwise", model="smollm2-135m", max_length=192)
+    with Server({"smollm2-135m": ranker}) as s:
+        got = cohere.ClientV2(api_key="unused", base_url=s.url).rerank(
+            model="smollm2-135m", query=QUERY, documents=DOCS
+        )
+        tei = httpx.post(f"{s.url}/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True}).json()
+    order, scores, relevance = offline(ranker, QUERY, DOCS)
+    assert [r.index for r in got.results] == order
+    assert [r.relevance_score for r in got.results] == pytest.approx(relevance, abs=1e-4)
+    assert [r["score"] for r in tei] == pytest.approx(scores, abs=1e-4)

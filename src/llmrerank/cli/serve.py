@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from .argtypes import nonnegative_float, positive_int
+from .argtypes import nonnegative_float, nonnegative_int, positive_int
 from .ranker_args import add_model_args, ranker_options_from_args
 
 KEYS_ENV = "LLMRERANK_API_KEYS"
@@ -48,6 +48,12 @@ def add_parser(subparsers: Any) -> None:
     g.add_argument("--max-documents", type=positive_int, default=1000, help="documents per request (413 beyond)")
     g.add_argument("--max-document-chars", type=positive_int, default=100_000, help="characters per document")
     g.add_argument("--max-query-chars", type=positive_int, default=20_000, help="characters per query")
+    g.add_argument(
+        "--score-cache",
+        type=nonnegative_int,
+        default=0,
+        help="keep this many (query, document) scores of each pointwise or likelihood ranker (LRU); 0: off",
+    )
     g.add_argument("--max-body-bytes", type=positive_int, default=20 * 1024 * 1024, help="bytes per request body")
     g.add_argument(
         "--api-key",
@@ -89,6 +95,10 @@ def run(args: argparse.Namespace) -> None:
     from ..serve.protocol import Limits
     from ..serve.service import Settings, check_specs
 
+    specs = check_specs(specs_from_args(args))
+    for spec in specs:  # every option checked before the server starts or a model loads
+        BackendOptions.build(dict(spec.get("backend") or {}))
+        options_class(spec["method"]).build(dict(spec.get("options") or {}))
     require("fastapi", "llmrerank serve", extra="serve")
     uvicorn = require("uvicorn", "llmrerank serve", extra="serve")
     require("prometheus_client", "llmrerank serve", extra="serve")
@@ -96,10 +106,6 @@ def run(args: argparse.Namespace) -> None:
     from ..serve.metrics import Metrics
     from ..serve.service import Service
 
-    specs = check_specs(specs_from_args(args))
-    for spec in specs:  # every option checked before the server starts or a model loads
-        BackendOptions.build(dict(spec.get("backend") or {}))
-        options_class(spec["method"]).build(dict(spec.get("options") or {}))
     keys = tuple(args.api_key or ()) + tuple(k for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip())
     settings = Settings(
         limits=Limits(args.max_documents, args.max_document_chars, args.max_query_chars, args.max_body_bytes),
@@ -109,6 +115,7 @@ def run(args: argparse.Namespace) -> None:
         timeout_s=float(args.timeout),
         micro_batching=not args.no_micro_batching,
         api_keys=tuple(k.strip() for k in keys),
+        score_cache=args.score_cache,
     )
     service = Service(specs, settings, Metrics())
     config = uvicorn.Config(None, host=args.host, port=args.port, log_level="warning", lifespan="on")

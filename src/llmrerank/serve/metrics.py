@@ -38,6 +38,12 @@ class Metrics:
         )
         self.documents = pc.Counter("llmrerank_documents_scored", "documents scored", ["ranker"], registry=r)
         self.tokens = pc.Counter("llmrerank_tokens_scored", "prompt tokens scored", ["ranker"], registry=r)
+        self.cache_hits = pc.Counter(
+            "llmrerank_score_cache_hits", "scores answered from the cache", ["ranker"], registry=r
+        )
+        self.cache_misses = pc.Counter(
+            "llmrerank_score_cache_misses", "scores the cache did not hold", ["ranker"], registry=r
+        )
         self.queue = pc.Gauge("llmrerank_queue_depth", "requests waiting for the model", ["ranker"], registry=r)
 
     def request(self, route: str, status: int, seconds: float) -> None:
@@ -51,6 +57,10 @@ class Metrics:
     def scored(self, ranker: str, documents: int, tokens: int) -> None:
         self.documents.labels(ranker=ranker).inc(documents)
         self.tokens.labels(ranker=ranker).inc(tokens)
+
+    def cache(self, ranker: str, hits: int, misses: int) -> None:
+        self.cache_hits.labels(ranker=ranker).inc(hits)
+        self.cache_misses.labels(ranker=ranker).inc(misses)
 
     def watch(self, service: Any) -> None:
         """Read each ranker's queue depth when scraped."""

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..types import Document, Ranking
+from ..rankers.base import PointScorer
+from ..types import Document, Ranking, ranking_from_scores
 from .batcher import BatcherClosedError, QueueFullError
 from .protocol import Limits, RerankRequest, RerankResponse, Result, ServeError, check_request
 
@@ -35,6 +36,7 @@ class Settings:
     timeout_s: float = 60.0
     micro_batching: bool = True
     api_keys: tuple[str, ...] = ()
+    score_cache: int = 0  # entries of each pointwise ranker's score cache; 0: none
 
 
 def check_specs(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -89,6 +91,29 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return rankers
 
 
+class ScoreCache:
+    """A least-recently-used map of (query, document text) to a pointwise ranker's score; one per ranker, so its
+    options (template, normalisation, max_length) are part of the key by construction."""
+
+    def __init__(self, size: int):
+        from collections import OrderedDict
+
+        self.size = size
+        self.entries: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> float | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, str], value: float) -> None:
+        self.entries[key] = value
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
 def estimated_tokens(query: str, docs: Sequence[Document], max_length: int | None) -> int:
     """The batcher's cost of one request: about four characters a token, each prompt capped at ``max_length``."""
     per_doc = [(len(query) + len(d.text) + len(d.title or "")) // 4 + 32 for d in docs]
@@ -105,8 +130,12 @@ class Served:
         self.ranker = ranker
         self.tokenizer = getattr(getattr(ranker, "backend", None), "tokenizer", None)
         max_length = getattr(ranker.options, "max_length", None)
+        self.metrics = metrics
+        self.cache: ScoreCache | None = None
+        if settings.score_cache and isinstance(ranker, PointScorer):
+            self.cache = ScoreCache(settings.score_cache)
         self.batcher = Batcher(
-            ranker.rank_many,
+            self.rank_many,
             cost=lambda q, docs: estimated_tokens(q, docs, max_length),
             max_batch_tokens=settings.max_batch_tokens,
             wait_ms=settings.batch_wait_ms,
@@ -116,6 +145,31 @@ class Served:
             executor=executor,
             on_batch=lambda n, docs, cost: metrics.batch(name, n, docs, cost),
         )
+
+    def rank_many(self, queries: list[str], docs: list[list[Document]]) -> list[Ranking]:
+        """The ranker's ``rank_many``, through the score cache when there is one (on the model thread only)."""
+        if self.cache is None:
+            return self.ranker.rank_many(queries, docs)
+        scores: list[list[float | None]] = [[self.cache.get((q, d.text)) for d in ds] for q, ds in zip(queries, docs)]
+        todo = [(i, [j for j, s in enumerate(row) if s is None]) for i, row in enumerate(scores)]
+        todo = [(i, missing) for i, missing in todo if missing]
+        hits = sum(len(row) for row in scores) - sum(len(missing) for _, missing in todo)
+        tokens = [0] * len(queries)
+        if todo:
+            fresh = self.ranker.rank_many([queries[i] for i, _ in todo], [[docs[i][j] for j in m] for i, m in todo])
+            for (i, missing), ranking in zip(todo, fresh):
+                for position, score in zip(ranking.indices, ranking.scores):
+                    j = missing[position]
+                    scores[i][j] = score
+                    self.cache.put((queries[i], docs[i][j].text), score)
+                tokens[i] = int(ranking.metadata.get("tokens", 0))
+        missing = {i: len(m) for i, m in todo}
+        self.metrics.cache(self.name, hits, sum(missing.values()))
+        out = []
+        for i, (row, ds) in enumerate(zip(scores, docs)):
+            meta = {"tokens": tokens[i], "cached": len(ds) - missing.get(i, 0)}
+            out.append(ranking_from_scores([float(s) for s in row], ds, meta))  # type: ignore[arg-type]  # all set
+        return out
 
     def document_budget(self, query: str) -> int | None:
         """How many tokens of a document the ranker reads for ``query``: what its prompt leaves within
