@@ -49,23 +49,24 @@ def free_port() -> int:
 class Server:
     """A real uvicorn server in a thread, on a free loopback port, until ``stop()``."""
 
-    def __init__(self, rankers: dict[str, Any], **settings: Any):
+    def __init__(self, rankers: dict[str, Any], service: type[Service] = Service, ready: bool = True, **settings: Any):
         import uvicorn
 
         specs = [{"name": name, "method": r.method, "model": name} for name, r in rankers.items()]
-        self.service = Service(specs, Settings(**settings), Metrics(), rankers=rankers)
+        self.service = service(specs, Settings(**settings), Metrics(), rankers=rankers)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.ready = ready  # wait for the models, not only for the port
 
     def __enter__(self) -> Server:
         self.thread.start()
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{self.url}/health").status_code == 200:
+                if httpx.get(f"{self.url}/health").status_code in ((200,) if self.ready else (200, 503)):
                     return self
             except httpx.TransportError:
                 pass
@@ -439,3 +440,43 @@ def test_the_135m_preset_served_equals_the_offline_ranker():
     assert [r.index for r in got.results] == order
     assert [r.relevance_score for r in got.results] == pytest.approx(relevance, abs=1e-4)
     assert [r["score"] for r in tei] == pytest.approx(scores, abs=1e-4)
+
+
+class SlowToLoad(Service):
+    """The real service, whose models are ready only once the test says so."""
+
+    go = threading.Event()
+
+    def load(self) -> None:
+        assert self.go.wait(30)
+        super().load()
+
+
+def test_health_is_503_while_the_models_load(rankers):
+    with Server(rankers, service=SlowToLoad, ready=False) as s:
+        health = httpx.get(f"{s.url}/health")
+        assert health.status_code == 503 and health.json() == {"message": "the models are loading"}
+        assert health.headers["retry-after"] == "5"
+        early = httpx.post(f"{s.url}/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        assert early.status_code == 503 and early.json()["message"] == "the models are still loading; retry shortly"
+        SlowToLoad.go.set()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{s.url}/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert httpx.post(f"{s.url}/v1/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
+
+
+def test_a_full_queue_is_503_and_a_slow_answer_504(rankers):
+    body = {"query": QUERY, "documents": DOCS[:2]}
+    with Server(rankers, max_queue=2, batch_wait_ms=1500) as s:  # requests wait 1.5 s in a forming batch
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(httpx.post, f"{s.url}/v1/rerank", json=body, timeout=30) for _ in range(3)]
+            answers = [f.result() for f in futures]
+        assert sorted(a.status_code for a in answers) == [200, 200, 503]
+        full = next(a for a in answers if a.status_code == 503)
+        assert full.headers["retry-after"] == "1" and "at capacity" in full.json()["message"]
+    with Server(rankers, timeout_s=0.2, batch_wait_ms=1000) as s:
+        slow = httpx.post(f"{s.url}/v1/rerank", json=body, timeout=30)
+        assert slow.status_code == 504 and slow.json()["message"].startswith("no answer within 0.2 s")
+        assert httpx.get(f"{s.url}/health").status_code == 200
