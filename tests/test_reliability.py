@@ -783,7 +783,7 @@ def test_byte_order_marks_are_dropped(ws: Workspace, capsys: Any) -> None:
 
 def test_a_terminated_training_names_how_to_resume(tiny_model_dir, tmp_path):
     output = tmp_path / "train"
-    table = {"model": str(tiny_model_dir), "data": str(TINY), "split": "test", "group_size": 2, "max_steps": 200}
+    table = {"model": str(tiny_model_dir), "data": str(TINY), "split": "test", "group_size": 2, "max_steps": 40}
     table.update(output_dir=str(output), save_every=1, keep_checkpoints=1, lora=False)  # no extra needed
     config = tmp_path / "train.json"
     config.write_text(json.dumps(table))
