@@ -415,6 +415,13 @@ ROWS = [
         2,
         match="--tokens does not apply to --method likelihood",
     ),
+    Row(
+        "serve-config-and-ranker-flags",
+        ["serve", "--config", "{root}/serve.toml", "--model", "x", "--max-length", "64"],
+        2,
+        match="--config names the rankers to serve; drop --model, --max-length",
+        prepare=lambda ws: ws.write("serve.toml", '[[rankers]]\nmethod = "pointwise"\n'),
+    ),
     Row("serve-port-zero", ["serve", "--port", "0"], 2, match="argument --port: must be at least 1"),
     # -- the Python API --
     Row(

@@ -1,4 +1,4 @@
-"""The ``llmrerank`` command: retrieve, rerank, evaluate, train, demo. A thin layer over the public API.
+"""The ``llmrerank`` command: retrieve, rerank, evaluate, train, serve, demo. A thin layer over the public API.
 
 Each subcommand is one module with ``add_parser(subparsers)``, which adds its subparser and sets ``func`` to its
 ``run(args)``; a module that can pick up where an interrupted run stopped also has ``resume_hint(args, argv)``.

@@ -69,9 +69,24 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     return "the server stopped after answering the requests it had accepted"
 
 
+def one_ranker_flags(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
+    """(flag, value, default) of the flags that describe one ranker, which --config replaces."""
+    from .ranker_args import _flags
+
+    out = [("--model", args.model, "default"), ("--method", args.method, "pointwise"), ("--name", args.name, None)]
+    for name, declared in _flags().items():
+        out.append((declared[0][1].cli_flag(name), getattr(args, name), None))
+    return out
+
+
 def specs_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The rankers to serve: the --config file's [[rankers]], or the one --model/--method (and option flags)."""
     if args.config:
+        given = [flag for flag, value, default in one_ranker_flags(args) if value != default]
+        if given:
+            raise ValueError(
+                f"--config names the rankers to serve; drop {', '.join(given)} (set them in the file's [[rankers]])"
+            )
         from ..train.config import read_config_file  # the one config reader (TOML, YAML, JSON)
 
         data = read_config_file(args.config)
@@ -106,7 +121,8 @@ def run(args: argparse.Namespace) -> None:
     from ..serve.metrics import Metrics
     from ..serve.service import Service
 
-    keys = tuple(args.api_key or ()) + tuple(k for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip())
+    keys = tuple(args.api_key or ()) + tuple(os.environ.get(KEYS_ENV, "").split(","))
+    keys = tuple(k.strip() for k in keys if k.strip())  # an empty key would let "Bearer " through
     settings = Settings(
         limits=Limits(args.max_documents, args.max_document_chars, args.max_query_chars, args.max_body_bytes),
         max_batch_tokens=args.max_batch_tokens,
@@ -114,7 +130,7 @@ def run(args: argparse.Namespace) -> None:
         max_queue=args.max_queue,
         timeout_s=float(args.timeout),
         micro_batching=not args.no_micro_batching,
-        api_keys=tuple(k.strip() for k in keys),
+        api_keys=keys,
         score_cache=args.score_cache,
     )
     service = Service(specs, settings, Metrics())

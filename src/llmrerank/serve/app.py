@@ -46,9 +46,10 @@ def create_app(service: Service, on_load_failure: Callable[[str], None] | None =
 
         def loaded(future: asyncio.Future) -> None:
             if future.exception() is not None:
-                log.error("the models failed to load: %s", service.failed)
-                if on_load_failure is not None:
+                if on_load_failure is not None:  # the caller reports it (the CLI: one error line)
                     on_load_failure(service.failed or "unknown failure")
+                else:
+                    log.error("the models failed to load: %s", service.failed)
 
         loading.add_done_callback(loaded)
         yield

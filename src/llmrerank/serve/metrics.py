@@ -36,6 +36,13 @@ class Metrics:
             buckets=(1, 4, 16, 64, 256, 1024),
             registry=r,
         )
+        self.batch_tokens = pc.Histogram(
+            "llmrerank_batch_tokens",
+            "estimated prompt tokens in one model call (the batching cost)",
+            ["ranker"],
+            buckets=(64, 256, 1024, 4096, 16384, 65536),
+            registry=r,
+        )
         self.documents = pc.Counter("llmrerank_documents_scored", "documents scored", ["ranker"], registry=r)
         self.tokens = pc.Counter("llmrerank_tokens_scored", "prompt tokens scored", ["ranker"], registry=r)
         self.cache_hits = pc.Counter(
@@ -53,6 +60,7 @@ class Metrics:
     def batch(self, ranker: str, requests: int, documents: int, cost: int) -> None:
         self.batch_requests.labels(ranker=ranker).observe(requests)
         self.batch_documents.labels(ranker=ranker).observe(documents)
+        self.batch_tokens.labels(ranker=ranker).observe(cost)
 
     def scored(self, ranker: str, documents: int, tokens: int) -> None:
         self.documents.labels(ranker=ranker).inc(documents)
