@@ -279,6 +279,8 @@ class Service:
             ) from None
         except FloatingPointError as e:
             raise ServeError(500, str(e), "Backend") from None
+        except (ValueError, TypeError) as e:  # the ranker refused this input (what the checks above cannot see)
+            raise ServeError(422, f"ranker {served.name!r} cannot rank this request: {e}") from None
         relevance = served.ranker.relevance(ranking)
         results = tuple(
             Result(index=i, score=s, relevance=r, text=request.documents[i])
