@@ -111,21 +111,20 @@ def create_app(service: Service, on_load_failure: Callable[[str], None] | None =
         metrics.request(route, status, time.perf_counter() - start)
         return JSONResponse(content, status_code=status, headers=headers)
 
-    @app.post("/v1/rerank")
-    async def cohere_v1(request: Request) -> Any:
-        async def handle(body: dict[str, Any]) -> Any:
-            parsed = dialects.parse_cohere_v1(body)
-            return dialects.format_cohere_v1(await service.rerank(parsed), parsed)
+    def cohere_route(route: str, parse: Callable[[dict[str, Any]], Any], answer_of: Callable[..., Any]) -> None:
+        """A route of one Cohere-shaped dialect: parse, rank, format."""
 
-        return await answer("/v1/rerank", request, handle)
+        async def endpoint(request: Request) -> Any:
+            async def handle(body: dict[str, Any]) -> Any:
+                parsed = parse(body)
+                return answer_of(await service.rerank(parsed), parsed)
 
-    @app.post("/v2/rerank")
-    async def cohere_v2(request: Request) -> Any:
-        async def handle(body: dict[str, Any]) -> Any:
-            parsed = dialects.parse_cohere_v2(body)
-            return dialects.format_cohere_v2(await service.rerank(parsed), parsed)
+            return await answer(route, request, handle)
 
-        return await answer("/v2/rerank", request, handle)
+        app.post(route)(endpoint)
+
+    cohere_route("/v1/rerank", dialects.parse_cohere_v1, dialects.format_cohere_v1)
+    cohere_route("/v2/rerank", dialects.parse_cohere_v2, dialects.format_cohere_v2)
 
     @app.post("/rerank")
     async def rerank(request: Request) -> Any:
