@@ -129,18 +129,17 @@ def create_app(service: Service, on_load_failure: Callable[[str], None] | None =
     @app.post("/rerank")
     async def rerank(request: Request) -> Any:
         async def handle(body: dict[str, Any]) -> Any:
-            if "texts" in body:  # text-embeddings-inference
-                try:
-                    parsed = dialects.parse_tei(body)
-                    return dialects.format_tei(await service.rerank(parsed), parsed)
-                except ServeError as e:
-                    e.dialect_error = dialects.tei_error  # type: ignore[attr-defined]
-                    raise
+            tei = "texts" in body  # text-embeddings-inference; else the Cohere/Jina shape
+            parse, answer_of = (
+                (dialects.parse_tei, dialects.format_tei)
+                if tei
+                else (dialects.parse_cohere_v1, dialects.format_cohere_v1)
+            )
             try:
-                parsed = dialects.parse_cohere_v1(body)
-                return dialects.format_cohere_v1(await service.rerank(parsed), parsed)
+                parsed = parse(body)
+                return answer_of(await service.rerank(parsed), parsed)
             except ServeError as e:
-                e.dialect_error = dialects.message_error  # type: ignore[attr-defined]
+                e.dialect_error = dialects.tei_error if tei else dialects.message_error  # type: ignore[attr-defined]
                 raise
 
         return await answer("/rerank", request, handle, error=both_error)
