@@ -104,3 +104,81 @@ def test_load_in_bfloat16_scores_close_to_float32(tiny_model_dir):
     torch.testing.assert_close(out16, b32.last_logits(seqs), atol=0.5, rtol=0.05)
     with pytest.raises(ValueError, match="threads"):
         HFBackend.load(str(tiny_model_dir), threads=0)
+
+
+def _shared_prefix_prompts() -> list[list[int]]:
+    """Prompts as a query-first template makes them: per query a 30-token head, then a document, then a tail;
+    two queries, interleaved, plus one prompt that shares nothing."""
+    g = torch.Generator().manual_seed(2)
+    heads = [torch.randint(7, 60, (30,), generator=g).tolist() for _ in range(2)]
+    out = []
+    for i in range(12):
+        doc = torch.randint(7, 60, (int(torch.randint(1, 25, (1,), generator=g)),), generator=g).tolist()
+        out.append([*heads[i % 2], *doc, 5, 6])
+    out.append([8, 9, 10])
+    return out
+
+
+@pytest.mark.parametrize("primitive", ["last_logits", "last_hidden"])
+def test_a_reused_prefix_gives_the_scores_of_the_plain_path(backend, primitive):
+    seqs = _shared_prefix_prompts()
+    plain = HFBackend(backend.model, backend.tokenizer, batch_size=4, reuse_prefix=False)
+    reused = HFBackend(backend.model, backend.tokenizer, batch_size=4)
+    passes = reused.plan(seqs)
+    assert {p.prefix for p in passes} == {0, 30}  # the two heads; the odd prompt runs alone
+    torch.testing.assert_close(getattr(reused, primitive)(seqs), getattr(plain, primitive)(seqs), atol=1e-4, rtol=0)
+    assert (reused.stats.tokens + reused.stats.reused_tokens) == plain.stats.tokens == sum(len(s) for s in seqs)
+    # 12 prompts in 2 groups of 6 share 30 tokens: each group computes its prefix once and reuses it 5 times
+    assert reused.stats.reused_tokens == 2 * 5 * 30
+
+
+def test_a_reused_prefix_gives_the_target_logprobs_of_the_plain_path(backend):
+    prompts = _shared_prefix_prompts()
+    targets = [list(range(7, 8 + i % 4)) for i in range(len(prompts))]
+    plain = HFBackend(backend.model, backend.tokenizer, batch_size=5, reuse_prefix=False)
+    reused = HFBackend(backend.model, backend.tokenizer, batch_size=5)
+    for a, b in zip(reused.target_logprobs(prompts, targets), plain.target_logprobs(prompts, targets)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert reused.stats.reused_tokens > 0
+
+
+def test_a_prefix_never_takes_a_target_token(backend):
+    # every prompt is the same 40 tokens: the shared prefix stops one short of the prompt, not of the sequence
+    prompts = [list(range(10, 50))] * 4
+    targets = [[7, 8, 9], [7, 8], [9], [8, 7, 9, 9]]
+    reused = HFBackend(backend.model, backend.tokenizer)
+    got = reused.target_logprobs(prompts, targets)
+    assert {p.prefix for p in reused.plan([[*p, *t] for p, t in zip(prompts, targets)], [39] * 4)} == {39}
+    for p, t, lp in zip(prompts, targets, got):
+        logprobs = torch.log_softmax(_full_logits(backend, p + t), dim=-1)
+        expected = torch.stack([logprobs[len(p) - 1 + k, tok] for k, tok in enumerate(t)])
+        torch.testing.assert_close(lp, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_token_budget_passes_give_the_same_scores_and_count_padding(tokenizer):
+    from conftest import make_model
+
+    model = make_model(len(tokenizer))
+    seqs = _sequences(16)
+    by_count = HFBackend(model, tokenizer, batch_size=16, reuse_prefix=False)
+    by_tokens = HFBackend(model, tokenizer, batch_size=16, batch_tokens=64, reuse_prefix=False)
+    torch.testing.assert_close(by_tokens.last_logits(seqs), by_count.last_logits(seqs), atol=1e-4, rtol=1e-4)
+    assert by_count.stats.forward_calls == 1 and by_tokens.stats.forward_calls > 1
+    assert by_tokens.stats.tokens == by_count.stats.tokens == sum(len(s) for s in seqs)
+    lengths = sorted((len(s) for s in seqs), reverse=True)
+    assert by_count.stats.padded_tokens == 16 * lengths[0]  # one pass, padded to the longest
+    assert by_tokens.stats.padded_tokens < by_count.stats.padded_tokens  # smaller passes waste less padding
+
+
+def test_backend_budgets_must_be_positive(tokenizer, backend):
+    with pytest.raises(ValueError, match="batch_tokens must be at least 1"):
+        HFBackend(backend.model, tokenizer, batch_tokens=0)
+
+
+def test_auto_dtype_is_bfloat16_exactly_where_the_device_computes_it_natively():
+    from llmrerank.backends.hf import native_bf16
+
+    assert parse_dtype("auto", "cpu") == (torch.bfloat16 if native_bf16("cpu") else torch.float32)
+    assert parse_dtype("float32", "cpu") == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'fp8': choose one of auto, float32"):
+        parse_dtype("fp8")

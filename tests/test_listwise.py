@@ -79,14 +79,14 @@ class ScriptedBackend:
             out.append(ids)
         return out
 
-    def last_logits(self, sequences, grad: bool = False) -> torch.Tensor:
+    def last_logits(self, sequences, grad: bool = False, columns=None) -> torch.Tensor:
         self.calls.append(len(sequences))
         rows = torch.zeros(len(sequences), len(self.tokenizer))
         for row, seq in zip(rows, sequences):
             self.prompts.append(list(seq))
             for label, word in self.window(seq):
                 row[self.tokenizer.convert_tokens_to_ids(label)] = float(self.relevance(word))
-        return rows
+        return rows if columns is None else rows[:, list(columns)]
 
     def target_logprobs(self, prompts, targets, grad=False):  # pragma: no cover - not used by listwise
         raise NotImplementedError

@@ -143,7 +143,9 @@ def test_config_rebuilds_an_equal_ranker_from_its_dict(tiny, method):
     ranker = Reranker(method, backend=tiny, **OPTIONS[method])
     config = json.loads(json.dumps(ranker.config()))  # survives a config file or a message to a worker
     assert config["method"] == method and config["model"] == "tiny"
-    assert config["backend"] == {"batch_size": 3, "dtype": "float32", "device": "cpu"}
+    assert config["backend"] == {
+        "batch_size": 3, "batch_tokens": 8192, "reuse_prefix": True, "dtype": "float32", "device": "cpu"
+    }
     rebuilt = Reranker.from_config(config, backend=tiny)
     assert type(rebuilt) is type(ranker) and rebuilt.options == ranker.options
     docs = docs_numbered(6)
@@ -155,7 +157,10 @@ def test_config_rebuilds_an_equal_ranker_from_its_dict(tiny, method):
 def test_from_config_loads_the_model_and_the_backend_options(tiny_model_dir):
     ranker = Reranker("likelihood", model=str(tiny_model_dir), batch_size=3, max_length=64)
     config = ranker.config()
-    assert config["backend"] == {"batch_size": 3, "dtype": "float32", "device": "auto", "threads": None}
+    assert config["backend"] == {
+        "batch_size": 3, "batch_tokens": 8192, "dtype": "auto", "device": "auto", "threads": None,
+        "reuse_prefix": True, "quantize": None,
+    }
     assert config["model"] == str(tiny_model_dir)
     rebuilt = Reranker.from_config(json.loads(json.dumps(config)))
     assert rebuilt.backend is not ranker.backend and rebuilt.backend.batch_size == 3
@@ -182,7 +187,7 @@ def test_from_config_refuses_a_bad_config_before_loading_a_model(config, message
 def test_from_config_refuses_an_unknown_name_or_what_is_not_a_mapping():
     with pytest.raises(TypeError, match="a ranker config is a mapping"):
         Reranker.from_config([("method", "likelihood")])
-    with pytest.raises(TypeError, match="unknown backend option.*color; accepted: batch_size, dtype"):
+    with pytest.raises(TypeError, match="unknown backend option.*color; accepted: batch_size, batch_tokens, dtype"):
         Reranker.from_config({"method": "likelihood", "backend": {"dtype": "float32", "color": 1}})
     with pytest.raises(ValueError, match="'options' must be a table"):
         Reranker.from_config({"method": "likelihood", "options": ""})

@@ -66,14 +66,14 @@ class ScriptedBackend:
                 found.append(int(word[1:]))
         return tuple(found)
 
-    def last_logits(self, sequences, grad: bool = False) -> torch.Tensor:
+    def last_logits(self, sequences, grad: bool = False, columns=None) -> torch.Tensor:
         self.calls.append(len(sequences))
         rows = torch.zeros(len(sequences), len(self.tokenizer))
         for row, seq in zip(rows, sequences):
             self.prompts.append(list(seq))
             for label, z in zip(string.ascii_uppercase, self.logits(self.shown(seq))):
                 row[self.tokenizer.convert_tokens_to_ids(label)] = float(z)
-        return rows
+        return rows if columns is None else rows[:, list(columns)]
 
     def target_logprobs(self, prompts, targets, grad=False):  # pragma: no cover - not used here
         raise NotImplementedError

@@ -45,7 +45,7 @@ def test_small_model_labels_probabilities_and_accounting(small):
     assert sum(r.scores) == pytest.approx(3.0) and all(0.0 <= s <= 2.0 for s in r.scores)  # 3 pairs shared out
     m = r.metadata
     assert (m["comparisons"], m["llm_calls"], m["rounds"]) == (3, 6, 1)
-    assert used["sequences"] == 6 and used["tokens"] == m["prompt_tokens"]
+    assert used["sequences"] == 6 and used["tokens"] + used["reused_tokens"] == m["prompt_tokens"]
 
 
 def test_small_model_setwise_heapsort_shares_the_backend(small):

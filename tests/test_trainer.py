@@ -70,10 +70,10 @@ def test_trained_folder_restores_the_trained_ranker(tiny_model_dir, tmp_path):
     assert meta["method"] == "pointwise" and meta["weights"] == "lora" and meta["options"]["normalisation"] == "logit"
     trainer.backend.model.eval()
     expected = trainer.ranker.score(QUERY, DOCS)
-    restored = Reranker("pointwise", model=str(result.model_dir))
+    restored = Reranker("pointwise", model=str(result.model_dir), dtype="float32")
     assert restored.normalisation == "logit" and restored.max_length == 96
     assert restored.score(QUERY, DOCS) == pytest.approx(expected, abs=1e-4)
-    base = Reranker("pointwise", model=str(tiny_model_dir), normalisation="logit", max_length=96)
+    base = Reranker("pointwise", model=str(tiny_model_dir), normalisation="logit", max_length=96, dtype="float32")
     assert base.score(QUERY, DOCS) != pytest.approx(expected, abs=1e-4)  # training changed the scores
     with pytest.raises(ValueError, match="trained for method 'pointwise'"):
         Reranker("likelihood", model=str(result.model_dir))
@@ -84,14 +84,14 @@ def test_dense_head_and_likelihood_training(tiny_model_dir, tmp_path):
     result = dense.train(progress=False)
     dense.backend.model.eval()
     assert (result.model_dir / "head.safetensors").is_file()
-    restored = Reranker("pointwise", model=str(result.model_dir))
+    restored = Reranker("pointwise", model=str(result.model_dir), dtype="float32")
     assert restored.dense is not None and restored.dense.trained
     assert restored.score(QUERY, DOCS) == pytest.approx(dense.ranker.score(QUERY, DOCS), abs=1e-4)
 
     ql = Trainer(_config(tiny_model_dir, tmp_path / "ql", method="likelihood", max_steps=2, lora=False))
     result = ql.train(progress=False)
     ql.backend.model.eval()
-    restored = Reranker("likelihood", model=str(result.model_dir))
+    restored = Reranker("likelihood", model=str(result.model_dir), dtype="float32")
     assert restored.score(QUERY, DOCS) == pytest.approx(ql.ranker.score(QUERY, DOCS), abs=1e-4)
 
 
@@ -276,7 +276,7 @@ def test_keep_best_writes_the_weights_of_the_best_dev_evaluation(tiny_model_dir,
     meta = json.loads((result.model_dir / "llmrerank.json").read_text())["trained_with"]
     assert (meta["steps"], meta["run_steps"], meta["selected_by"]) == (best_step, 6, "best dev nDCG@10")
     trainer.backend.model.eval()
-    restored = Reranker("pointwise", model=str(result.model_dir))
+    restored = Reranker("pointwise", model=str(result.model_dir), dtype="float32")
     assert restored.score(QUERY, DOCS) == pytest.approx(trainer.ranker.score(QUERY, DOCS), abs=1e-4)
 
     with pytest.raises(ValueError, match="keep_best.*dev_split"):

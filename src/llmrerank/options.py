@@ -214,6 +214,17 @@ def plain(value: Any) -> Any:
 
 # --- how the model runs: the backend's options, shared by every method --------------------------------------
 
+SWITCH = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
+
+
+def parse_switch(text: str) -> bool:
+    """A yes/no flag value: true/false, on/off, yes/no or 1/0."""
+    try:
+        return SWITCH[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{text!r} is not one of true/false, on/off, yes/no, 1/0") from None
+
+
 
 @dataclass(frozen=True)
 class BackendOptions(Options):
@@ -221,12 +232,23 @@ class BackendOptions(Options):
 
     method: ClassVar[str] = "backend"
 
-    batch_size: int = option(16, "sequences per forward pass", minimum=1)
-    dtype: str = option("float32", "weights and activations", choices=("float32", "bfloat16", "float16"))
+    batch_size: int = option(16, "most sequences in one forward pass", minimum=1)
+    batch_tokens: int = option(8192, "most padded tokens in one forward pass", minimum=1)
+    dtype: str = option(
+        "auto",
+        "weights and activations (auto: bfloat16 where the device computes it natively, else float32)",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
     device: str = option("auto", "cpu, cuda, cuda:1, or auto")
     threads: int | None = option(None, "CPU threads for torch", types=int, minimum=1)
+    reuse_prefix: bool = option(
+        True, "compute a prefix that prompts share (instruction, query) once", parse=parse_switch, choices=(True, False)
+    )
+    quantize: str | None = option(None, "dynamic int8 linear layers (CPU, float32)", types=str, choices=("int8",))
 
     def check(self) -> None:
+        if self.quantize is not None and self.dtype not in ("auto", "float32"):
+            raise ValueError(f"quantize={self.quantize!r} needs float32 weights: dtype 'float32' or 'auto'")
         if self.device != "auto":
             import torch
 

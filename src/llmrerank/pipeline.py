@@ -321,6 +321,9 @@ def _settings(ranker: Ranker, top_k: int, queries_per_batch: int, sidecar: Mappi
     config = getattr(ranker, "config", None)
     if callable(config):
         settings["backend"] = {k: v for k, v in config().get("backend", {}).items() if k != "threads"}
+        resolved = getattr(getattr(ranker, "backend", None), "dtype", None)
+        if isinstance(resolved, str):  # what dtype="auto" became on this machine
+            settings["backend"]["resolved_dtype"] = resolved
     settings.update({"top_k": top_k, "queries_per_batch": queries_per_batch, **(dict(sidecar) if sidecar else {})})
     return json.loads(json.dumps(settings))  # as it reads back from the sidecar (tuples become lists)
 

@@ -21,8 +21,9 @@ class BackendStats:
 
     forward_calls: int = 0
     sequences: int = 0
-    tokens: int = 0  # real (non-padding) tokens fed to the model
-    padded_tokens: int = 0  # tokens including padding
+    tokens: int = 0  # real (non-padding) tokens the model computed
+    padded_tokens: int = 0  # tokens including padding (padding waste: padded_tokens - tokens)
+    reused_tokens: int = 0  # prompt tokens served from a shared prefix's cache instead (tokens + reused: as served)
     generated_tokens: int = 0  # tokens produced by greedy generation (fed back one at a time, not in `tokens`)
 
     def snapshot(self) -> dict[str, int]:
@@ -43,8 +44,11 @@ class Backend(Protocol):
     tokenizer: Any
     stats: BackendStats
 
-    def last_logits(self, sequences: Sequence[Sequence[int]], grad: bool = False) -> torch.Tensor:
-        """Next-token logits at the last position of each sequence: float ``[n, vocab]``."""
+    def last_logits(
+        self, sequences: Sequence[Sequence[int]], grad: bool = False, columns: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Next-token logits at the last position of each sequence: float ``[n, vocab]``, or ``[n, len(columns)]``
+        with only those token ids' logits (what a ranker reading a few label tokens of many prompts asks for)."""
         ...
 
     def target_logprobs(

@@ -1,7 +1,9 @@
-"""The transformers backend: CPU or GPU, length-sorted batches, left padding that does not change scores."""
+"""The transformers backend: CPU or GPU, passes planned by a token budget, shared prefixes computed once, left
+padding that does not change scores."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,16 +12,45 @@ from typing import Any
 import torch
 
 from .base import BackendStats
+from .planner import Pass, plan
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZE = ("int8",)
 
 
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16
+    or AMX tiles (elsewhere bfloat16 still runs, but emulated and many times slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but long-standing in torch.cpu
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def parse_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
+    """A dtype from its name; ``"auto"`` is bfloat16 where ``device`` computes it natively, else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantisation of every linear layer (weights int8, activations quantised per batch): CPU and
+    float32 only."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -52,10 +83,14 @@ def set_checkpointing(model: Any, on: bool) -> None:
 class HFBackend:
     """A causal LM from transformers behind the Backend protocol.
 
-    Sequences are sorted by length and cut into batches of ``batch_size`` so padding stays small; each batch is
-    left-padded, with position ids taken from the attention mask, so a sequence gets the same scores alone or
-    in any batch (up to float rounding). Only the logits that are needed are computed (``logits_to_keep``),
-    never the full ``[batch, length, vocab]`` tensor.
+    Each call's sequences are cut into forward passes by :func:`~llmrerank.backends.planner.plan`: longest first,
+    at most ``batch_size`` rows and ``batch_tokens`` padded tokens a pass. With ``reuse_prefix`` (the default),
+    sequences that share a long prefix (one query's prompts share the instruction and the query) have it
+    computed once: its key/value cache is copied to every row of their passes, and only each row's own tokens
+    run. Each pass is left-padded (between the shared prefix and the rows' tokens when there is one), with
+    position ids taken from the attention mask, so a sequence gets the same scores alone, in any pass, with or
+    without a reused prefix (up to float rounding). Only the logits that are needed are computed
+    (``logits_to_keep``), never the full ``[batch, length, vocab]`` tensor.
 
     Beyond the inference primitives it has the few that fine-tuning needs (:meth:`add_lora`, :meth:`unfreeze`,
     :meth:`set_checkpointing`, :meth:`train_mode`, :meth:`trainable_parameters`, :meth:`save_weights`), so a
@@ -69,12 +104,18 @@ class HFBackend:
         batch_size: int = 16,
         device: str | torch.device | None = None,
         name: str = "model",
+        batch_tokens: int = 8192,
+        reuse_prefix: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self.reuse_prefix = bool(reuse_prefix)
         self.name = name
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         pad = tokenizer.pad_token_id
@@ -82,18 +123,28 @@ class HFBackend:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.pad_id = int(pad)
         self.stats = BackendStats()
+        self.dtype = dtype_name(next(model.parameters()).dtype) if _has_parameters(model) else "float32"
+        self.quantize: str | None = None
+        # transformers 5.2x renamed `past_key_values` to `cache`; accept both.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
     def load(
         cls,
         model: str = "default",
-        dtype: str | torch.dtype = "float32",
+        dtype: str | torch.dtype = "auto",
         device: str = "auto",
         threads: int | None = None,
         batch_size: int = 16,
+        batch_tokens: int = 8192,
+        reuse_prefix: bool = True,
+        quantize: str | None = None,
     ) -> HFBackend:
         """Load a preset, a Hugging Face folder or a GGUF file (see :func:`llmrerank.models.resolve`).
 
+        ``dtype="auto"`` loads bfloat16 weights where the device computes bfloat16 natively (a CPU with AMX or
+        AVX512-BF16, a bf16-capable GPU), float32 elsewhere; the dtype it resolved to is ``backend.dtype``.
+        ``quantize="int8"`` applies dynamic int8 quantisation to the linear layers (CPU, float32 weights).
         The backend keeps what it was loaded with as ``options`` (a :class:`~llmrerank.options.BackendOptions`),
         so a ranker's ``config()`` can rebuild it.
         """
@@ -105,10 +156,30 @@ class HFBackend:
                 raise ValueError(f"threads must be at least 1, got {threads}")
             torch.set_num_threads(threads)
         dev = resolve_device(device)
-        lm, tokenizer, name = load_causal_lm(model, parse_dtype(dtype), dev)
-        backend = cls(lm, tokenizer, batch_size=batch_size, device=dev, name=name)
+        torch_dtype = parse_dtype(dtype, dev)
+        if quantize is not None:
+            if quantize not in QUANTIZE:
+                raise ValueError(f"unknown quantize {quantize!r}: choose one of {', '.join(QUANTIZE)}")
+            if dev.type != "cpu":
+                raise ValueError(f"quantize={quantize!r} is dynamic CPU quantisation: use device='cpu'")
+            if dtype == "auto":
+                torch_dtype = torch.float32  # int8 kernels take float32 activations
+            elif torch_dtype != torch.float32:
+                raise ValueError(f"quantize={quantize!r} needs float32 weights (dtype='float32' or 'auto')")
+        lm, tokenizer, name = load_causal_lm(model, torch_dtype, dev)
+        if quantize == "int8":
+            lm = quantize_int8(lm)
+        backend = cls(
+            lm, tokenizer, batch_size=batch_size, device=dev, name=name, batch_tokens=batch_tokens,
+            reuse_prefix=reuse_prefix,
+        )
+        backend.dtype = dtype_name(torch_dtype)
+        backend.quantize = quantize
         if isinstance(dtype, str):
-            backend.options = BackendOptions(batch_size=batch_size, dtype=dtype, device=device, threads=threads)
+            backend.options = BackendOptions(
+                batch_size=batch_size, dtype=dtype, device=device, threads=threads, batch_tokens=batch_tokens,
+                reuse_prefix=reuse_prefix, quantize=quantize,
+            )
         return backend
 
     # --- training primitives -------------------------------------------------------------------------------
@@ -156,7 +227,8 @@ class HFBackend:
 
     # --- batching -------------------------------------------------------------------------------------------
 
-    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and attention mask of ``seqs``; counts the pass in the stats."""
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -165,45 +237,93 @@ class HFBackend:
                 raise ValueError("cannot score an empty token sequence")
             ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
             mask[i, width - len(s) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.stats.forward_calls += 1
         self.stats.sequences += len(seqs)
         self.stats.tokens += int(mask.sum())
         self.stats.padded_tokens += ids.numel()
-        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        return ids, mask
 
-    def _run(self, n: int, lengths: Sequence[int], fn: Callable[[list[int]], Any], grad: bool) -> list[Any]:
-        """Apply ``fn`` to batches of indices (sorted by length unless grad) and return results per index."""
+    def _inputs(self, seqs: Sequence[Sequence[int]], prefix: tuple[int, Any] | None = None) -> dict[str, Any]:
+        """Model inputs for a pass: ids, mask and positions; after a shared prefix, only the rows' own tokens,
+        with the mask covering the prefix too and a copy of its cache for every row."""
+        if prefix is None:
+            ids, mask = self._pad(seqs)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
+                    "position_ids": positions.to(self.device)}
+        length, cache = prefix
+        ids, mask = self._pad([s[length:] for s in seqs])
+        full = torch.cat([mask.new_ones((len(seqs), length)), mask], dim=1)
+        positions = (full.cumsum(-1) - 1).clamp(min=0)[:, length:]
+        rows = copy.deepcopy(cache)
+        rows.batch_repeat_interleave(len(seqs))
+        self.stats.reused_tokens += len(seqs) * length
+        return {"input_ids": ids.to(self.device), "attention_mask": full.to(self.device),
+                "position_ids": positions.to(self.device), self._cache_arg: rows}
+
+    def _prefix_cache(self, ids: Sequence[int]) -> Any:
+        """The key/value cache of a shared prefix, computed once (batch of one)."""
+        out = self.model(
+            input_ids=torch.as_tensor([list(ids)], dtype=torch.long, device=self.device),
+            logits_to_keep=1,
+            use_cache=True,
+        )
+        self.stats.forward_calls += 1
+        self.stats.tokens += len(ids)
+        self.stats.padded_tokens += len(ids)
+        self.stats.reused_tokens -= len(ids)  # computed, not reused: reused counts tokens served from a cache
+        return _cache_of(out)
+
+    def plan(
+        self, sequences: Sequence[Sequence[int]], limits: Sequence[int] | None = None, reuse: bool = True
+    ) -> list[Pass]:
+        """The forward passes this backend runs ``sequences`` in (see :func:`~llmrerank.backends.planner.plan`)."""
+        return plan(sequences, self.batch_tokens, self.batch_size, reuse and self.reuse_prefix, limits)
+
+    def _run(
+        self,
+        sequences: Sequence[Sequence[int]],
+        fn: Callable[[list[int], tuple[int, Any] | None], Any],
+        grad: bool,
+        limits: Sequence[int] | None = None,
+        reuse: bool = True,
+    ) -> list[Any]:
+        """Apply ``fn(rows, prefix)`` to each planned pass and return its results per sequence index; with
+        ``grad``, one pass of every sequence in order, autograd on and no prefix reuse."""
         if grad:
-            return list(fn(list(range(n))))
-        order = sorted(range(n), key=lambda i: lengths[i], reverse=True)
-        out: list[Any] = [None] * n
+            return list(fn(list(range(len(sequences))), None))
+        out: list[Any] = [None] * len(sequences)
         with torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                for i, r in zip(chunk, fn(chunk)):
+            group, cache = None, None
+            for p in self.plan(sequences, limits, reuse):
+                prefix = None
+                if p.prefix:
+                    if p.group != group:
+                        cache = None  # free the previous group's cache before computing the next one
+                        cache, group = self._prefix_cache(sequences[p.rows[0]][: p.prefix]), p.group
+                    prefix = (p.prefix, cache)
+                for i, r in zip(p.rows, fn(list(p.rows), prefix)):
                     out[i] = r
         return out
 
-    def _forward(self, seqs: Sequence[Sequence[int]], keep: int, hidden: bool = False) -> Any:
-        ids, mask, positions = self._pad(seqs)
-        return self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            logits_to_keep=keep,
-            output_hidden_states=hidden,
-            use_cache=False,
-        )
+    def _forward(
+        self, seqs: Sequence[Sequence[int]], keep: int, hidden: bool = False, prefix: tuple[int, Any] | None = None
+    ) -> Any:
+        return self.model(**self._inputs(seqs, prefix), logits_to_keep=keep, output_hidden_states=hidden,
+                          use_cache=prefix is not None)
 
     # --- primitives -----------------------------------------------------------------------------------------
 
-    def last_logits(self, sequences: Sequence[Sequence[int]], grad: bool = False) -> torch.Tensor:
-        def fn(idx: list[int]) -> torch.Tensor:
-            logits = self._forward([sequences[i] for i in idx], keep=1).logits[:, -1, :]
-            return logits.float()
+    def last_logits(
+        self, sequences: Sequence[Sequence[int]], grad: bool = False, columns: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        keep = None if columns is None else torch.as_tensor(list(columns), dtype=torch.long, device=self.device)
 
-        return _stack(self._run(len(sequences), [len(s) for s in sequences], fn, grad))
+        def fn(idx: list[int], prefix: tuple[int, Any] | None) -> torch.Tensor:
+            logits = self._forward([sequences[i] for i in idx], keep=1, prefix=prefix).logits[:, -1, :]
+            return (logits if keep is None else logits[:, keep]).float()
+
+        return _stack(self._run(sequences, fn, grad))
 
     def target_logprobs(
         self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], grad: bool = False
@@ -217,11 +337,13 @@ class HFBackend:
                 raise ValueError("a prompt is empty: the first target token needs a context")
         seqs = [[*p, *t] for p, t in zip(prompts, targets)]
 
-        def fn(idx: list[int]) -> list[torch.Tensor]:
+        def fn(idx: list[int], prefix: tuple[int, Any] | None) -> list[torch.Tensor]:
             longest = max(len(targets[i]) for i in idx)
             # Left padding aligns every sequence's end, so the last `longest + 1` positions hold the logits
-            # that predict each target token (the final position predicts past the end and is dropped).
-            logits = self._forward([seqs[i] for i in idx], keep=longest + 1).logits[:, :-1, :].float()
+            # that predict each target token (the final position predicts past the end and is dropped). A shared
+            # prefix stops short of the prompt's last token, so those positions are all in the pass.
+            logits = self._forward([seqs[i] for i in idx], keep=longest + 1, prefix=prefix).logits[:, :-1, :]
+            logits = logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
             out = []
             for row, i in enumerate(idx):
@@ -230,14 +352,14 @@ class HFBackend:
                 out.append(lp.gather(-1, t[:, None]).squeeze(-1))
             return out
 
-        return self._run(len(seqs), [len(s) for s in seqs], fn, grad)
+        return self._run(seqs, fn, grad, limits=[len(p) - 1 for p in prompts])
 
     def last_hidden(self, sequences: Sequence[Sequence[int]], grad: bool = False) -> torch.Tensor:
-        def fn(idx: list[int]) -> torch.Tensor:
-            out = self._forward([sequences[i] for i in idx], keep=1, hidden=True)
+        def fn(idx: list[int], prefix: tuple[int, Any] | None) -> torch.Tensor:
+            out = self._forward([sequences[i] for i in idx], keep=1, hidden=True, prefix=prefix)
             return out.hidden_states[-1][:, -1, :].float()
 
-        return _stack(self._run(len(sequences), [len(s) for s in sequences], fn, grad))
+        return _stack(self._run(sequences, fn, grad))
 
     def stop_ids(self) -> list[int]:
         """The model's end tokens: the tokenizer's EOS and the generation config's (e.g. an end-of-turn token)."""
@@ -271,14 +393,11 @@ class HFBackend:
         if any(c < 1 for c in caps):
             raise ValueError("max_new_tokens must be at least 1")
         stops = set(self.stop_ids() if stop_ids is None else (int(t) for t in stop_ids))
-        # transformers 5.2x renamed `past_key_values` to `cache`; accept both.
-        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
-        def fn(idx: list[int]) -> list[list[int]]:
-            ids, mask, positions = self._pad([sequences[i] for i in idx])
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=True
-            )
+        def fn(idx: list[int], prefix: None) -> list[list[int]]:
+            inputs = self._inputs([sequences[i] for i in idx])
+            mask, positions = inputs["attention_mask"], inputs["position_ids"]
+            out = self.model(**inputs, logits_to_keep=1, use_cache=True)
             rows = [[] for _ in idx]
             done = [False] * len(idx)
             limit = max(caps[i] for i in idx)
@@ -296,7 +415,7 @@ class HFBackend:
                     input_ids=nxt[:, None],
                     attention_mask=mask,
                     position_ids=positions,
-                    **{cache_arg: _cache_of(out)},
+                    **{self._cache_arg: _cache_of(out)},
                     logits_to_keep=1,
                     use_cache=True,
                 )
@@ -304,12 +423,16 @@ class HFBackend:
             self.stats.generated_tokens += sum(len(r) for r in rows)
             return rows
 
-        return self._run(n, [len(s) for s in sequences], fn, grad=False)
+        return self._run(sequences, fn, grad=False, reuse=False)
 
 
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+def _has_parameters(model: Any) -> bool:
+    return next(iter(model.parameters()), None) is not None
 
 
 def _stack(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -74,6 +74,9 @@ def backend_options(backend: Any) -> dict[str, Any]:
     model = getattr(backend, "model", None)
     dtype = str(getattr(next(model.parameters()), "dtype", "")) if hasattr(model, "parameters") else ""
     out: dict[str, Any] = {"batch_size": getattr(backend, "batch_size", BackendOptions.batch_size)}
+    for name in ("batch_tokens", "reuse_prefix"):
+        if hasattr(backend, name):
+            out[name] = getattr(backend, name)
     if dtype.removeprefix("torch.") in ("float32", "bfloat16", "float16"):
         out["dtype"] = dtype.removeprefix("torch.")
     if getattr(backend, "device", None) is not None:

@@ -14,8 +14,6 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
-
 from ..backends.base import Backend
 from ..options import Options, option, template_option
 from ..prompts import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, continuation_ids, word_openers
@@ -25,8 +23,6 @@ from .sorting import Comparison, SortProcess
 
 DEFAULT_SORT_TOP_K = 10
 COUNTERS = ("comparisons", "llm_calls", "rounds", "prompt_tokens", "tokens", "truncated", "memo_hits")
-# Sequences per backend call: bounds the [n, vocab] logits tensor a big round would otherwise return at once.
-CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -192,11 +188,10 @@ class ComparisonRanker(ListRanker):
                 c["prompt_tokens"] += len(rendered.ids)
                 c["tokens"] += len(rendered.ids)
                 c["truncated"] += rendered.truncated
-        label_ids = torch.tensor(self.label_token_ids)
-        rows: list[list[float]] = []
-        for start in range(0, len(prompts), CHUNK):
-            logits = check_finite(self.backend.last_logits(prompts[start : start + CHUNK])[:, label_ids], "logits")
-            rows.extend(row[:m] for row, m in zip(logits.tolist(), sizes[start : start + CHUNK]))
+        # One call for the whole round: the backend plans its passes (a token budget each, shared prefixes once)
+        # and returns only the label tokens' logits, so a big round never holds an [n, vocab] tensor.
+        logits = check_finite(self.backend.last_logits(prompts, columns=self.label_token_ids), "logits")
+        rows = [row[:m] for row, m in zip(logits.tolist(), sizes)]
         k = 0
         for state, comparison in jobs:
             n_shown = len(self._presentations(comparison))

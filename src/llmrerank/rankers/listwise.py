@@ -181,10 +181,11 @@ class ListwiseRanker(ListRanker):
         sizes = [len(docs) for _, docs in jobs]
         if self.decoding == "first":
             rendered = [self.renderer.render(q, docs, self.labels[: len(docs)], 0, self.opener) for q, docs in jobs]
-            logits = check_finite(self.backend.last_logits([r.ids for r in rendered]), "logits")
+            columns = self.label_token_ids[: max(sizes)]
+            logits = check_finite(self.backend.last_logits([r.ids for r in rendered], columns=columns), "logits")
             results = []
             for row, r, m in zip(logits, rendered, sizes):
-                scores = row[self.label_token_ids[:m]].tolist()
+                scores = row[:m].tolist()
                 order = tuple(sorted(range(m), key=lambda i: -scores[i]))
                 results.append(_WindowResult(order, len(r.ids), 0, r.truncated))
             return results

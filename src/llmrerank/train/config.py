@@ -87,7 +87,8 @@ CHECKS: dict[str, Spec] = {
     "model": _rule(str),
     "method": _rule(str, choices=("pointwise", "likelihood")),
     "options": _rule(Mapping),
-    "dtype": _rule(str, choices=BackendOptions.specs()["dtype"][0].choices),
+    # the weights training loads: no "auto" (bfloat16 weights would train in bfloat16; use bf16_autocast)
+    "dtype": _rule(str, choices=tuple(c for c in BackendOptions.specs()["dtype"][0].choices if c != "auto")),
     "threads": _rule(int, _NONE, minimum=1),
     "data": _rule(str),
     "split": _rule(str),

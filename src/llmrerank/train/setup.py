@@ -7,19 +7,8 @@ from typing import Any
 
 import torch
 
+from ..backends.hf import native_bf16
 from .config import TrainConfig
-
-
-def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16
-    or AMX tiles (elsewhere bfloat16 autocast still runs, but emulated and slower than float32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but long-standing in torch.cpu
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-    return False
 
 
 def bf16_enabled(setting: bool | str, device: torch.device | str) -> bool:
