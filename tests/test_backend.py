@@ -182,3 +182,34 @@ def test_auto_dtype_is_bfloat16_exactly_where_the_device_computes_it_natively():
     assert parse_dtype("float32", "cpu") == torch.float32
     with pytest.raises(ValueError, match="unknown dtype 'fp8': choose one of auto, float32"):
         parse_dtype("fp8")
+
+
+def test_int8_quantisation_replaces_the_linear_layers_and_keeps_scores_close(tiny_model_dir):
+    from llmrerank import Reranker
+
+    plain = Reranker("likelihood", model=str(tiny_model_dir), dtype="float32", max_length=64)
+    int8 = Reranker("likelihood", model=str(tiny_model_dir), quantize="int8", max_length=64)
+    assert int8.backend.dtype == "float32" and int8.backend.quantize == "int8"
+    modules = list(int8.backend.model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in modules)  # every nn.Linear became a quantised one
+    assert any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in modules)
+    docs = ["how do bees make honey", "the cat sat on the mat", "bees and honey"]
+    a, b = plain.score("honey bees", docs), int8.score("honey bees", docs)
+    assert a != b and max(abs(x - y) for x, y in zip(a, b)) < 0.5  # int8 rounding moves the scores a little
+    assert int8.config()["backend"]["quantize"] == "int8"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"quantize": "int4"}, "unknown quantize 'int4' for backend: choose one of int8"),
+        ({"quantize": "int8", "dtype": "bfloat16"}, "quantize='int8' needs float32 weights"),
+        ({"reuse_prefix": 1}, "reuse_prefix must be"),
+        ({"batch_tokens": 0}, "batch_tokens must be"),
+    ],
+)
+def test_bad_speed_options_are_refused_before_a_model_loads(given, message):
+    from llmrerank import Reranker
+
+    with pytest.raises((ValueError, TypeError), match=message):
+        Reranker("likelihood", model="/nonexistent/folder", **given)

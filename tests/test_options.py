@@ -158,7 +158,7 @@ def test_from_config_loads_the_model_and_the_backend_options(tiny_model_dir):
     ranker = Reranker("likelihood", model=str(tiny_model_dir), batch_size=3, max_length=64)
     config = ranker.config()
     assert config["backend"] == {
-        "batch_size": 3, "batch_tokens": 8192, "dtype": "auto", "device": "auto", "threads": None,
+        "batch_size": 3, "batch_tokens": 8192, "dtype": "float32", "device": "auto", "threads": None,
         "reuse_prefix": True, "quantize": None,
     }
     assert config["model"] == str(tiny_model_dir)

@@ -45,6 +45,7 @@ def test_rerank_run_head_tail_and_sidecar(tmp_path, qwen_backend):
     assert report.documents == 2 * len(run) and report.queries == len(run) and report.tokens > 0
     meta = json.loads(sidecar_path(out).read_text())
     assert meta["ranker"]["method"] == "likelihood" and meta["top_k"] == 2
+    assert meta["backend"]["resolved_dtype"] == "float32"  # what dtype "auto" would have become is recorded
     assert meta["report"]["documents"] == report.documents
     assert "tokens_per_second" in meta["report"] and meta["ranker"]["template"]["target"] == "{query}"
     per_query = meta["report"]["per_query"]

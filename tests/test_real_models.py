@@ -71,3 +71,18 @@ def test_default_model_likelihood_ordering():
     query, relevant = CASES[2]
     ranking = ranker.rank(query, [CASES[0][1], CASES[1][1], relevant])
     assert ranking.indices[0] == 2, ranking
+
+
+@pytest.mark.parametrize("method", ["pointwise", "likelihood"])
+def test_prefix_reuse_keeps_the_135m_scores_in_float32(method):
+    """The 135M preset on DL19-like passages: the shared prefix (system prompt, instruction and query for the
+    query-first pointwise template; the fixed instruction for likelihood) computed once gives the plain path's
+    scores within 1e-4, and really is reused."""
+    require_preset("smollm2-135m")
+    threads = min(2, os.cpu_count() or 1)
+    plain = Reranker(method, model="smollm2-135m", dtype="float32", reuse_prefix=False, threads=threads)
+    reused = Reranker(method, model="smollm2-135m", dtype="float32", threads=threads)
+    passages = [p for _, p in CASES] * 2
+    for query, _ in CASES:
+        assert reused.score(query, passages) == pytest.approx(plain.score(query, passages), abs=1e-4)
+    assert reused.backend.stats.reused_tokens > 0 and plain.backend.stats.reused_tokens == 0

@@ -234,8 +234,9 @@ class BackendOptions(Options):
 
     batch_size: int = option(16, "most sequences in one forward pass", minimum=1)
     batch_tokens: int = option(8192, "most padded tokens in one forward pass", minimum=1)
+    # float32 stays the default: bfloat16 failed the ranking-agreement rule on DL19 (docs/benchmarks.md, "Speed")
     dtype: str = option(
-        "auto",
+        "float32",
         "weights and activations (auto: bfloat16 where the device computes it natively, else float32)",
         choices=("auto", "float32", "bfloat16", "float16"),
     )

@@ -132,7 +132,7 @@ class HFBackend:
     def load(
         cls,
         model: str = "default",
-        dtype: str | torch.dtype = "auto",
+        dtype: str | torch.dtype = "float32",
         device: str = "auto",
         threads: int | None = None,
         batch_size: int = 16,
