@@ -17,8 +17,8 @@ is its own:
 - the roofline: this CPU's matrix-multiply FLOP/s in float32 and bfloat16 on the model's own linear-layer
   shapes (``--roofline-tokens`` rows), the tokens/s that allows (FLOP/s ÷ (2 × non-embedding parameters)), and
   each contestant's fraction of it, counting every prompt token as served (a reused prefix's tokens included);
-- other methods (llmrerank defaults, each method's own max_length, ``--other-queries`` queries at top 20): query likelihood (tokens/s), listwise
-  generation (generated tokens/s) and setwise comparisons (comparisons/s).
+- other methods (llmrerank defaults, each method's own max_length, ``--other-queries`` queries at top 20): query
+  likelihood (tokens/s), listwise generation (generated tokens/s) and setwise comparisons (comparisons/s).
 
     python benchmarks/throughput.py                       # writes benchmarks/results/throughput-smollm2-135m.json
     python benchmarks/throughput.py --queries 1 --no-others --out results/smoke.json
@@ -64,7 +64,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "llmrerank bfloat16": {**PLAIN, "dtype": "bfloat16"},
     "llmrerank bfloat16 + prefix reuse + token budget": {"dtype": "bfloat16"},
     "llmrerank defaults": {},
+    "llmrerank defaults, max_length 512 (memory)": {"max_length": 512},
 }
+BGE_ROW = "llmrerank defaults, BGE prompt and Yes logit"
 PEERS = {
     "FlagLLMReranker float32": ["--peer", "flag_llm"],
     "FlagLLMReranker use_bf16": ["--peer", "flag_llm", "--bf16"],
@@ -86,8 +88,8 @@ def child_llmrerank(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     options = json.loads(args.options)
     ds = load_dataset("dl19", args.data, args.top_k, args.queries)
-    ranker = Reranker(args.method, model=args.model, max_length=args.max_length, batch_size=args.batch_size,
-                      **options)
+    options = {"max_length": args.max_length, "batch_size": args.batch_size, **options}
+    ranker = Reranker(args.method, model=args.model, **options)
     before = ranker.backend.stats.snapshot()
     start = time.perf_counter()
     scores = {}
@@ -284,10 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     contestants: list[tuple[str, list[str], Any, Any]] = []
     for name, options in CONFIGS.items():
         contestants.append((name, ["--child", "llmrerank", *common, "--options", json.dumps(options)], None, None))
-    bge = {"template": str(BGE_TEMPLATE), "normalisation": "yes_logit", "dtype": "bfloat16"}
-    if BGE_TEMPLATE.exists():
-        contestants.append(("llmrerank defaults, BGE prompt and yes logit", ["--child", "llmrerank", *common,
-                            "--options", json.dumps(bge)], None, None))
+    bge = {"template": str(BGE_TEMPLATE), "tokens": ["Yes", "No"], "normalisation": "yes_logit"}
+    contestants.append((BGE_ROW, ["--child", "llmrerank", *common, "--options", json.dumps(bge)], None, None))
     if not args.no_peers:
         peer_common = ["--model", str(folder), "--data", str(args.data / "dl19"), "--queries", str(args.queries),
                        "--top-k", str(args.top_k), "--max-length", str(args.max_length), "--batch-size",
@@ -330,12 +330,13 @@ def main(argv: list[str] | None = None) -> None:
         if "tokens_per_s" in row and "error" not in roof:
             s["roofline_dtype"] = dtype
             s["fraction_of_roofline"] = row["tokens_per_s"] / roof[dtype]["tokens_per_s_allowed"]
-        if reference and "scores" in row:
+        if reference and "scores" in row and "512" not in name:
             s["agreement_with_earlier_defaults"] = agreement(ds, reference["scores"], row["scores"])
         summary[name] = s
-    bge_row = ok.get("llmrerank defaults, BGE prompt and yes logit")
-    if bge_row and fastest_peer and "scores" in peers[fastest_peer]:
-        summary["bge_prompt_vs_fastest_peer"] = agreement(ds, peers[fastest_peer]["scores"], bge_row["scores"])
+    bge_row = ok.get(BGE_ROW)
+    for peer in ("FlagLLMReranker float32", fastest_peer):
+        if bge_row and peer in peers and "scores" in peers[peer]:
+            summary[f"bge_prompt_vs {peer}"] = agreement(ds, peers[peer]["scores"], bge_row["scores"])
     result["summary"] = summary
     result["finished"] = stamp()
     write_json(out, result)

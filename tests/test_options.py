@@ -238,6 +238,19 @@ def test_a_flag_value_is_checked_by_its_spec(tmp_path, tiny_model_dir, capsys):
     assert "sort_top_k applies to aggregation='heapsort' or 'bubblesort' only" in capsys.readouterr().err
 
 
+def test_the_speed_flags_parse_into_backend_options():
+    from llmrerank.cli.ranker_args import ranker_options_from_args
+
+    parser = _rerank_parser()
+    given = ["--data", "d", "--run", "r", "--out", "o"]
+    args = parser.parse_args([*given, "--reuse-prefix", "off", "--batch-tokens", "4096", "--quantize", "int8"])
+    backend, _ = ranker_options_from_args(args)
+    assert (backend["reuse_prefix"], backend["batch_tokens"], backend["quantize"]) == (False, 4096, "int8")
+    assert parser.parse_args([*given, "--reuse-prefix", "TRUE"]).reuse_prefix is True
+    with pytest.raises(SystemExit):
+        parser.parse_args([*given, "--reuse-prefix", "maybe"])
+
+
 def test_a_ranker_takes_an_options_object_or_keywords_not_both(tiny):
     from llmrerank.rankers import ListwiseRanker, PointwiseRanker
 

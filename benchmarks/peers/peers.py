@@ -87,6 +87,18 @@ def passage_text(doc: dict[str, Any]) -> str:
     return f"{title} {doc['text']}" if title else doc["text"]
 
 
+
+def _jsonl_rows(path: Path, ids: set[str]) -> list[dict]:
+    """The rows of a JSON-lines file whose ``_id`` is in ``ids``."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                if row["_id"] in ids:
+                    rows.append(row)
+    return rows
+
 def load_data(folder: Path, queries: int | None, top_k: int) -> tuple[list[str], dict[str, str], dict]:
     """The first ``queries`` judged queries of ``bm25-top100.trec`` (in the file's order), their top ``top_k``
     documents (rank order) and the texts: ``(qids, {qid: query}, {qid: [(docid, passage), ...]})``."""
@@ -110,21 +122,9 @@ def load_data(folder: Path, queries: int | None, top_k: int) -> tuple[list[str],
     if queries is not None:
         qids = qids[:queries]
     run = {q: [d for _, d in sorted(ranked[q], key=lambda r: r[0])][:top_k] for q in qids}
-    query_text: dict[str, str] = {}
-    with open(folder / "queries.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                if row["_id"] in run:
-                    query_text[row["_id"]] = row["text"]
+    query_text = {r["_id"]: r["text"] for r in _jsonl_rows(folder / "queries.jsonl", set(run))}
     wanted = {d for docs in run.values() for d in docs}
-    texts: dict[str, str] = {}
-    with open(folder / "corpus.jsonl", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                if row["_id"] in wanted:
-                    texts[row["_id"]] = passage_text(row)
+    texts = {r["_id"]: passage_text(r) for r in _jsonl_rows(folder / "corpus.jsonl", wanted)}
     missing = sorted(wanted - texts.keys())
     if missing:
         raise KeyError(f"{len(missing)} candidates have no text in corpus.jsonl, e.g. {missing[:3]}")
