@@ -175,10 +175,16 @@ def test_backend_budgets_must_be_positive(tokenizer, backend):
         HFBackend(backend.model, tokenizer, batch_tokens=0)
 
 
-def test_auto_dtype_is_bfloat16_exactly_where_the_device_computes_it_natively():
+def test_auto_dtype_is_bfloat16_exactly_where_the_device_computes_it_natively(tiny_model_dir):
+    from llmrerank import Reranker
     from llmrerank.backends.hf import native_bf16
 
-    assert parse_dtype("auto", "cpu") == (torch.bfloat16 if native_bf16("cpu") else torch.float32)
+    expected = torch.bfloat16 if native_bf16("cpu") else torch.float32
+    assert parse_dtype("auto", "cpu") == expected
+    ranker = Reranker("likelihood", model=str(tiny_model_dir), dtype="auto", device="cpu")
+    assert next(ranker.backend.model.parameters()).dtype == expected
+    assert ranker.backend.dtype == str(expected).removeprefix("torch.")
+    assert ranker.config()["backend"]["dtype"] == "auto"  # the config rebuilds "auto", wherever it runs
     assert parse_dtype("float32", "cpu") == torch.float32
     with pytest.raises(ValueError, match="unknown dtype 'fp8': choose one of auto, float32"):
         parse_dtype("fp8")
@@ -206,6 +212,7 @@ def test_int8_quantisation_replaces_the_linear_layers_and_keeps_scores_close(tin
         ({"quantize": "int8", "dtype": "bfloat16"}, "quantize='int8' needs float32 weights"),
         ({"reuse_prefix": 1}, "reuse_prefix must be"),
         ({"batch_tokens": 0}, "batch_tokens must be"),
+        ({"threads": 0}, "threads must be at least 1"),
     ],
 )
 def test_bad_speed_options_are_refused_before_a_model_loads(given, message):

@@ -319,6 +319,13 @@ def test_good_arguments_still_work():
         (["rerank", "--set-size", "1"], "argument --set-size: must be 2 to 26, got 1"),
         (["rerank", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
         (["demo", "--window-size", "1"], "argument --window-size: must be at least 2, got 1"),
+        (["rerank", "--batch-tokens", "0"], "argument --batch-tokens: must be at least 1, got 0"),
+        (
+            ["rerank", "--reuse-prefix", "maybe"],
+            "argument --reuse-prefix: 'maybe' is not one of true/false, on/off, yes/no, 1/0",
+        ),
+        (["rerank", "--quantize", "int4"], "argument --quantize: invalid choice: 'int4'"),
+        (["rerank", "--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
     ],
 )
 def test_a_bad_number_on_the_command_line_is_a_parse_error(argv, message, capsys):

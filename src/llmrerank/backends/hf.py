@@ -15,7 +15,6 @@ from .base import BackendStats
 from .planner import Pass, plan
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-QUANTIZE = ("int8",)
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -123,7 +122,7 @@ class HFBackend:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.pad_id = int(pad)
         self.stats = BackendStats()
-        self.dtype = dtype_name(next(model.parameters()).dtype) if _has_parameters(model) else "float32"
+        self.dtype = dtype_name(next(model.parameters()).dtype)  # what it runs in ("auto" resolved)
         self.quantize: str | None = None
         # transformers 5.2x renamed `past_key_values` to `cache`; accept both.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -151,21 +150,18 @@ class HFBackend:
         from ..models import load_causal_lm
         from ..options import BackendOptions
 
+        # One check of every value, by the options table the CLI, configs and the server use too.
+        options = BackendOptions(
+            batch_size=batch_size, batch_tokens=batch_tokens, dtype=dtype if isinstance(dtype, str) else
+            dtype_name(dtype), device=device, threads=threads, reuse_prefix=reuse_prefix, quantize=quantize,
+        )
         if threads is not None:
-            if threads < 1:
-                raise ValueError(f"threads must be at least 1, got {threads}")
             torch.set_num_threads(threads)
         dev = resolve_device(device)
-        torch_dtype = parse_dtype(dtype, dev)
-        if quantize is not None:
-            if quantize not in QUANTIZE:
-                raise ValueError(f"unknown quantize {quantize!r}: choose one of {', '.join(QUANTIZE)}")
-            if dev.type != "cpu":
-                raise ValueError(f"quantize={quantize!r} is dynamic CPU quantisation: use device='cpu'")
-            if dtype == "auto":
-                torch_dtype = torch.float32  # int8 kernels take float32 activations
-            elif torch_dtype != torch.float32:
-                raise ValueError(f"quantize={quantize!r} needs float32 weights (dtype='float32' or 'auto')")
+        if quantize is not None and dev.type != "cpu":
+            raise ValueError(f"quantize={quantize!r} is dynamic CPU quantisation: use device='cpu'")
+        # int8 kernels take float32 activations, so "auto" means float32 there
+        torch_dtype = torch.float32 if quantize is not None else parse_dtype(dtype, dev)
         lm, tokenizer, name = load_causal_lm(model, torch_dtype, dev)
         if quantize == "int8":
             lm = quantize_int8(lm)
@@ -173,13 +169,8 @@ class HFBackend:
             lm, tokenizer, batch_size=batch_size, device=dev, name=name, batch_tokens=batch_tokens,
             reuse_prefix=reuse_prefix,
         )
-        backend.dtype = dtype_name(torch_dtype)
         backend.quantize = quantize
-        if isinstance(dtype, str):
-            backend.options = BackendOptions(
-                batch_size=batch_size, dtype=dtype, device=device, threads=threads, batch_tokens=batch_tokens,
-                reuse_prefix=reuse_prefix, quantize=quantize,
-            )
+        backend.options = options
         return backend
 
     # --- training primitives -------------------------------------------------------------------------------
@@ -429,10 +420,6 @@ class HFBackend:
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
-
-
-def _has_parameters(model: Any) -> bool:
-    return next(iter(model.parameters()), None) is not None
 
 
 def _stack(rows: list[torch.Tensor]) -> torch.Tensor:

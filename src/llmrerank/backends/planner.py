@@ -74,8 +74,8 @@ def prefix_groups(
     sides of the neighbour pair where the smallest value occurs (a group across that pair has the smallest
     prefix anyway, so it might as well be the whole run): a recursion over those splits finds the grouping that
     saves the most tokens. A prefix is capped at each member's ``limits`` entry (default: one token short of its
-length, so its last position is computed in the pass). Sequences in no group
-    are left out; indices within a group are in input order.
+    length, so its last position is computed in the pass). Sequences in no group are left out; indices within a
+    group are in input order.
     """
     n = len(sequences)
     if n < 2:

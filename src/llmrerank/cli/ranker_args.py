@@ -52,11 +52,25 @@ def _value_type(declared: list[tuple[str, Spec, Any]]) -> Any:
     declares the flag gives it the same one (otherwise the chosen method's options check it), else str."""
     spec = declared[0][1]
     if spec.parse is not None:
-        return spec.parse
+        return _parse_error_said(spec.parse)
     if int in spec.types or float in spec.types:
         ranges = {(s.minimum, s.maximum, s.below, s.positive) for _, s, _ in declared}
         return spec_type(spec if len(ranges) == 1 else Spec(spec.help, spec.types))
     return str
+
+
+def _parse_error_said(parse: Any) -> Any:
+    """A spec's parser as an argparse type whose ValueError message reaches the user (argparse would otherwise
+    print only "invalid <function name> value")."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
 
 
 def add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:

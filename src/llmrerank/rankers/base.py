@@ -71,14 +71,12 @@ def backend_options(backend: Any) -> dict[str, Any]:
     loaded = getattr(backend, "options", None)
     if isinstance(loaded, BackendOptions):
         return loaded.to_dict()
-    model = getattr(backend, "model", None)
-    dtype = str(getattr(next(model.parameters()), "dtype", "")) if hasattr(model, "parameters") else ""
     out: dict[str, Any] = {"batch_size": getattr(backend, "batch_size", BackendOptions.batch_size)}
     for name in ("batch_tokens", "reuse_prefix"):
         if hasattr(backend, name):
             out[name] = getattr(backend, name)
-    if dtype.removeprefix("torch.") in ("float32", "bfloat16", "float16"):
-        out["dtype"] = dtype.removeprefix("torch.")
+    if getattr(backend, "dtype", None) in ("float32", "bfloat16", "float16"):
+        out["dtype"] = backend.dtype
     if getattr(backend, "device", None) is not None:
         out["device"] = str(backend.device)
     return out
