@@ -11,6 +11,7 @@ The faults that need a real process (two writers at once, SIGINT, SIGTERM, ``kil
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -123,6 +124,15 @@ def _rerank_api(ws: Workspace, **kw: Any) -> Any:
     corpus = kw.pop("corpus", ds.corpus)
     ranker = Reranker("likelihood", model=str(ws.model))
     return rerank_run(ranker, queries, corpus, run, ws.root / "out.trec", progress=False, **kw)
+
+
+def _rerank_api_config(ws: Workspace) -> Any:
+    from llmrerank.data import load_beir, load_run
+    from llmrerank.pipeline import rerank_run
+
+    ds = load_beir(ws.data)
+    config = {"method": "likelihood", "model": str(ws.model)}
+    return rerank_run(config, ds.queries, ds.corpus, load_run(ws.data / "run.trec"), ws.root / "out.trec")
 
 
 def _trainer(ws: Workspace) -> Any:
@@ -535,6 +545,60 @@ ROWS = [
         match="epochs",
     ),
 ]
+
+# -- the Ray engine: its own flags, and the local engine's refusals answered the same through the workers --
+RAY = [*RERANK, "--engine", "ray", "--num-workers", "1"]
+ROWS += [
+    Row(
+        "rerank-ray-flag-without-engine",
+        [*RERANK, "--num-workers", "2", *OUT],
+        2,
+        match="--num-workers applies to --engine ray only",
+    ),
+    Row("rerank-ray-workers-zero", [*RERANK, "--engine", "ray", "--num-workers", "0", *OUT], 2, match="at least 1"),
+    Row(
+        "api-ray-engine-bad-cpus",
+        call=lambda ws: __import__("llmrerank.distributed").distributed.RayEngine(cpus_per_worker=0),
+        raises=ValueError,
+        match="cpus_per_worker must be above 0",
+    ),
+    Row(
+        "api-ray-config-without-engine",
+        call=lambda ws: _rerank_api_config(ws),
+        raises=TypeError,
+        match="only with an engine",
+    ),
+]
+if importlib.util.find_spec("ray") is None:
+    ROWS.append(Row("rerank-ray-missing-extra", [*RAY, *OUT], 2, match=r'pip install "llmrerank\[ray\]"'))
+else:
+    ROWS += [
+        Row("rerank-ray-no-gpu", [*RAY, "--gpus-per-worker", "1", *OUT], 2, match="the Ray cluster has no GPU"),
+        Row("rerank-ray-too-many-workers", [*RAY, "--num-workers", "64", *OUT], 2, match="64 workers .* do not fit"),
+        Row(
+            "rerank-ray-unreachable-cluster",
+            [*RAY, "--address", "127.0.0.1:1", *OUT],
+            1,
+            match="cannot reach the Ray cluster at 127.0.0.1:1",
+        ),
+        Row(
+            "rerank-ray-model-without-weights",
+            [*RAY[:4], "{root}/broken-model", *RAY[5:], *OUT],
+            2,
+            match=r"broken-model: no weights file: .* \(in a Ray worker\)$",
+            prepare=_no_weights,
+        ),
+        Row(
+            "rerank-ray-query-without-text",
+            [*RAY, *OUT],
+            2,
+            match="query q2: the query-likelihood target is empty",
+            prepare=lambda ws: ws.write(
+                "data/queries.jsonl",
+                (ws.data / "queries.jsonl").read_text().replace("why does a volcano erupt", " "),
+            ),
+        ),
+    ]
 
 
 def _run_cli(argv: list[str], capsys: Any) -> tuple[int, str]:

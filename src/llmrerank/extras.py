@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "fastapi": ("fastapi", "serve"),
     "uvicorn": ("uvicorn", "serve"),
     "prometheus_client": ("prometheus-client", "serve"),
+    "ray": ("ray", "ray"),
 }
 
 

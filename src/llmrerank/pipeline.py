@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,21 +44,46 @@ def rerank(
     The arguments are checked before anything is ranked: a ``top_k`` or batch below 1, a query the ranker's
     ``check_query`` refuses, or a candidate without text in ``corpus`` (a KeyError naming the query and the
     document), raise at the call.
+
+    A ranker that ranks whole batches elsewhere (``rank_batches``: the Ray engine's
+    :class:`~llmrerank.distributed.RayRanker`) is given the batches ``(query ids, texts, candidates)`` and
+    yields each batch's queries as that batch finishes: in run order within a batch, the batches in the order
+    they finish.
     """
+    groups = check_inputs(ranker, queries, corpus, run, top_k, skip, queries_per_batch)
+    heads: dict[int, tuple[list[str], list[list[str]]]] = {}  # each batch's query ids and candidate ids
+
+    def payloads() -> Iterator[tuple[list[str], list[str], list[list[Document]]]]:  # built as ranked, not at once
+        for index, chunk in enumerate(groups):
+            heads[index] = (chunk, [[d for d, _ in list(run[q])[:top_k]] for q in chunk])
+            yield chunk, [queries[q] for q in chunk], [[_with_id(corpus[d], d) for d in h] for h in heads[index][1]]
+
+    rank_batches = getattr(ranker, "rank_batches", None)
+    if rank_batches is not None:
+        return _accepted(rank_batches(payloads()), heads)
+    return _accepted(((i, ranker.rank_many(texts, docs)) for i, (_, texts, docs) in enumerate(payloads())), heads)
+
+
+def check_inputs(
+    ranker: Ranker,
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Document],
+    run: Run,
+    top_k: int,
+    skip: Collection[str],
+    queries_per_batch: int,
+) -> list[list[str]]:
+    """What :func:`rerank` checks before it ranks anything (see there); the batches of query ids to rank."""
     check_arguments(queries, corpus, run, top_k, queries_per_batch)
     loaded = [q for q in run if q in queries]
+    texts: dict[str, str] = {}
     for qid in loaded:
         if qid in skip:
             continue
         text = queries[qid]
         if not isinstance(text, str):
             raise TypeError(f"query {qid}: its text must be a str, got {type(text).__name__}")
-        check = getattr(ranker, "check_query", None)
-        if check is not None:  # what the ranker would refuse half-way through the run (an empty target, ...)
-            try:
-                check(text)
-            except ValueError as e:
-                raise ValueError(f"query {qid}: {e}") from e
+        texts[qid] = text
         head = [d for d, _ in list(run[qid])[:top_k]]
         missing = [d for d in head if d not in corpus]
         if missing:
@@ -65,8 +91,29 @@ def rerank(
         for d in head:
             if not isinstance(corpus[d], (Document, str)):
                 raise TypeError(f"corpus[{d!r}] must be a Document or a str, got {type(corpus[d]).__name__}")
+    _check_queries(ranker, texts)
     groups = [[q for q in group if q not in skip] for group in batches(loaded, queries_per_batch)]
-    return _rerank(ranker, queries, corpus, run, top_k, [g for g in groups if g])
+    return [g for g in groups if g]
+
+
+def _check_queries(ranker: Ranker, texts: Mapping[str, str]) -> None:
+    """What the ranker would refuse half-way through the run (an empty target, ...), refused now: through its
+    ``check_queries`` (all at once: a remote ranker asks once) or else its ``check_query`` (one by one)."""
+    check_many = getattr(ranker, "check_queries", None)
+    if check_many is not None:
+        refused = check_many(texts)
+        if refused:
+            qid = next(q for q in texts if q in refused)
+            raise ValueError(f"query {qid}: {refused[qid]}")
+        return
+    check = getattr(ranker, "check_query", None)
+    if check is None:
+        return
+    for qid, text in texts.items():
+        try:
+            check(text)
+        except ValueError as e:
+            raise ValueError(f"query {qid}: {e}") from e
 
 
 def batches(qids: Sequence[str], queries_per_batch: int) -> list[list[str]]:
@@ -89,21 +136,16 @@ def check_arguments(queries: Any, corpus: Any, run: Any, top_k: Any, queries_per
             raise ValueError(f"{name} must be at least 1, got {value}")
 
 
-def _rerank(
-    ranker: Ranker,
-    queries: Mapping[str, str],
-    corpus: Mapping[str, Document],
-    run: Run,
-    top_k: int,
-    groups: list[list[str]],
+def _accepted(
+    results: Iterator[tuple[int, Sequence[Ranking]]], heads: dict[int, tuple[list[str], list[list[str]]]]
 ) -> Iterator[tuple[str, Ranking]]:
-    for chunk in groups:
-        heads = [[d for d, _ in list(run[q])[:top_k]] for q in chunk]
-        docs = [[_with_id(corpus[d], d) for d in head] for head in heads]
-        rankings = ranker.rank_many([queries[q] for q in chunk], docs)
+    """Each batch's rankings, ``(batch index, rankings)`` as batches finish, checked (one per query, each a
+    permutation of its candidates) and given the run's ids; ``heads`` holds each batch's query and candidate ids."""
+    for index, rankings in results:
+        chunk, candidates = heads.pop(index)
         if len(rankings) != len(chunk):
             raise ValueError(f"the ranker returned {len(rankings)} rankings for {len(chunk)} queries")
-        for qid, head, ranking in zip(chunk, heads, rankings):
+        for qid, head, ranking in zip(chunk, candidates, rankings):
             if sorted(ranking.indices) != list(range(len(head))):
                 raise ValueError(f"query {qid}: the ranking does not order each of the {len(head)} candidates once")
             # the run's ids in the ranking's order, whatever ids the ranker did or did not set
@@ -362,6 +404,7 @@ def rerank_run(
     queries_per_batch: int = 1,
     progress: bool = True,
     sidecar: Mapping[str, Any] | None = None,
+    engine: Any = None,
 ) -> RerankReport:
     """Rerank the top ``top_k`` of each query in ``run`` with ``ranker`` and write a TREC run to ``out``.
 
@@ -377,12 +420,20 @@ def rerank_run(
     the partial file of an interrupted run (else ``out``) holds finished are kept, if :func:`kept_queries` accepts
     them, and the rest reranked; the result is the file an uninterrupted run with the same settings writes, byte
     for byte. A resume with other settings (ranker, backend, top k, the caller's ``sidecar`` keys) is refused.
+
+    With ``engine`` (a :class:`~llmrerank.distributed.RayEngine`), the batches are ranked on its workers, each
+    rebuilding the ranker from its options table: ``ranker`` is then a Ranker (its ``config()`` is sent) or a
+    config mapping (``Reranker.from_config``'s keys; no model is loaded here). The output, sidecar and resume are
+    the local engine's, and either engine resumes the other's output.
     """
     from tqdm.auto import tqdm
 
     check_arguments(queries, corpus, run, top_k, queries_per_batch)
     out = check_writable(out, "output run")
-    tag = tag or f"llmrerank-{ranker.method}"
+    if engine is None and isinstance(ranker, Mapping):
+        raise TypeError("a ranker config (a mapping) is ranked only with an engine; build it: Reranker.from_config")
+    method = ranker.get("method") if isinstance(ranker, Mapping) else ranker.method
+    tag = tag or f"llmrerank-{method}"
     check_token(tag, "run tag")
     qids = [q for q in run if q in queries]
     if not qids:
@@ -392,9 +443,9 @@ def rerank_run(
         for d, _ in run[qid]:
             check_token(d, f"document id (query {qid})")
     report = RerankReport(queries_not_loaded=len(run) - len(qids))
-    settings = _settings(ranker, top_k, queries_per_batch, sidecar)
     partial = partial_path(out)
-    with OutputLock(out, "output run"):
+    with OutputLock(out, "output run"), _on_engine(ranker, engine) as ranker:
+        settings = _settings(ranker, top_k, queries_per_batch, sidecar)
         _finish_rename(out)
         source = _source(out) if resume else None
         previous = _previous_run(source, out, settings) if source else {}
@@ -411,7 +462,8 @@ def rerank_run(
         report.per_query.update({q: old_per_query[q] for q in done if q in old_per_query})
         rankings = rerank(ranker, queries, corpus, run, top_k, skip=done, queries_per_batch=queries_per_batch)
         todo = [q for q in qids if q not in done]
-        base = {"run": str(out), **settings}
+        # the engine is not a setting: either engine resumes the other's output
+        base = {"run": str(out), **settings, "engine": getattr(ranker, "engine_info", {"name": "local"})}
 
         make_parent(out, "output run")
         _write_sidecar(partial, {**base, "status": "running"})
@@ -422,8 +474,10 @@ def rerank_run(
         before = stats.snapshot() if stats else {}
         start = time.perf_counter()
         bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
+        written = [q for q in qids if q in done]
         with _open_for_append(partial) as f, bar:  # the bar ends its line however the loop ends
             for qid, ranking in rankings:
+                written.append(qid)
                 tail = list(run[qid])[top_k:]
                 order = [*ranking.ids, *(d for d, _ in tail)]
                 _append(f, format_run_lines(qid, list(zip(order, chain_scores(ranking.scores, len(tail)))), tag))
@@ -437,13 +491,14 @@ def rerank_run(
                     bar.set_postfix(docs_s=f"{report.documents / elapsed:.1f}", tok_s=f"{report.tokens / elapsed:.0f}")
         report.queries = len(todo)
         report.seconds = time.perf_counter() - start
-        # kept queries that do not all come before the new ones: put the file in run order
-        written = [q for q in qids if q in done] + todo
+        # kept queries that do not all come before the new ones, or batches that finished out of order (an
+        # engine with several workers): put the file in run order
         if written != qids:
             blocks, _ = kept_queries(partial, run, qids, top_k, tag)
             write_atomic(partial, "".join(blocks[q] for q in qids), "output run")
         meta = {
             **base,
+            "engine": getattr(ranker, "engine_info", {"name": "local"}),  # with the faults the run met
             "status": "complete",
             "sha256": _sha256(partial),
             "report": report.to_dict(),
@@ -455,6 +510,17 @@ def rerank_run(
         os.replace(partial, out)
         os.replace(sidecar_path(partial), sidecar_path(out))
     return report
+
+
+@contextmanager
+def _on_engine(ranker: Any, engine: Any) -> Iterator[Any]:
+    """The ranker that ranks the run: ``ranker`` itself, or with ``engine`` its workers, started for the run and
+    ended after it however it ends."""
+    if engine is None:
+        yield ranker
+        return
+    with engine.start(ranker) as remote:
+        yield remote
 
 
 def _open_for_append(path: Path) -> Any:

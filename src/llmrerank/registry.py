@@ -67,14 +67,9 @@ class RerankerFactory:
                 (see ``method_options(method)``: e.g. ``max_length``, ``template``, ``tokens``/``normalisation``,
                 ``reduction``, ``window_size``/``step``/``decoding``, ``aggregation``/``sort_top_k``, ``set_size``).
         """
-        from . import trained
-
         cls = method_class(method)
-        folder = trained.read(model) if backend is None else None
-        if folder is not None:  # a folder written by `llmrerank train`: restore what was trained, options given win
-            if folder.method != method:
-                raise ValueError(f"{model} was trained for method {folder.method!r}, not {method!r}")
-            options = {**folder.ranker_options(), **options}
+        if backend is None:
+            options = restored_options(method, model, options)
         ranker_options = cls.Options.build(options, also=BACKEND_OPTIONS)  # checked before any model loads
         backend_given = {k: options[k] for k in BACKEND_OPTIONS if k in options}
         if backend is None:
@@ -91,27 +86,63 @@ class RerankerFactory:
 
         With ``backend`` given, that loaded model runs: the config's ``model`` and ``backend`` table say where
         the ranker came from and are not used (a trained folder's options are not restored either)."""
-        if not isinstance(config, Mapping):
-            raise TypeError(f"a ranker config is a mapping, got {type(config).__name__}")
-        unknown = sorted(set(config) - set(CONFIG_KEYS))
-        if unknown:
-            raise ValueError(f"unknown ranker config key(s): {', '.join(unknown)}; accepted: {', '.join(CONFIG_KEYS)}")
-        if "method" not in config:
-            raise ValueError("a ranker config needs 'method'")
-        tables = {k: {} if config.get(k) is None else config[k] for k in ("backend", "options")}
-        for key, table in tables.items():
-            if not isinstance(table, Mapping):
-                raise ValueError(f"ranker config {key!r} must be a table of names to values, got {table!r}")
-        clash = sorted(set(tables["backend"]) & set(tables["options"]))
-        if clash:
-            raise ValueError(f"ranker config: {', '.join(clash)} given both as backend and as method options")
-        backend_table = {} if backend is not None else dict(tables["backend"])
-        unknown_backend = sorted(set(backend_table) - set(BACKEND_OPTIONS))
+        config = check_config(config, backend_table=backend is None)
+        if backend is not None:
+            config["backend"] = {}
+        return self(config["method"], model=config["model"], backend=backend, **config["backend"], **config["options"])
+
+
+def check_config(config: Any, backend_table: bool = True) -> dict[str, Any]:
+    """A ranker config (see :meth:`RerankerFactory.from_config`) checked without loading a model: its keys, its
+    tables, and the options each table names (their values are checked when the ranker is built, or by
+    :func:`check_options`). Returns it with every key filled in (``model`` defaults to ``"default"``)."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"a ranker config is a mapping, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown ranker config key(s): {', '.join(unknown)}; accepted: {', '.join(CONFIG_KEYS)}")
+    if "method" not in config:
+        raise ValueError("a ranker config needs 'method'")
+    method_class(config["method"])
+    tables = {k: {} if config.get(k) is None else config[k] for k in ("backend", "options")}
+    for key, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ValueError(f"ranker config {key!r} must be a table of names to values, got {table!r}")
+    clash = sorted(set(tables["backend"]) & set(tables["options"]))
+    if clash:
+        raise ValueError(f"ranker config: {', '.join(clash)} given both as backend and as method options")
+    if backend_table:
+        unknown_backend = sorted(set(tables["backend"]) - set(BACKEND_OPTIONS))
         if unknown_backend:
             accepted = ", ".join(BACKEND_OPTIONS)
             raise TypeError(f"unknown backend option(s): {', '.join(unknown_backend)}; accepted: {accepted}")
-        model = config.get("model") or "default"
-        return self(config["method"], model=model, backend=backend, **backend_table, **tables["options"])
+    return {
+        "method": config["method"],
+        "model": config.get("model") or "default",
+        "backend": dict(tables["backend"]),
+        "options": dict(tables["options"]),
+    }
+
+
+def restored_options(method: str, model: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` over what a folder written by ``llmrerank train`` restores (the options given win); for a model
+    that is not such a folder, ``options`` as given. A folder trained for another method is a ValueError."""
+    from . import trained
+
+    folder = trained.read(model)
+    if folder is None:
+        return dict(options)
+    if folder.method != method:
+        raise ValueError(f"{model} was trained for method {folder.method!r}, not {method!r}")
+    return {**folder.ranker_options(), **options}
+
+
+def check_options(config: Mapping[str, Any]) -> None:
+    """Check the option values of a :func:`check_config`-ed config as building its ranker would, without loading
+    its model."""
+    options = restored_options(config["method"], config["model"], config["options"])
+    options_class(config["method"]).build(options, also=BACKEND_OPTIONS)
+    BackendOptions.build(config["backend"])
 
 
 Reranker = RerankerFactory()

@@ -68,6 +68,10 @@ def describe_error(e: BaseException) -> tuple[str, int]:
         return str(e), BAD_INPUT
     if isinstance(e, OutputError):
         return str(e), FAILED
+    from ..distributed import EngineError
+
+    if isinstance(e, EngineError):
+        return str(e), FAILED
     if isinstance(e, PermissionError):
         return f"permission denied: {e.filename}; check its permissions (and its folder's)", FAILED
     if isinstance(e, OSError):

@@ -43,5 +43,7 @@ nonnegative_int = spec_type(Spec("", (int,), minimum=0), "nonnegative_int")
 """An integer >= 0."""
 nonnegative_float = spec_type(Spec("", (float, int), minimum=0), "nonnegative_float")
 """A finite number >= 0 (BM25's ``--k1``)."""
+positive_float = spec_type(Spec("", (float, int), positive=True), "positive_float")
+"""A finite number > 0 (``--cpus-per-worker``)."""
 unit_interval = spec_type(Spec("", (float, int), minimum=0, maximum=1), "unit_interval")
 """A number from 0 to 1 (BM25's ``--b``)."""

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .argtypes import positive_int
-from .ranker_args import add_model_args, ranker_from_args
+from .argtypes import nonnegative_float, positive_float, positive_int
+from .ranker_args import add_model_args, ranker_from_args, ranker_options_from_args
 
 
 def add_parser(subparsers: Any) -> None:
@@ -25,7 +25,40 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--queries-per-batch", type=positive_int, default=4, help="batch the documents of this many queries")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p, "pointwise")
+    add_engine_args(p)
     p.set_defaults(func=run)
+
+
+ENGINE_FLAGS = ("num_workers", "address", "gpus_per_worker", "cpus_per_worker")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """The "engine" group: where the ranking runs (this process, or a Ray cluster's workers)."""
+    g = p.add_argument_group("engine")
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: rank in this process; ray: shard the run by query onto Ray workers (the ray extra)",
+    )
+    g.add_argument("--num-workers", type=positive_int, help="ray: workers (default: what the cluster allows)")
+    g.add_argument("--address", help="ray: a running cluster (host:port, auto); default: start a local one")
+    g.add_argument("--gpus-per-worker", type=nonnegative_float, help="ray: GPUs per worker (0.5: two share one)")
+    g.add_argument("--cpus-per-worker", type=positive_float, help="ray: CPUs and torch threads per worker (1)")
+
+
+def engine_from_args(args: argparse.Namespace) -> Any:
+    """The Ray engine the flags describe, or None for ``--engine local`` (which takes none of the ray flags)."""
+    given = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name) is not None}
+    if args.engine == "local":
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            verb = "applies" if len(given) == 1 else "apply"
+            raise argparse.ArgumentError(None, f"{flags} {verb} to --engine ray only")
+        return None
+    from ..distributed import RayEngine
+
+    return RayEngine(**given)
 
 
 def load_run_arg(args: argparse.Namespace) -> Path:
@@ -59,6 +92,7 @@ def run(args: argparse.Namespace) -> None:
     from ..outputs import OutputLock, check_writable
     from ..pipeline import check_resumable, rerank_run
 
+    engine = engine_from_args(args)
     ds = load_beir(args.data, split=args.split)
     run_path = load_run_arg(args)
     run = load_run(run_path)
@@ -68,7 +102,11 @@ def run(args: argparse.Namespace) -> None:
     with OutputLock(out, "output run"):  # a second writer is refused before it loads a model
         if args.resume:
             check_resumable(out)  # a missing or damaged sidecar, too
-        ranker = ranker_from_args(args)
+        if engine is None:
+            ranker = ranker_from_args(args)
+        else:  # the workers load the model, not this process
+            backend, options = ranker_options_from_args(args)
+            ranker = {"method": args.method, "model": args.model, "backend": backend, "options": options}
         report = rerank_run(
             ranker,
             ds.queries,
@@ -79,6 +117,7 @@ def run(args: argparse.Namespace) -> None:
             resume=args.resume,
             queries_per_batch=args.queries_per_batch,
             progress=not args.quiet,
+            engine=engine,
             # resolved: the same files spelled another way still resume
             sidecar={"data": str(Path(args.data).resolve()), "split": args.split, "input_run": str(run_path.resolve())},
         )

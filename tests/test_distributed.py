@@ -1,0 +1,246 @@
+"""The Ray engine on a real local Ray cluster (2 CPUs, usage statistics off): the same rankings as the local
+engine, a worker killed mid-run replaced with no query lost or doubled, a worker's refusal naming its query, and
+the command line (in this process, and in a fresh one that starts and stops its own cluster)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import needs
+from llmrerank import Reranker
+from llmrerank.cli import main
+from llmrerank.data import load_beir, load_run
+from llmrerank.pipeline import kept_queries, rerank, rerank_run
+
+ray = needs("ray", "the Ray engine")
+
+from llmrerank.distributed import RayEngine  # noqa: E402
+
+N_QUERIES, N_DOCS, PER_BATCH = 24, 12, 2
+WORDS = "how do honey bees make why volcano erupt sourdough bread rise flower nectar store wax combs cat mat".split()
+LONG = " ".join(["honey bees"] * 40)  # a query the listwise prompt below cannot hold
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local cluster for the module; the engine joins it (and leaves it running)."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A BEIR folder of 24 queries with 12 candidates each; the last query is LONG."""
+    root = tmp_path_factory.mktemp("ray-data")
+    (root / "qrels").mkdir()
+    n = len(WORDS)
+    corpus = [
+        json.dumps({"_id": f"d{i}", "text": " ".join(WORDS[(i * 7 + j) % n] for j in range(4 + i % 9))})
+        for i in range(N_DOCS + 5)
+    ]
+    queries, qrels, run = [], ["query-id\tcorpus-id\tscore"], []
+    for i in range(N_QUERIES):
+        text = LONG if i == N_QUERIES - 1 else " ".join(WORDS[(i + j) % n] for j in range(3 + i % 3))
+        queries.append(json.dumps({"_id": f"q{i}", "text": text}))
+        qrels.append(f"q{i}\td{i % N_DOCS}\t1")
+        run += [f"q{i} Q0 d{(i + r) % (N_DOCS + 5)} {r + 1} {100 - r} bm25" for r in range(N_DOCS)]
+    for name, lines in (("corpus.jsonl", corpus), ("queries.jsonl", queries), ("qrels/test.tsv", qrels)):
+        (root / name).write_text("\n".join(lines) + "\n")
+    (root / "run.trec").write_text("\n".join(run) + "\n")
+    return root
+
+
+def _inputs(data: Path):
+    ds = load_beir(data)
+    return ds.queries, ds.corpus, load_run(data / "run.trec")
+
+
+def _config(model: Path, method: str = "likelihood", **options) -> dict:
+    return {"method": method, "model": str(model), "backend": {"batch_size": 4}, "options": options}
+
+
+def assert_parity(local: dict, remote: dict) -> None:
+    """Scores within 1e-4 of the local engine's, and the same order except between documents closer than that."""
+    assert sorted(remote) == sorted(local)
+    for qid, ranking in local.items():
+        want = dict(zip(ranking.ids, ranking.scores))
+        got = dict(zip(remote[qid].ids, remote[qid].scores))
+        assert want.keys() == got.keys()
+        assert max(abs(want[d] - got[d]) for d in want) <= 1e-4, qid
+        order = remote[qid].ids
+        for i, a in enumerate(order):
+            for b in order[i + 1 :]:
+                assert want[a] >= want[b] - 1e-4, (qid, a, b)
+
+
+def _pairs(items) -> dict:
+    """(query id, Ranking) pairs as a dict, refusing a query seen twice."""
+    out = {}
+    for qid, ranking in items:
+        assert qid not in out, f"{qid} came back twice"
+        out[qid] = ranking
+    return out
+
+
+def test_the_ray_engine_ranks_as_the_local_engine(cluster, data, tiny_model_dir):
+    queries, corpus, run = _inputs(data)
+    queries = {q: t for q, t in queries.items() if t != LONG}
+    local_ranker = Reranker.from_config(_config(tiny_model_dir))
+    local = _pairs(rerank(local_ranker, queries, corpus, run, queries_per_batch=PER_BATCH))
+    with RayEngine(num_workers=2).start(_config(tiny_model_dir)) as remote:
+        assert len(set(remote.worker_pids())) == 2 and os.getpid() not in remote.worker_pids()
+        assert remote.describe() == local_ranker.describe() and remote.config() == local_ranker.config()
+        got = _pairs(rerank(remote, queries, corpus, run, queries_per_batch=PER_BATCH))
+        # the workers' accounting, summed on the driver, is the local backend's
+        assert remote.backend.stats.tokens == local_ranker.backend.stats.tokens > 0
+        assert remote.backend.stats.sequences == local_ranker.backend.stats.sequences == (N_QUERIES - 1) * N_DOCS
+        one = remote.rank(queries["q0"], [corpus[d] for d, _ in run["q0"]])
+        assert one.indices == local["q0"].indices
+        assert remote.engine_info["workers_replaced"] == 0
+    assert_parity(local, got)
+    for qid in local:  # the rankers' per-query accounting travels with each ranking
+        assert got[qid].metadata["tokens"] == local[qid].metadata["tokens"]
+
+
+def test_a_query_the_ranker_refuses_is_refused_before_the_run(cluster, data, tiny_model_dir):
+    queries, corpus, run = _inputs(data)
+    queries = {**queries, "q3": ""}  # query likelihood has no target to score for an empty query
+    local = Reranker.from_config(_config(tiny_model_dir))
+    with pytest.raises(ValueError) as local_error:
+        rerank(local, queries, corpus, run)
+    with RayEngine(num_workers=1).start(_config(tiny_model_dir)) as remote:
+        with pytest.raises(ValueError) as remote_error:
+            rerank(remote, queries, corpus, run)
+    assert str(remote_error.value) == str(local_error.value) and str(local_error.value).startswith("query q3: ")
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_no_query_is_lost_or_doubled(cluster, data, tiny_model_dir):
+    queries, corpus, run = _inputs(data)
+    queries = {q: t for q, t in queries.items() if t != LONG}
+    local = _pairs(rerank(Reranker.from_config(_config(tiny_model_dir)), queries, corpus, run, queries_per_batch=1))
+    with RayEngine(num_workers=2).start(_config(tiny_model_dir)) as remote:
+        before = remote.worker_pids()
+        results = rerank(remote, queries, corpus, run, queries_per_batch=1)
+        first = [next(results)]
+        os.kill(before[0], signal.SIGKILL)  # the process of worker 0, with batches queued on it
+        got = _pairs([*first, *results])
+        after = remote.worker_pids()
+        info = remote.engine_info
+    assert after[0] != before[0] and after[1] == before[1]
+    assert info["workers_replaced"] >= 1 and info["batches_redone"] >= 1
+    assert_parity(local, got)
+
+
+def test_a_query_that_fails_in_a_worker_ends_the_run_naming_it_and_the_rest_resumes(
+    cluster, data, tiny_model_dir, tmp_path
+):
+    queries, corpus, run = _inputs(data)
+    config = _config(tiny_model_dir, "listwise", max_length=220, window_size=4, step=2)
+    out = tmp_path / "out.trec"
+    with pytest.raises(ValueError, match=rf"^query q{N_QUERIES - 1}: the listwise prompt .* \(in a Ray worker\)$"):
+        rerank_run(config, queries, corpus, run, out, top_k=8, queries_per_batch=PER_BATCH, progress=False,
+                   engine=RayEngine(num_workers=2))
+    partial = out.with_name("out.trec.partial")
+    assert not out.exists() and partial.exists()
+    kept, damaged = kept_queries(partial, run, list(queries), 8, "llmrerank-listwise")
+    assert damaged == 0 and len(kept) >= PER_BATCH and f"q{N_QUERIES - 1}" not in kept
+    # the queries written stay valid: a resume without the refused query keeps them and ranks the rest
+    rest = {q: t for q, t in queries.items() if t != LONG}
+    ranker = Reranker.from_config(config)
+    report = rerank_run(ranker, rest, corpus, run, out, top_k=8, resume=True, queries_per_batch=PER_BATCH,
+                        progress=False)
+    assert report.queries_skipped_resume == len(kept) and report.queries + len(kept) == len(rest)
+    reference = tmp_path / "reference.trec"
+    rerank_run(ranker, rest, corpus, run, reference, top_k=8, queries_per_batch=PER_BATCH, progress=False)
+    assert out.read_text() == reference.read_text()
+
+
+def _cli(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["rerank", "--data", str(data), "--model", str(model), "--method", "likelihood", "--top-k", "8",
+            "--queries-per-batch", str(PER_BATCH), "--batch-size", "4", "--quiet", "--out", str(out), *extra]
+
+
+def _rankings(path: Path) -> dict:
+    """A TREC run's top 8 per query, as {query: Ranking-like} for assert_parity."""
+    from llmrerank.types import Ranking
+
+    rows: dict[str, list[tuple[str, float]]] = {}
+    for line in path.read_text().splitlines():
+        q, _, d, _, s, _ = line.split()
+        rows.setdefault(q, []).append((d, float(s)))
+    return {q: Ranking(indices=tuple(range(8)), scores=tuple(s for _, s in r[:8]), ids=tuple(d for d, _ in r[:8]))
+            for q, r in rows.items()}
+
+
+@pytest.fixture(scope="module")
+def short_data(data, tmp_path_factory) -> Path:
+    """``data`` without its LONG query (for the runs that must finish)."""
+    root = tmp_path_factory.mktemp("ray-short")
+    for name in ("corpus.jsonl", "run.trec"):
+        (root / name).write_text((data / name).read_text())
+    (root / "qrels").mkdir()
+    (root / "qrels/test.tsv").write_text((data / "qrels/test.tsv").read_text())
+    lines = [x for x in (data / "queries.jsonl").read_text().splitlines() if LONG not in x]
+    (root / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_out(short_data, tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ray-local") / "local.trec"
+    assert main(_cli(short_data, tiny_model_dir, out)) == 0
+    return out
+
+
+def test_the_command_line_writes_the_local_engines_run_and_either_engine_resumes_it(
+    cluster, short_data, tiny_model_dir, local_out, tmp_path, capsys
+):
+    out = tmp_path / "ray.trec"
+    assert main(_cli(short_data, tiny_model_dir, out, "--engine", "ray", "--num-workers", "2")) == 0
+    assert_parity(_rankings(local_out), _rankings(out))
+    side = json.loads((tmp_path / "ray.trec.json").read_text())
+    local_side = json.loads(local_out.with_name("local.trec.json").read_text())
+    assert side["engine"]["name"] == "ray" and side["engine"]["workers"] == 2
+    assert local_side["engine"] == {"name": "local"}
+    for key in ("ranker", "backend", "top_k", "queries_per_batch", "data", "split", "input_run"):
+        assert side[key] == local_side[key], key
+    assert side["report"]["documents"] == local_side["report"]["documents"] == (N_QUERIES - 1) * 8
+    assert side["backend_stats"]["tokens"] == local_side["backend_stats"]["tokens"]
+    written = out.read_text()
+    capsys.readouterr()
+    assert main(_cli(short_data, tiny_model_dir, out, "--resume")) == 0  # the local engine finds it all done
+    assert f"{N_QUERIES - 1} queries already done (resume)" in capsys.readouterr().err
+    assert out.read_text() == written
+
+
+def test_a_fresh_process_starts_its_own_cluster_and_stops_it(short_data, tiny_model_dir, local_out, tmp_path):
+    out = tmp_path / "ray.trec"
+    argv = _cli(short_data, tiny_model_dir, out, "--engine", "ray", "--num-workers", "1")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "llmrerank.cli", *argv], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert_parity(_rankings(local_out), _rankings(out))
+    assert json.loads((tmp_path / "ray.trec.json").read_text())["engine"]["workers"] == 1
+
+
+def test_workers_beyond_the_cluster_or_gpus_it_lacks_are_refused(cluster, tiny_model_dir):
+    with pytest.raises(ValueError, match=r"3 workers of 1 CPUs each do not fit the Ray cluster \(2 CPUs"):
+        RayEngine(num_workers=3).start(_config(tiny_model_dir))
+    with pytest.raises(ValueError, match="has no GPU"):
+        RayEngine(gpus_per_worker=1).start(_config(tiny_model_dir))
+    with RayEngine(cpus_per_worker=2).start(_config(tiny_model_dir)) as remote:  # default: what fits
+        assert remote.num_workers == 1
+        assert remote.config()["backend"] == Reranker.from_config(_config(tiny_model_dir)).config()["backend"]
