@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,26 +39,30 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """A BEIR folder of 24 queries with 12 candidates each; the last query is LONG."""
-    root = tmp_path_factory.mktemp("ray-data")
-    (root / "qrels").mkdir()
+def make_data(root: Path, n_queries: int, n_docs: int, long_last: bool) -> Path:
+    """A BEIR folder of ``n_queries`` queries with ``n_docs`` candidates each (the last query LONG if asked)."""
+    (root / "qrels").mkdir(parents=True)
     n = len(WORDS)
     corpus = [
         json.dumps({"_id": f"d{i}", "text": " ".join(WORDS[(i * 7 + j) % n] for j in range(4 + i % 9))})
-        for i in range(N_DOCS + 5)
+        for i in range(n_docs + 5)
     ]
     queries, qrels, run = [], ["query-id\tcorpus-id\tscore"], []
-    for i in range(N_QUERIES):
-        text = LONG if i == N_QUERIES - 1 else " ".join(WORDS[(i + j) % n] for j in range(3 + i % 3))
-        queries.append(json.dumps({"_id": f"q{i}", "text": text}))
-        qrels.append(f"q{i}\td{i % N_DOCS}\t1")
-        run += [f"q{i} Q0 d{(i + r) % (N_DOCS + 5)} {r + 1} {100 - r} bm25" for r in range(N_DOCS)]
+    for i in range(n_queries):
+        text = " ".join(WORDS[(i + j) % n] for j in range(3 + i % 3))
+        queries.append(json.dumps({"_id": f"q{i}", "text": LONG if long_last and i == n_queries - 1 else text}))
+        qrels.append(f"q{i}\td{i % n_docs}\t1")
+        run += [f"q{i} Q0 d{(i + r) % (n_docs + 5)} {r + 1} {100 - r} bm25" for r in range(n_docs)]
     for name, lines in (("corpus.jsonl", corpus), ("queries.jsonl", queries), ("qrels/test.tsv", qrels)):
         (root / name).write_text("\n".join(lines) + "\n")
     (root / "run.trec").write_text("\n".join(run) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """24 queries with 12 candidates each; the last query is LONG."""
+    return make_data(tmp_path_factory.mktemp("ray-data"), N_QUERIES, N_DOCS, long_last=True)
 
 
 def _inputs(data: Path):
@@ -170,16 +175,18 @@ def _cli(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
             "--queries-per-batch", str(PER_BATCH), "--batch-size", "4", "--quiet", "--out", str(out), *extra]
 
 
-def _rankings(path: Path) -> dict:
-    """A TREC run's top 8 per query, as {query: Ranking-like} for assert_parity."""
+def _rankings(path: Path, top_k: int = 8) -> dict:
+    """A TREC run's top ``top_k`` per query, as {query: Ranking} for assert_parity."""
     from llmrerank.types import Ranking
 
     rows: dict[str, list[tuple[str, float]]] = {}
     for line in path.read_text().splitlines():
         q, _, d, _, s, _ = line.split()
         rows.setdefault(q, []).append((d, float(s)))
-    return {q: Ranking(indices=tuple(range(8)), scores=tuple(s for _, s in r[:8]), ids=tuple(d for d, _ in r[:8]))
-            for q, r in rows.items()}
+    return {
+        q: Ranking(tuple(range(top_k)), tuple(s for _, s in r[:top_k]), ids=tuple(d for d, _ in r[:top_k]))
+        for q, r in rows.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +230,32 @@ def test_the_command_line_writes_the_local_engines_run_and_either_engine_resumes
     assert out.read_text() == written
 
 
+def _cluster_processes() -> set[int]:
+    """The pids of the Ray cluster processes running now (each cluster has one raylet and one GCS server)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"raylet" in cmdline.split(b"\0")[0] or b"gcs_server" in cmdline.split(b"\0")[0]:
+                found.add(int(proc.name))
+    return found
+
+
+def _gone_but(before: set[int], wait: float = 15.0) -> bool:
+    """Whether, within ``wait`` seconds, no cluster process is left but those running ``before``."""
+    deadline = time.monotonic() + wait
+    while _cluster_processes() - before:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def test_a_fresh_process_starts_its_own_cluster_and_stops_it(short_data, tiny_model_dir, local_out, tmp_path):
+    before = _cluster_processes()
     out = tmp_path / "ray.trec"
     argv = _cli(short_data, tiny_model_dir, out, "--engine", "ray", "--num-workers", "1")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -234,6 +266,7 @@ def test_a_fresh_process_starts_its_own_cluster_and_stops_it(short_data, tiny_mo
     assert "Traceback" not in done.stderr
     assert_parity(_rankings(local_out), _rankings(out))
     assert json.loads((tmp_path / "ray.trec.json").read_text())["engine"]["workers"] == 1
+    assert _gone_but(before)  # its cluster is gone with it
 
 
 def test_workers_beyond_the_cluster_or_gpus_it_lacks_are_refused(cluster, tiny_model_dir):
@@ -244,3 +277,36 @@ def test_workers_beyond_the_cluster_or_gpus_it_lacks_are_refused(cluster, tiny_m
     with RayEngine(cpus_per_worker=2).start(_config(tiny_model_dir)) as remote:  # default: what fits
         assert remote.num_workers == 1
         assert remote.config()["backend"] == Reranker.from_config(_config(tiny_model_dir)).config()["backend"]
+
+
+def test_sigterm_ends_the_workers_and_the_run_resumes(tiny_model_dir, tmp_path):
+    """A fresh process with its own cluster, terminated mid-run: it says how to resume and exits 143; the resume
+    (on the local engine) keeps the queries written and the output agrees with an uninterrupted local run."""
+    before = _cluster_processes()
+    big = make_data(tmp_path / "big", 150, 30, long_last=False)
+    argv = ["rerank", "--data", str(big), "--model", str(tiny_model_dir), "--method", "likelihood", "--top-k", "30",
+            "--queries-per-batch", "3", "--batch-size", "4", "--quiet", "--out", str(tmp_path / "out.trec")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "llmrerank.cli", *argv, "--engine", "ray", "--num-workers", "2"],
+                               stderr=subprocess.PIPE, text=True, env=env)
+    partial = tmp_path / "out.trec.partial"
+    deadline = time.monotonic() + 180
+    while not (partial.exists() and partial.read_text().count("\n") >= 10 * 30):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the rerank did not start"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == 143, err
+    assert err.splitlines()[-1].startswith(f"terminated (SIGTERM): the queries finished so far are kept in {partial}")
+    finished = partial.read_text().count("\n") // 30
+    assert 10 <= finished < 150
+    assert _gone_but(before)  # the workers and the cluster ended with the run
+    resumed = subprocess.run([sys.executable, "-m", "llmrerank.cli", *argv, "--resume"], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "queries already done (resume)" in resumed.stderr
+    reference = tmp_path / "reference.trec"
+    argv[-1] = str(reference)
+    assert main(argv) == 0
+    assert_parity(_rankings(reference, 30), _rankings(tmp_path / "out.trec", 30))

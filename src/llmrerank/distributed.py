@@ -142,6 +142,7 @@ class RayRanker:
         self._ray = ray
         self._owned = False
         self._workers: list[Any] = []
+        self._actor: Any = None  # the actor class, with the resources of one worker
         try:
             self._connect()
             self.num_workers = self._plan_workers()
@@ -187,6 +188,7 @@ class RayRanker:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
         if self.engine.address is not None:
             _reachable(self.engine.address)
+        handlers = _signal_handlers()
         try:
             ray.init(
                 address=self.engine.address,
@@ -197,6 +199,10 @@ class RayRanker:
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {self.engine.address}" if self.engine.address else "a local Ray cluster"
             raise EngineError(f"cannot start or join {where}: {e}") from e
+        finally:
+            # Ray's core installs its own SIGTERM handler, which ends the process at once: the run would neither
+            # end its workers and cluster nor say how to resume. This process's handlers are put back.
+            _restore(handlers)
         self._owned = True
 
     def _plan_workers(self) -> int:
@@ -227,13 +233,14 @@ class RayRanker:
         return e.num_workers
 
     def _new_worker(self) -> Any:
-        actor = self._ray.remote(_Worker).options(
-            num_cpus=self.engine.cpus_per_worker,
-            num_gpus=self.engine.gpus_per_worker,
-            max_restarts=0,  # a dead worker is replaced here, where its unfinished batches are known
-            max_concurrency=1,
-        )
-        return actor.remote(self._worker_config)
+        if self._actor is None:
+            self._actor = self._ray.remote(_Worker).options(
+                num_cpus=self.engine.cpus_per_worker,
+                num_gpus=self.engine.gpus_per_worker,
+                max_restarts=0,  # a dead worker is replaced here, where its unfinished batches are known
+                max_concurrency=1,
+            )
+        return self._actor.remote(self._worker_config)
 
     def _replace(self, slot: int) -> None:
         try:
@@ -305,8 +312,8 @@ class RayRanker:
         pending: dict[Any, tuple[int, int, Any]] = {}  # task -> (worker slot, batch index, payload)
         deaths: dict[int, int] = {}
 
-        def fill(slot: int) -> None:
-            while sum(s == slot for s, _, _ in pending.values()) < self.engine.inflight:
+        def fill(slot: int, depth: int = self.engine.inflight) -> None:
+            while sum(s == slot for s, _, _ in pending.values()) < depth:
                 item = retry.popleft() if retry else next(items, None)
                 if item is None:
                     return
@@ -314,10 +321,15 @@ class RayRanker:
                 _, texts, docs = payload
                 pending[self._workers[slot].rank.remote(list(texts), list(docs))] = (slot, index, payload)
 
-        for slot in range(len(self._workers)):
-            fill(slot)
+        for depth in range(1, self.engine.inflight + 1):  # a batch for each worker before a second for any
+            for slot in range(len(self._workers)):
+                fill(slot, depth)
         while pending:
-            (task,), _ = ray.wait(list(pending), num_returns=1)
+            # a second at a time, so that Ctrl-C and SIGTERM reach this thread while a long batch runs
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if not ready:
+                continue
+            task = ready[0]
             slot, index, payload = pending.pop(task)
             try:
                 result = ray.get(task)
@@ -352,6 +364,24 @@ class RayRanker:
         if "error" in answer:
             raise _raised(answer["error"])
         return answer
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """This process's SIGINT and SIGTERM handlers (none off the main thread, where they cannot be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: Mapping[int, Any]) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _reachable(address: str) -> None:
