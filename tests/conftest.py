@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,6 +104,37 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     make_model(len(tokenizer), "llama").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+BEIR_WORDS = (
+    "how do honey bees make why volcano erupt sourdough bread rise flower nectar store wax combs cat mat"
+).split()
+
+
+def make_beir(root: Path, n_queries: int, n_docs: int, spare: int = 20, texts: dict[int, str] | None = None) -> Path:
+    """A BEIR folder (corpus, queries, qrels, ``run.trec``) of ``n_queries`` queries with ``n_docs`` BM25-style
+    candidates each, drawn from ``n_docs + spare`` documents of a few words; ``texts`` replaces some queries'
+    text by position. For runs long enough to interrupt, or to spread over workers."""
+    (root / "qrels").mkdir(parents=True)
+    n = len(BEIR_WORDS)
+    corpus = [
+        json.dumps({"_id": f"d{i}", "text": " ".join(BEIR_WORDS[(i * 7 + j) % n] for j in range(4 + i % 9))})
+        for i in range(n_docs + spare)
+    ]
+    queries, qrels, run = [], ["query-id\tcorpus-id\tscore"], []
+    for i in range(n_queries):
+        text = (texts or {}).get(i) or " ".join(BEIR_WORDS[(i + j) % n] for j in range(3 + i % 3))
+        queries.append(json.dumps({"_id": f"q{i}", "text": text}))
+        qrels.append(f"q{i}\td{i % n_docs}\t1")
+        run += [f"q{i} Q0 d{(i + r) % (n_docs + spare)} {r + 1} {100 - r} bm25" for r in range(n_docs)]
+    for name, lines in (
+        ("corpus.jsonl", corpus),
+        ("queries.jsonl", queries),
+        ("qrels/test.tsv", qrels),
+        ("run.trec", run),
+    ):
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
 
 
 def require_preset(name: str) -> None:

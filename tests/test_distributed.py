@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs
+from conftest import make_beir, needs
 from llmrerank import Reranker
 from llmrerank.cli import main
 from llmrerank.data import load_beir, load_run
@@ -26,7 +26,6 @@ ray = needs("ray", "the Ray engine")
 from llmrerank.distributed import RayEngine  # noqa: E402
 
 N_QUERIES, N_DOCS, PER_BATCH = 24, 12, 2
-WORDS = "how do honey bees make why volcano erupt sourdough bread rise flower nectar store wax combs cat mat".split()
 LONG = " ".join(["honey bees"] * 40)  # a query the listwise prompt below cannot hold
 
 
@@ -39,30 +38,10 @@ def cluster():
     ray.shutdown()
 
 
-def make_data(root: Path, n_queries: int, n_docs: int, long_last: bool) -> Path:
-    """A BEIR folder of ``n_queries`` queries with ``n_docs`` candidates each (the last query LONG if asked)."""
-    (root / "qrels").mkdir(parents=True)
-    n = len(WORDS)
-    corpus = [
-        json.dumps({"_id": f"d{i}", "text": " ".join(WORDS[(i * 7 + j) % n] for j in range(4 + i % 9))})
-        for i in range(n_docs + 5)
-    ]
-    queries, qrels, run = [], ["query-id\tcorpus-id\tscore"], []
-    for i in range(n_queries):
-        text = " ".join(WORDS[(i + j) % n] for j in range(3 + i % 3))
-        queries.append(json.dumps({"_id": f"q{i}", "text": LONG if long_last and i == n_queries - 1 else text}))
-        qrels.append(f"q{i}\td{i % n_docs}\t1")
-        run += [f"q{i} Q0 d{(i + r) % (n_docs + 5)} {r + 1} {100 - r} bm25" for r in range(n_docs)]
-    for name, lines in (("corpus.jsonl", corpus), ("queries.jsonl", queries), ("qrels/test.tsv", qrels)):
-        (root / name).write_text("\n".join(lines) + "\n")
-    (root / "run.trec").write_text("\n".join(run) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """24 queries with 12 candidates each; the last query is LONG."""
-    return make_data(tmp_path_factory.mktemp("ray-data"), N_QUERIES, N_DOCS, long_last=True)
+    return make_beir(tmp_path_factory.mktemp("ray-data"), N_QUERIES, N_DOCS, spare=5, texts={N_QUERIES - 1: LONG})
 
 
 def _inputs(data: Path):
@@ -283,7 +262,7 @@ def test_sigterm_ends_the_workers_and_the_run_resumes(tiny_model_dir, tmp_path):
     """A fresh process with its own cluster, terminated mid-run: it says how to resume and exits 143; the resume
     (on the local engine) keeps the queries written and the output agrees with an uninterrupted local run."""
     before = _cluster_processes()
-    big = make_data(tmp_path / "big", 150, 30, long_last=False)
+    big = make_beir(tmp_path / "big", 150, 30)
     argv = ["rerank", "--data", str(big), "--model", str(tiny_model_dir), "--method", "likelihood", "--top-k", "30",
             "--queries-per-batch", "3", "--batch-size", "4", "--quiet", "--out", str(tmp_path / "out.trec")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, make_beir
 from llmrerank.cli import describe_error, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -663,32 +663,12 @@ def test_debug_shows_the_traceback(ws: Workspace, capsys: Any) -> None:
 # --- faults in a real process -----------------------------------------------------------------------------------
 
 N_QUERIES, N_DOCS, TOP_K, PER_BATCH = 200, 50, 40, 3
-WORDS = "how do honey bees make why volcano erupt sourdough bread rise flower nectar store wax combs cat mat".split()
 
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     """A BEIR folder with enough queries and candidates that a rerank with the tiny model runs for a few seconds."""
-    root = tmp_path_factory.mktemp("big")
-    (root / "qrels").mkdir()
-    n = len(WORDS)
-    corpus = [
-        json.dumps({"_id": f"d{i}", "text": " ".join(WORDS[(i * 7 + j) % n] for j in range(4 + i % 9))})
-        for i in range(N_DOCS + 20)
-    ]
-    queries, qrels, run = [], ["query-id\tcorpus-id\tscore"], []
-    for i in range(N_QUERIES):
-        queries.append(json.dumps({"_id": f"q{i}", "text": " ".join(WORDS[(i + j) % n] for j in range(3 + i % 3))}))
-        qrels.append(f"q{i}\td{i % N_DOCS}\t1")
-        run += [f"q{i} Q0 d{(i + r) % (N_DOCS + 20)} {r + 1} {100 - r} bm25" for r in range(N_DOCS)]
-    for name, lines in (
-        ("corpus.jsonl", corpus),
-        ("queries.jsonl", queries),
-        ("qrels/test.tsv", qrels),
-        ("run.trec", run),
-    ):
-        (root / name).write_text("\n".join(lines) + "\n")
-    return root
+    return make_beir(tmp_path_factory.mktemp("big"), N_QUERIES, N_DOCS)
 
 
 def _rerank_argv(big: Path, model: Path, out: Path) -> list[str]:
