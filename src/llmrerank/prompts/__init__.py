@@ -4,7 +4,8 @@
   filling, encoding, answer tokens, and the per-passage token budget of multi-passage prompts;
 - :mod:`.pointwise`: one-document prompts (``yes_no``, ``true_false``, ``query_likelihood``);
 - :mod:`.listwise`: a window of passages to put in order (``rankgpt``, ``rankzephyr``);
-- :mod:`.comparison`: a few passages to pick the best of, pairwise and setwise (``prp``, ``setwise``).
+- :mod:`.comparison`: a few passages to pick the best of, pairwise and setwise (``prp``, ``setwise``);
+- :mod:`.families`: trained rerankers' exact prompts and scores by family name (``qwen3-reranker``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from .base import (
     word_openers,
 )
 from .comparison import PRP, SETWISE, ComparisonRenderer, ComparisonTemplate
+from .families import FAMILIES, Family, get_family
 from .listwise import RANKGPT, RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, example_answer
 from .pointwise import QUERY_LIKELIHOOD, TRUE_FALSE, YES_NO, PromptParts, PromptRenderer, PromptTemplate
 
 __all__ = [
+    "FAMILIES",
     "LABELS",
     "PRP",
     "QUERY_LIKELIHOOD",
@@ -41,6 +44,7 @@ __all__ = [
     "YES_NO",
     "ComparisonRenderer",
     "ComparisonTemplate",
+    "Family",
     "ListwiseRenderer",
     "ListwiseTemplate",
     "PassageRenderer",
@@ -58,6 +62,7 @@ __all__ = [
     "example_answer",
     "fill",
     "fit_passages",
+    "get_family",
     "get_template",
     "load_template",
     "word_openers",

@@ -7,6 +7,11 @@ prompt but is the *target* the model is asked to produce after the assistant pre
 Rendering keeps the document apart from everything else: the text before ``{document}`` (the head) and the
 text after it (the tail, which ends with the assistant prefix) are tokenised whole, and only the document's
 tokens are cut to fit ``max_length``. The instruction, the query and the answer suffix are never truncated.
+
+The document is tokenised together with the text on its line before it (the *label*: ``"<Document>: "`` in
+Qwen3-Reranker's prompt, ``"B: "`` in BGE's), as the models' own code tokenises it, so that the ids at the
+boundary are the ones the model was trained on; a document that starts its own line (the built-in templates)
+has no label. The label is never cut.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from .base import SLOT, PromptTooLongError, Renderer, Template, fill, register
 
 DOCUMENT_SLOT = "{document}"
 QUERY_SLOT = "{query}"
+INSTRUCTION_SLOT = "{instruction}"
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,11 @@ class PromptTemplate(Template, kind="prompt", required=("user",), prefix="templa
         chat: apply the model's chat template when it has one (``False`` renders the plain concatenation).
         title_format: how a document with a title is shown; ``{title}`` and ``{text}``.
         target: for query likelihood, the text whose tokens are scored (``" {query}"`` style), else ``None``.
+        verbatim: the prompt is ``user`` followed by ``assistant``, exactly as written (special tokens such as
+            ``<|im_start|>`` included): no chat template, nothing joined or added. For a model family whose
+            reference code builds its prompt by hand (``system`` must then be empty).
+        extra: other data; ``extra["instruction"]`` is the default of an ``{instruction}`` placeholder in
+            ``user`` (the pointwise ranker's ``instruction`` option replaces it).
     """
 
     user: str
@@ -42,10 +53,16 @@ class PromptTemplate(Template, kind="prompt", required=("user",), prefix="templa
     chat: bool = True
     title_format: str = "{title}\n{text}"
     target: str | None = None
+    verbatim: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.verbatim and self.system is not None:
+            raise ValueError(f"template {self.name!r}: a verbatim template writes its system text inside 'user'")
+        for part in (self.system or "", self.assistant):
+            if INSTRUCTION_SLOT in part:
+                raise ValueError(f"template {self.name!r}: {INSTRUCTION_SLOT} may only appear in the user message")
         if self.user.count(DOCUMENT_SLOT) != 1:
             raise ValueError(f"template {self.name!r}: the user message must contain {DOCUMENT_SLOT} exactly once")
         for part_name, part in (("system", self.system or ""), ("assistant", self.assistant)):
@@ -99,11 +116,20 @@ register(PromptTemplate, YES_NO, TRUE_FALSE, QUERY_LIKELIHOOD)
 
 @dataclass(frozen=True)
 class PromptParts:
-    """Token ids of a template around the document slot, for one query."""
+    """Token ids of a template around the document slot, for one query: the head (up to the document's line),
+    the tail (after the document), the query-likelihood target, and the document's label (the text on its line
+    before it, tokenised with the document: :meth:`PromptRenderer.document_ids` starts with its ids)."""
 
     head: tuple[int, ...]
     tail: tuple[int, ...]
     target: tuple[int, ...] = ()
+    label: str = ""
+    label_ids: tuple[int, ...] = ()
+
+    @property
+    def fixed(self) -> int:
+        """Tokens of the prompt that are not the document's own."""
+        return len(self.head) + len(self.label_ids) + len(self.tail) + len(self.target)
 
 
 class PromptRenderer(Renderer):
@@ -111,14 +137,28 @@ class PromptRenderer(Renderer):
 
     def __init__(self, template: PromptTemplate, tokenizer: Any, max_length: int = 512):
         super().__init__(template, tokenizer, max_length)
+        if template.verbatim:
+            self.use_chat = False
+        if INSTRUCTION_SLOT in template.user and not isinstance(template.extra.get("instruction"), str):
+            raise ValueError(
+                f"template {template.name!r} has an {INSTRUCTION_SLOT} placeholder but no instruction: give one "
+                "(the instruction option, or the template's extra.instruction)"
+            )
 
     def text_around_document(self, query: str) -> tuple[str, str]:
         """The prompt's text before and after the document slot, for ``query``."""
         t = self.template
-        user = fill(t.user, query=query, document=SLOT)
-        messages = [{"role": "system", "content": t.system}] if t.system is not None else []
-        messages.append({"role": "user", "content": user})
-        head, sep, tail = (self.chat_text(messages) + t.assistant).partition(SLOT)
+        values = {"query": query, "document": SLOT}
+        if INSTRUCTION_SLOT in t.user:
+            values["instruction"] = t.extra["instruction"]
+        user = fill(t.user, **values)
+        if t.verbatim:
+            text = user + t.assistant
+        else:
+            messages = [{"role": "system", "content": t.system}] if t.system is not None else []
+            messages.append({"role": "user", "content": user})
+            text = self.chat_text(messages) + t.assistant
+        head, sep, tail = text.partition(SLOT)
         if not sep:
             raise RuntimeError("the chat template dropped the document slot")
         return head, tail
@@ -132,24 +172,33 @@ class PromptRenderer(Renderer):
             target = tuple(self.encode(fill(self.template.target, query=query)))
             if not target:
                 raise ValueError("the query-likelihood target is empty: the query has no tokens")
-        parts = PromptParts(tuple(self.encode(head)), tuple(self.encode(tail)), target)
-        fixed = len(parts.head) + len(parts.tail) + len(parts.target)
-        if fixed >= self.max_length:
+        cut = head.rfind("\n") + 1
+        label = head[cut:]
+        parts = PromptParts(
+            tuple(self.encode(head[:cut])), tuple(self.encode(tail)), target, label, tuple(self.encode(label))
+        )
+        if parts.fixed >= self.max_length:
             raise PromptTooLongError(
-                f"the prompt without the document is {fixed} tokens (template {self.template.name!r}), which "
+                f"the prompt without the document is {parts.fixed} tokens (template {self.template.name!r}), which "
                 f"leaves no room for the document within max_length={self.max_length}; raise max_length or "
                 "shorten the query or the template"
             )
         return parts
 
     def document_budget(self, parts: PromptParts) -> int:
-        return self.max_length - len(parts.head) - len(parts.tail) - len(parts.target)
+        """How many tokens of its own a document may have in this prompt."""
+        return self.max_length - parts.fixed
 
     def document_ids(self, doc: Document, parts: PromptParts) -> tuple[list[int], bool]:
-        """The document's token ids cut to the budget, and whether it was cut."""
-        ids = self.encode(self.template.document_text(doc))
-        budget = self.document_budget(parts)
-        return ids[:budget], len(ids) > budget
+        """The ids of the document's label and the document, tokenised together, cut to fit ``max_length``, and
+        whether the document was cut."""
+        if not parts.label:
+            ids = self.encode(self.template.document_text(doc))
+            budget = self.document_budget(parts)
+            return ids[:budget], len(ids) > budget
+        ids = self.encode(parts.label + self.template.document_text(doc))
+        room = self.max_length - len(parts.head) - len(parts.tail) - len(parts.target)
+        return ids[:room], len(ids) > room
 
     def render(self, query: str, doc: Document, parts: PromptParts | None = None) -> list[int]:
         """The prompt's token ids (without the target)."""

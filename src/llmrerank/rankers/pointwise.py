@@ -19,8 +19,8 @@ Qin et al. / Zhuang et al. (2023) on relevance generation with LLMs; BGE's LLM r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,12 +36,15 @@ from ..prompts import (
     continuation_ids,
     word_openers,
 )
+from ..prompts.families import FAMILIES, get_family
+from ..prompts.pointwise import INSTRUCTION_SLOT
 from ..types import DocLike, Document, Ranking
 from .base import Encoded, PointScorer, check_finite
 
 NORMALISATIONS = ("pair_softmax", "vocab_softmax", "yes_logit", "logit")
 HEADS = ("tokens", "dense")
 TOKEN_PAIRS = {"yes_no": ("yes", "no"), "true_false": ("true", "false")}
+ANSWER_IDS = ("continuation", "vocabulary")
 
 
 def normalise(logits: torch.Tensor, yes_id: int, no_id: int, normalisation: str) -> torch.Tensor:
@@ -77,6 +80,18 @@ def answer_token_ids(tokenizer: Any, renderer: Any, words: Sequence[str]) -> lis
     )
 
 
+def vocabulary_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """The vocabulary entries of the answer words (``tokenizer.convert_tokens_to_ids``), as a family's reference
+    code reads them (Qwen3-Reranker: ``convert_tokens_to_ids("yes")``); each must be a known, distinct token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
+    bad = [w for w, i in zip(words, ids) if i is None or (unk is not None and i == unk)]
+    if bad or len(set(ids)) != len(ids):
+        why = f"{', '.join(map(repr, bad))} not in the vocabulary" if bad else "they are one token"
+        raise ValueError(f"answer tokens {tuple(words)!r} must be distinct vocabulary entries: {why}")
+    return ids
+
+
 def parse_pair(text: str) -> str | tuple[str, ...]:
     """The ``--tokens`` flag: a pair's name, or two words separated by a comma (``Relevant,Irrelevant``)."""
     return tuple(text.split(",")) if "," in text else text
@@ -109,6 +124,24 @@ class PointwiseOptions(Options):
     head_weights: str | None = option(
         None, "the dense head's weights file", types=(str, Path), convert=str, flag="", when=("head", ("dense",))
     )
+    answer_ids: str = option(
+        "continuation",
+        "answer token ids: as the model writes the words after the prompt, or the words' vocabulary entries",
+        choices=ANSWER_IDS,
+        when=("head", ("tokens",)),
+    )
+    family: str | None = option(
+        None, "a trained reranker family: its exact prompt, answer tokens and score", choices=tuple(FAMILIES)
+    )
+    instruction: str | None = option(None, "the instruction of a template with {instruction} (qwen3-reranker)")
+
+    @classmethod
+    def build(cls, given: Mapping[str, Any], also: tuple[str, ...] = ()) -> PointwiseOptions:
+        """As :meth:`Options.build`, with a ``family``'s options filled in where ``given`` leaves them out."""
+        family = given.get("family")
+        if isinstance(family, str):
+            given = {**get_family(family).options, **given}
+        return super().build(given, also)
 
     def check(self) -> None:
         if self.head_weights is not None and self.head != "dense":
@@ -118,9 +151,33 @@ class PointwiseOptions(Options):
             template = TRUE_FALSE if self.tokens == "true_false" else YES_NO
         if template.target is not None:
             raise ValueError(f"template {template.name!r} is a query-likelihood template, not a pointwise one")
+        if self.instruction is not None:
+            if INSTRUCTION_SLOT not in template.user:
+                raise ValueError(
+                    f"instruction applies to a template with {INSTRUCTION_SLOT}; {template.name!r} has none"
+                )
+            template = replace(template, extra={**template.extra, "instruction": self.instruction})
         object.__setattr__(self, "template", template)
         if self.head == "tokens":  # the dense head reads no answer tokens (``when`` keeps them at the default)
             object.__setattr__(self, "tokens", answer_words(self.tokens))
+        if self.family is not None:
+            self._check_family(get_family(self.family))
+
+    def _check_family(self, family: Any) -> None:
+        """Refuse an option that disagrees with what the family fixes (its instruction may be replaced)."""
+        fixed = dict(family.options)
+        want_template = {**fixed.pop("template").to_dict(), "extra": {}}
+        have_template = {**self.template.to_dict(), "extra": {}}
+        differ = [] if have_template == want_template else ["template"]
+        for key, value in fixed.items():
+            have = getattr(self, key)
+            if (tuple(have) if isinstance(have, (list, tuple)) else have) != value:
+                differ.append(key)
+        if differ:
+            raise ValueError(
+                f"family {family.name!r} fixes {', '.join(differ)} (its reference: {family.reference}); leave "
+                f"{'it' if len(differ) == 1 else 'them'} out, or drop the family to use your own"
+            )
 
 
 def answer_words(tokens: str | Sequence[str]) -> tuple[str, ...]:
@@ -154,7 +211,9 @@ class PointwiseRanker(PointScorer):
         super().__init__(backend, options, **given)
         o = self.options
         self.dense: DenseHead | None = None
-        if o.head == "tokens":
+        if o.head == "tokens" and o.answer_ids == "vocabulary":
+            self.yes_id, self.no_id = vocabulary_ids(backend.tokenizer, o.tokens)
+        elif o.head == "tokens":
             self.yes_id, self.no_id = answer_token_ids(backend.tokenizer, self.renderer, o.tokens)
         if o.head == "dense":
             eos = backend.tokenizer.eos_token_id

@@ -176,8 +176,7 @@ class Served:
         ``max_length`` (one document a prompt), or its ``passage_tokens`` (several a prompt); None if unbounded."""
         renderer = getattr(self.ranker, "renderer", None)
         if renderer is not None and hasattr(renderer, "parts") and hasattr(self.ranker.options, "max_length"):
-            parts = renderer.parts(query)
-            return self.ranker.options.max_length - len(parts.head) - len(parts.tail) - len(parts.target)
+            return renderer.document_budget(renderer.parts(query))
         return getattr(self.ranker.options, "passage_tokens", None)
 
     def prepare(self, request: RerankRequest) -> list[Document]:
