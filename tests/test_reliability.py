@@ -569,12 +569,18 @@ ROWS += [
         match="only with an engine",
     ),
 ]
+if importlib.util.find_spec("ray") is not None and not __import__("torch").cuda.is_available():
+    ROWS.append(Row("rerank-ray-no-gpu", [*RAY, "--gpus-per-worker", "1", *OUT], 2, match="the Ray cluster has no GPU"))
 if importlib.util.find_spec("ray") is None:
     ROWS.append(Row("rerank-ray-missing-extra", [*RAY, *OUT], 2, match=r'pip install "llmrerank\[ray\]"'))
 else:
     ROWS += [
-        Row("rerank-ray-no-gpu", [*RAY, "--gpus-per-worker", "1", *OUT], 2, match="the Ray cluster has no GPU"),
-        Row("rerank-ray-too-many-workers", [*RAY, "--num-workers", "64", *OUT], 2, match="64 workers .* do not fit"),
+        Row(
+            "rerank-ray-too-many-workers",
+            [*RAY, "--num-workers", "100000", *OUT],
+            2,
+            match="100000 workers .* do not fit",
+        ),
         Row(
             "rerank-ray-unreachable-cluster",
             [*RAY, "--address", "127.0.0.1:1", *OUT],

@@ -149,10 +149,15 @@ class RayRanker:
             threads = max(1, int(engine.cpus_per_worker))
             self._config = config
             backend = dict(config["backend"])
-            backend.setdefault("threads", threads)  # a worker uses the CPUs it reserved, not the machine's
+            if backend.get("threads") is None:  # a worker uses the CPUs it reserved, not the machine's
+                backend["threads"] = threads
             self._worker_config = {**config, "backend": backend}
             self._workers = [self._new_worker() for _ in range(self.num_workers)]
-            infos = [self._checked(info) for info in ray.get([w.info.remote() for w in self._workers])]
+            try:
+                answers = ray.get([w.info.remote() for w in self._workers])
+            except ray.exceptions.RayError as e:  # a worker's process died while it loaded the model
+                raise EngineError(f"a Ray worker died while building the ranker: {_first_line(e)}") from e
+            infos = [self._checked(info) for info in answers]
         except BaseException:
             self.close()
             raise
@@ -190,8 +195,8 @@ class RayRanker:
             _reachable(self.engine.address)
         handlers = _signal_handlers()
         try:
-            ray.init(
-                address=self.engine.address,
+            ray.init(  # "local": a cluster of its own, never one RAY_ADDRESS or `ray start` left running
+                address=self.engine.address or "local",
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.ERROR,
