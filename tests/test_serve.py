@@ -480,3 +480,100 @@ def test_a_full_queue_is_503_and_a_slow_answer_504(rankers):
         slow = httpx.post(f"{s.url}/v1/rerank", json=body, timeout=30)
         assert slow.status_code == 504 and slow.json()["message"].startswith("no answer within 0.2 s")
         assert httpx.get(f"{s.url}/health").status_code == 200
+
+
+# --- a request's instruction (templates with {instruction}, such as the qwen3-reranker family's) ---------------
+
+INSTRUCTED = dict(
+    name="instructed",
+    user="{instruction} : Query : {query} Document : {document} relevant ?",
+    extra={"instruction": "judge the relevance"},
+)
+OTHER_INSTRUCTION = "answer the question"  # words of the tiny tokenizer, so the ids differ from the default's
+
+
+@pytest.fixture(scope="module")
+def instructed(qwen_backend):
+    from llmrerank.prompts import PromptTemplate
+
+    template = PromptTemplate(**INSTRUCTED)
+    rankers = {
+        "instructed": PointwiseRanker(qwen_backend, max_length=96, template=template),
+        "plain": PointwiseRanker(qwen_backend, max_length=96),
+        "likelihood": LikelihoodRanker(qwen_backend, max_length=96),
+    }
+    offline_with = PointwiseRanker(qwen_backend, max_length=96, template=template, instruction=OTHER_INSTRUCTION)
+    return rankers, offline_with
+
+
+def test_a_request_instruction_scores_as_the_offline_ranker_with_that_instruction(instructed):
+    rankers, offline_with = instructed
+    default_scores = rankers["instructed"].score(QUERY, DOCS)
+    other_scores = offline_with.score(QUERY, DOCS)
+    assert max(abs(a - b) for a, b in zip(default_scores, other_scores)) > 1e-3  # the instruction matters
+    with Server(rankers, score_cache=100, batch_wait_ms=50) as s:
+        base = {"model": "instructed", "query": QUERY, "texts": DOCS, "raw_scores": True}
+        bodies = [base, {**base, "instruction": OTHER_INSTRUCTION}] * 4
+        # concurrent requests of both instructions merge into shared batcher calls; each keeps its own scores
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda b: httpx.post(f"{s.url}/rerank", json=b, timeout=60), bodies))
+        for body, answer in zip(bodies, answers):
+            assert answer.status_code == 200, answer.text
+            want = other_scores if "instruction" in body else default_scores
+            assert {r["index"]: r["score"] for r in answer.json()} == pytest.approx(dict(enumerate(want)), abs=1e-4)
+        # every route reads it; the vLLM /score answers relevance in input order
+        score = httpx.post(
+            f"{s.url}/score",
+            json={"model": "instructed", "text_1": QUERY, "text_2": DOCS, "instruction": OTHER_INSTRUCTION},
+        ).json()
+        relevance = offline_with.relevance(offline_with.rank(QUERY, DOCS))
+        by_input = dict(zip(offline_with.rank(QUERY, DOCS).indices, relevance))
+        assert [d["score"] for d in score["data"]] == pytest.approx([by_input[i] for i in range(len(DOCS))], abs=1e-4)
+        v2 = httpx.post(
+            f"{s.url}/v2/rerank",
+            json={"model": "instructed", "query": QUERY, "documents": DOCS, "instruction": OTHER_INSTRUCTION},
+        ).json()
+        assert [r["index"] for r in v2["results"]] == list(offline_with.rank(QUERY, DOCS).indices)
+        # the score cache keys on the instruction: a repeat of each is answered from it, with its own scores
+        before = cache_counts(httpx.get(f"{s.url}/metrics").text, "instructed")
+        for body in bodies[:2]:
+            answer = httpx.post(f"{s.url}/rerank", json=body).json()
+            want = other_scores if "instruction" in body else default_scores
+            assert {r["index"]: r["score"] for r in answer} == pytest.approx(dict(enumerate(want)), abs=1e-4)
+        after = cache_counts(httpx.get(f"{s.url}/metrics").text, "instructed")
+    assert (after[0] - before[0], after[1] - before[1]) == (2 * len(DOCS), 0)
+
+
+def cache_counts(metrics: str, ranker: str) -> tuple[float, float]:
+    """The score cache's (hits, misses) of a ranker, read from /metrics."""
+    import re
+
+    def value(kind: str) -> float:
+        found = re.search(rf'llmrerank_score_cache_{kind}_total{{ranker="{ranker}"}} (\S+)', metrics)
+        return float(found.group(1)) if found else 0.0
+
+    return value("hits"), value("misses")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"model": "likelihood"}, 422, "ranker 'likelihood' \\(method likelihood\\) takes no instruction"),
+        ({"model": "plain"}, 422, "cannot take this instruction: instruction applies to a template with"),
+        ({"model": "instructed", "instruction": 5}, 422, "instruction must be a string, got int"),
+        ({"model": "instructed", "instruction": " "}, 400, "instruction is empty"),
+        ({"model": "instructed", "instruction": "x" * 20_001}, 413, "the instruction is 20001 characters"),
+    ],
+    ids=["no-instruction-option", "no-instruction-slot", "not-a-string", "empty", "too-long"],
+)
+def test_a_bad_instruction_is_refused_naming_why(instructed, body, status, message):
+    import re
+
+    rankers, _ = instructed
+    with Server(rankers) as s:
+        r = httpx.post(
+            f"{s.url}/v1/rerank", json={"query": QUERY, "documents": DOCS, "instruction": OTHER_INSTRUCTION, **body}
+        )
+        assert r.status_code == status, r.text
+        assert re.search(message, r.json()["message"]), r.text
+        assert httpx.get(f"{s.url}/health").status_code == 200

@@ -24,7 +24,7 @@ __all__ = ["Batcher", "BatcherClosedError", "QueueFullError"]
 
 logger = logging.getLogger(__name__)
 
-RankMany = Callable[[list[str], list[list[Any]]], list[Any]]
+RankMany = Callable[[list[Any], list[list[Any]]], list[Any]]  # (queries, document lists) -> results
 
 
 class QueueFullError(Exception):
@@ -37,7 +37,7 @@ class BatcherClosedError(Exception):
 
 @dataclass(eq=False)
 class _Request:
-    query: str
+    query: Any
     docs: list[Any]
     cost: int
     arrived: float
@@ -48,8 +48,9 @@ class Batcher:
     """Merge concurrent requests for one ranker into ``rank_many(queries, docs_lists)`` calls.
 
     Args:
-        rank_many: the model call; returns one result per query, in order. It runs on a single thread the
-            batcher owns, never on the event loop and never two calls at once.
+        rank_many: the model call; returns one result per query, in order. A query is passed through as
+            submitted (a string, or any key the caller's ``rank_many`` and ``cost`` understand). It runs on a
+            single thread the batcher owns, never on the event loop and never two calls at once.
         cost: ``cost(query, docs)``, a request's size in tokens (an int >= 0), computed once at submit.
         max_batch_tokens: the most summed cost one merged call may hold; a request that alone costs more
             still runs, alone. 0 turns micro-batching off.
@@ -76,7 +77,7 @@ class Batcher:
         self,
         rank_many: RankMany,
         *,
-        cost: Callable[[str, Sequence[Any]], int],
+        cost: Callable[[Any, Sequence[Any]], int],
         max_batch_tokens: int = 16384,
         wait_ms: float = 5.0,
         max_queue: int = 256,
@@ -124,7 +125,7 @@ class Batcher:
         """Requests waiting, not yet in a running batch."""
         return len(self._queue)
 
-    async def submit(self, query: str, docs: list[Any], timeout: float | None = None) -> Any:
+    async def submit(self, query: Any, docs: list[Any], timeout: float | None = None) -> Any:
         """Queue one request and return its own result (its element of ``rank_many``'s list).
 
         Raises:

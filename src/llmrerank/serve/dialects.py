@@ -7,7 +7,8 @@
   ``{"error", "error_type"}``.
 - ``vllm_score``: ``POST /score`` (``text_1``/``text_2`` or ``queries``/``documents``): scores in input order.
 
-Field names are exactly the originals'; fields a dialect does not know are ignored, as the originals do. Each
+Field names are exactly the originals'; fields a dialect does not know are ignored, as the originals do. Every
+dialect also reads ``instruction``, an llmrerank field (see :class:`~.protocol.RerankRequest`). Each
 dialect parses a body into :class:`~.protocol.RerankRequest` (several for ``/score``), formats a
 :class:`~.protocol.RerankResponse`, and formats an error.
 """
@@ -24,6 +25,7 @@ from .protocol import (
     document_texts,
     optional_bool,
     optional_int,
+    optional_text,
     required_query,
     top,
 )
@@ -51,6 +53,7 @@ def parse_cohere_v1(body: Mapping[str, Any]) -> RerankRequest:
         model=_model(body),
         top_n=optional_int(body, "top_n"),
         return_documents=optional_bool(body, "return_documents", False),
+        instruction=optional_text(body, "instruction"),
     )
 
 
@@ -80,6 +83,7 @@ def parse_cohere_v2(body: Mapping[str, Any]) -> RerankRequest:
         model=_model(body),
         top_n=optional_int(body, "top_n"),
         max_tokens_per_doc=optional_int(body, "max_tokens_per_doc"),
+        instruction=optional_text(body, "instruction"),
     )
 
 
@@ -106,6 +110,7 @@ def parse_tei(body: Mapping[str, Any]) -> RerankRequest:
         truncate=optional_bool(body, "truncate", False),
         truncate_left=direction.lower() == "left",
         raw_scores=optional_bool(body, "raw_scores", False),
+        instruction=optional_text(body, "instruction"),
         documents_key="texts",
     )
 
@@ -142,6 +147,7 @@ def parse_vllm_score(body: Mapping[str, Any]) -> tuple[list[RerankRequest], list
     if first is None or second is None:
         raise ServeError(422, f"missing field {first_key!r} or {second_key!r}: the texts to score against each other")
     model = _model(body)
+    instruction = optional_text(body, "instruction")
     queries = [first] if isinstance(first, str) else first
     documents = [second] if isinstance(second, str) else second
     if not isinstance(queries, list) or not isinstance(documents, list):
@@ -152,7 +158,8 @@ def parse_vllm_score(body: Mapping[str, Any]) -> tuple[list[RerankRequest], list
         if not q.strip():
             raise ServeError(400, f"{first_key}[{i}] is empty: give the search query")
     if len(texts_1) == 1:
-        return [RerankRequest(query=texts_1[0], documents=texts_2, model=model)], [(0, j) for j in range(len(texts_2))]
+        request = RerankRequest(query=texts_1[0], documents=texts_2, model=model, instruction=instruction)
+        return [request], [(0, j) for j in range(len(texts_2))]
     if len(texts_1) != len(texts_2):
         raise ServeError(
             422,
@@ -164,7 +171,8 @@ def parse_vllm_score(body: Mapping[str, Any]) -> tuple[list[RerankRequest], list
         grouped.setdefault(q, []).append(i)
     requests, where = [], [(0, 0)] * len(texts_1)
     for r, (q, items) in enumerate(grouped.items()):
-        requests.append(RerankRequest(query=q, documents=tuple(texts_2[i] for i in items), model=model))
+        docs = tuple(texts_2[i] for i in items)
+        requests.append(RerankRequest(query=q, documents=docs, model=model, instruction=instruction))
         for j, i in enumerate(items):
             where[i] = (r, j)
     return requests, where

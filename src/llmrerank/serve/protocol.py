@@ -43,7 +43,9 @@ class RerankRequest:
     ``documents`` are the texts in request order; ``top_n`` None means all; ``max_tokens_per_doc`` cuts each
     document to that many tokens before ranking; ``truncate`` False refuses (413) a document longer than the
     ranker's document budget instead of cutting it (TEI), and ``truncate_left`` cuts a document's start instead
-    of its end; ``raw_scores`` answers the ranker's own score instead of the relevance in [0, 1] (TEI).
+    of its end; ``raw_scores`` answers the ranker's own score instead of the relevance in [0, 1] (TEI);
+    ``instruction`` replaces the ranker's instruction for this request (a template with ``{instruction}``, such as
+    the ``qwen3-reranker`` family's; an llmrerank field, accepted by every route).
     """
 
     query: str
@@ -55,6 +57,7 @@ class RerankRequest:
     truncate: bool = True
     truncate_left: bool = False
     raw_scores: bool = False
+    instruction: str | None = None
     documents_key: str = "documents"  # what the dialect calls them, for messages
 
 
@@ -105,6 +108,18 @@ def optional_bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def optional_text(body: Mapping[str, Any], key: str) -> str | None:
+    """``body[key]`` as a non-empty string, or None when absent or null; else a 400/422 naming it."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ServeError(422, f"{key} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ServeError(400, f"{key} is empty: leave it out to keep the ranker's own")
+    return value
+
+
 def required_query(body: Mapping[str, Any], key: str = "query") -> str:
     if key not in body or body[key] is None:
         raise ServeError(422, f"missing field {key!r}: the search query")
@@ -143,6 +158,13 @@ def check_request(request: RerankRequest, limits: Limits) -> None:
         raise ServeError(
             413,
             f"the query is {len(request.query)} characters; the limit is {limits.max_query_chars} (--max-query-chars)",
+            "Validation",
+        )
+    if request.instruction is not None and len(request.instruction) > limits.max_query_chars:
+        raise ServeError(
+            413,
+            f"the instruction is {len(request.instruction)} characters; the limit is {limits.max_query_chars} "
+            "(--max-query-chars)",
             "Validation",
         )
     if len(request.documents) > limits.max_documents:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -92,22 +93,22 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 class ScoreCache:
-    """A least-recently-used map of (query, document text) to a pointwise ranker's score; one per ranker, so its
-    options (template, normalisation, max_length) are part of the key by construction."""
+    """A least-recently-used map of (instruction, query, document text) to a pointwise ranker's score; one per
+    ranker, so its options (template, normalisation, max_length) are part of the key by construction."""
 
     def __init__(self, size: int):
         from collections import OrderedDict
 
         self.size = size
-        self.entries: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.entries: OrderedDict[tuple[str | None, str, str], float] = OrderedDict()
 
-    def get(self, key: tuple[str, str]) -> float | None:
+    def get(self, key: tuple[str | None, str, str]) -> float | None:
         value = self.entries.get(key)
         if value is not None:
             self.entries.move_to_end(key)
         return value
 
-    def put(self, key: tuple[str, str], value: float) -> None:
+    def put(self, key: tuple[str | None, str, str], value: float) -> None:
         self.entries[key] = value
         self.entries.move_to_end(key)
         while len(self.entries) > self.size:
@@ -120,10 +121,19 @@ def estimated_tokens(query: str, docs: Sequence[Document], max_length: int | Non
     return sum(min(c, max_length) if max_length else c for c in per_doc)
 
 
+VARIANTS = 64  # rankers kept per served ranker for request instructions (rebuilt when evicted: no model load)
+
+
 class Served:
-    """One ranker being served: its name, the ranker, its batcher, and how a request's documents are prepared."""
+    """One ranker being served: its name, the ranker, its batcher, and how a request's documents are prepared.
+
+    A request's ``instruction`` is served by a variant of the ranker (its options with that instruction, on the
+    same loaded model), built on first use and kept in a small LRU; requests with different instructions still
+    share one batcher, whose merged calls run each instruction's queries through its variant."""
 
     def __init__(self, name: str, ranker: Any, settings: Settings, executor: ThreadPoolExecutor, metrics: Any):
+        from collections import OrderedDict
+
         from .batcher import Batcher
 
         self.name = name
@@ -134,9 +144,11 @@ class Served:
         self.cache: ScoreCache | None = None
         if settings.score_cache and isinstance(ranker, PointScorer):
             self.cache = ScoreCache(settings.score_cache)
+        self.variants: OrderedDict[str, Any] = OrderedDict()
+        self._variants_lock = threading.Lock()  # the event loop builds variants, the model thread reads them
         self.batcher = Batcher(
             self.rank_many,
-            cost=lambda q, docs: estimated_tokens(q, docs, max_length),
+            cost=lambda key, docs: estimated_tokens(key[1] + (key[0] or ""), docs, max_length),
             max_batch_tokens=settings.max_batch_tokens,
             wait_ms=settings.batch_wait_ms,
             max_queue=settings.max_queue,
@@ -146,22 +158,71 @@ class Served:
             on_batch=lambda n, docs, cost: metrics.batch(name, n, docs, cost),
         )
 
-    def rank_many(self, queries: list[str], docs: list[list[Document]]) -> list[Ranking]:
-        """The ranker's ``rank_many``, through the score cache when there is one (on the model thread only)."""
+    def ranker_for(self, instruction: str | None) -> Any:
+        """The ranker that serves ``instruction`` (None: the ranker itself). A ranker that takes no instruction,
+        or whose template has no ``{instruction}``, is a 422 naming why."""
+        if instruction is None:
+            return self.ranker
+        with self._variants_lock:
+            ranker = self.variants.get(instruction)
+            if ranker is not None:
+                self.variants.move_to_end(instruction)
+                return ranker
+        options_class = type(self.ranker.options)
+        if "instruction" not in options_class.specs():
+            raise ServeError(
+                422, f"ranker {self.name!r} (method {self.ranker.method}) takes no instruction: leave it out"
+            )
+        try:
+            options = options_class.build({**self.ranker.options.to_dict(), "instruction": instruction})
+        except (TypeError, ValueError) as e:
+            raise ServeError(422, f"ranker {self.name!r} cannot take this instruction: {e}") from None
+        ranker = type(self.ranker)(self.ranker.backend, options)
+        with self._variants_lock:
+            self.variants[instruction] = ranker
+            while len(self.variants) > VARIANTS:
+                self.variants.popitem(last=False)
+        return ranker
+
+    async def submit(self, request: RerankRequest, docs: list[Document], timeout: float) -> Ranking:
+        """Rank ``docs`` for the request's query (and instruction) through the batcher."""
+        return await self.batcher.submit((request.instruction, request.query), docs, timeout=timeout)
+
+    def rank_many(self, keys: list[tuple[str | None, str]], docs: list[list[Document]]) -> list[Ranking]:
+        """A merged call of the batcher (on the model thread): ``keys`` are (instruction, query) pairs; each
+        instruction's queries go through its ranker in one call."""
+        groups: dict[str | None, list[int]] = {}
+        for i, (instruction, _) in enumerate(keys):
+            groups.setdefault(instruction, []).append(i)
+        out: list[Ranking | None] = [None] * len(keys)
+        for instruction, members in groups.items():
+            ranker = self.ranker_for(instruction)
+            queries = [keys[i][1] for i in members]
+            rankings = self._rank(ranker, instruction, queries, [docs[i] for i in members])
+            for i, ranking in zip(members, rankings):
+                out[i] = ranking
+        return out  # type: ignore[return-value]  # every position set
+
+    def _rank(
+        self, ranker: Any, instruction: str | None, queries: list[str], docs: list[list[Document]]
+    ) -> list[Ranking]:
+        """The ranker's ``rank_many``, through the score cache when there is one."""
         if self.cache is None:
-            return self.ranker.rank_many(queries, docs)
-        scores: list[list[float | None]] = [[self.cache.get((q, d.text)) for d in ds] for q, ds in zip(queries, docs)]
+            return ranker.rank_many(queries, docs)
+        scores: list[list[float | None]] = [
+            [self.cache.get((instruction, q, d.text)) for d in ds] for q, ds in zip(queries, docs)
+        ]
         todo = [(i, [j for j, s in enumerate(row) if s is None]) for i, row in enumerate(scores)]
         todo = [(i, missing) for i, missing in todo if missing]
         hits = sum(len(row) for row in scores) - sum(len(missing) for _, missing in todo)
         tokens = [0] * len(queries)
         if todo:
-            fresh = self.ranker.rank_many([queries[i] for i, _ in todo], [[docs[i][j] for j in m] for i, m in todo])
+            fresh = ranker.rank_many([queries[i] for i, _ in todo], [[docs[i][j] for j in m] for i, m in todo])
             for (i, missing), ranking in zip(todo, fresh):
                 for position, score in zip(ranking.indices, ranking.scores):
                     j = missing[position]
                     scores[i][j] = score
-                    self.cache.put((queries[i], docs[i][j].text), score)
+                    self.cache.put((instruction, queries[i], docs[i][j].text), score)
                 tokens[i] = int(ranking.metadata.get("tokens", 0))
         missing = {i: len(m) for i, m in todo}
         self.metrics.cache(self.name, hits, sum(missing.values()))
@@ -171,22 +232,24 @@ class Served:
             out.append(ranking_from_scores([float(s) for s in row], ds, meta))  # type: ignore[arg-type]  # all set
         return out
 
-    def document_budget(self, query: str) -> int | None:
-        """How many tokens of a document the ranker reads for ``query``: what its prompt leaves within
-        ``max_length`` (one document a prompt), or its ``passage_tokens`` (several a prompt); None if unbounded."""
-        renderer = getattr(self.ranker, "renderer", None)
-        if renderer is not None and hasattr(renderer, "parts") and hasattr(self.ranker.options, "max_length"):
+    def document_budget(self, query: str, ranker: Any = None) -> int | None:
+        """How many tokens of a document ``ranker`` (default: the served one) reads for ``query``: what its prompt
+        leaves within ``max_length`` (one document a prompt), or its ``passage_tokens`` (several a prompt); None
+        if unbounded."""
+        ranker = self.ranker if ranker is None else ranker
+        renderer = getattr(ranker, "renderer", None)
+        if renderer is not None and hasattr(renderer, "parts") and hasattr(ranker.options, "max_length"):
             return renderer.document_budget(renderer.parts(query))
-        return getattr(self.ranker.options, "passage_tokens", None)
+        return getattr(ranker.options, "passage_tokens", None)
 
-    def prepare(self, request: RerankRequest) -> list[Document]:
+    def prepare(self, request: RerankRequest, ranker: Any = None) -> list[Document]:
         """The request's documents as the ranker will read them: cut to ``max_tokens_per_doc``, cut from the
         start (TEI's ``truncation_direction: Left``) or refused when too long (``truncate: false``)."""
         texts = list(request.documents)
         if self.tokenizer is None:
             return [Document(t) for t in texts]
         needs_budget = not request.truncate or request.truncate_left
-        budget = self.document_budget(request.query) if needs_budget else None
+        budget = self.document_budget(request.query, ranker) if needs_budget else None
         if request.max_tokens_per_doc is not None:
             budget = request.max_tokens_per_doc if budget is None else min(budget, request.max_tokens_per_doc)
         if budget is None:
@@ -259,13 +322,14 @@ class Service:
     async def rerank(self, request: RerankRequest) -> RerankResponse:
         served = self.pick(request.model)
         check_request(request, self.settings.limits)
+        ranker = served.ranker_for(request.instruction)
         try:
-            served.ranker.check_query(request.query)
+            ranker.check_query(request.query)
         except ValueError as e:
             raise ServeError(422, f"ranker {served.name!r} cannot score this query: {e}") from None
-        docs = served.prepare(request)
+        docs = served.prepare(request, ranker)
         try:
-            ranking: Ranking = await served.batcher.submit(request.query, docs, timeout=self.settings.timeout_s)
+            ranking: Ranking = await served.submit(request, docs, timeout=self.settings.timeout_s)
         except QueueFullError:
             raise ServeError(
                 503, "the server is at capacity; retry shortly", "Overloaded", {"Retry-After": "1"}
@@ -280,7 +344,7 @@ class Service:
             raise ServeError(500, str(e), "Backend") from None
         except (ValueError, TypeError) as e:  # the ranker refused this input (what the checks above cannot see)
             raise ServeError(422, f"ranker {served.name!r} cannot rank this request: {e}") from None
-        relevance = served.ranker.relevance(ranking)
+        relevance = ranker.relevance(ranking)
         results = tuple(
             Result(index=i, score=s, relevance=r, text=request.documents[i])
             for i, s, r in zip(ranking.indices, ranking.scores, relevance)
