@@ -304,3 +304,25 @@ def test_keep_best_survives_kill_9(tiny_model_dir, tmp_path):
     assert set(wa) == set(wb)
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=0)
+
+
+def test_a_family_trains_and_is_recorded_in_the_folder_and_the_run_sidecar(tiny_model_dir, tmp_path):
+    """A model family is an option: the trained folder records it, restoring the folder restores it (and its
+    score, not the training default's), and a run on the folder records it in its sidecar."""
+    from llmrerank.cli import main
+
+    family = {"family": "qwen3-reranker", "instruction": "judge the passage"}
+    trainer = Trainer(_config(tiny_model_dir, tmp_path / "run", max_steps=2, options=family))
+    assert trainer.ranker.options.normalisation == "pair_softmax"  # the family's, not TRAIN_DEFAULTS' logit
+    result = trainer.train(progress=False)
+    meta = json.loads((result.model_dir / "llmrerank.json").read_text())
+    assert meta["options"]["family"] == "qwen3-reranker" and meta["options"]["instruction"] == "judge the passage"
+    trainer.backend.model.eval()
+    restored = Reranker("pointwise", model=str(result.model_dir), dtype="float32")
+    assert (restored.options.family, restored.options.instruction) == ("qwen3-reranker", "judge the passage")
+    assert restored.score(QUERY, DOCS) == pytest.approx(trainer.ranker.score(QUERY, DOCS), abs=1e-4)
+    out = tmp_path / "out.trec"
+    args = ["rerank", "--data", str(TINY), "--model", str(result.model_dir), "--method", "pointwise"]
+    assert main([*args, "--top-k", "3", "--out", str(out), "--quiet"]) == 0
+    ranker = json.loads(out.with_name("out.trec.json").read_text())["ranker"]
+    assert (ranker["family"], ranker["normalisation"]) == ("qwen3-reranker", "pair_softmax")

@@ -45,7 +45,9 @@ def training_options(
 ) -> dict[str, Any]:
     """The options table a training run uses: ``options`` with the top-level ``legacy`` spellings folded in
     (one the method has no use for is dropped when it holds its old default, else refused), then (``resolve``)
-    :data:`TRAIN_DEFAULTS` where they apply, validated by the method's options class and returned complete."""
+    :data:`TRAIN_DEFAULTS` where they apply and a model family does not fix them, validated by the method's
+    options class and returned complete."""
+    from ..prompts.families import get_family
     from ..registry import options_class
 
     cls = options_class(method)
@@ -69,8 +71,10 @@ def training_options(
     if not resolve:
         return table
     probe = cls.build(table)
+    family = getattr(probe, "family", None)
+    fixed = set(get_family(family).options) if family is not None else set()  # a family's score is its own
     for key, value in TRAIN_DEFAULTS.items():
-        if key not in table and key in cls.specs() and probe.applies(key):
+        if key not in table and key not in fixed and key in cls.specs() and probe.applies(key):
             table[key] = value
     return cls.build(table).to_dict()
 
