@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DataFormatError, check_token, format_run_lines, read_text
+from .fusion import Fusion, fuse_ranking
 from .outputs import OutputError, OutputLock, check_writable, make_parent, partial_path, write_atomic
 from .rankers.base import Ranker
 from .types import Document, Ranking
@@ -321,11 +322,19 @@ def check_resumable(out: str | Path) -> None:
         _read_sidecar(source, out)
 
 
+OPTIONAL_SETTINGS = ("fuse",)  # settings whose absence from a sidecar means None
+
+
 def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The sidecar of ``path`` (the output, or its partial file) being resumed; refuses one made with other
     settings, a damaged one, or none."""
     previous = _read_sidecar(path, out)
-    differ = [k for k, v in settings.items() if k in previous and not _same(previous[k], v)]
+    # a setting an older sidecar lacks is compared only where absence has a meaning (no fusion)
+    differ = [
+        k
+        for k, v in settings.items()
+        if (k in previous or k in OPTIONAL_SETTINGS) and not _same(previous.get(k), v)
+    ]
     if differ and path != out:
         raise ValueError(
             f"cannot resume {out}: its unfinished run {path} was written with other {', '.join(differ)}; rerun with "
@@ -405,6 +414,7 @@ def rerank_run(
     progress: bool = True,
     sidecar: Mapping[str, Any] | None = None,
     engine: Any = None,
+    fuse: Fusion | None = None,
 ) -> RerankReport:
     """Rerank the top ``top_k`` of each query in ``run`` with ``ranker`` and write a TREC run to ``out``.
 
@@ -425,6 +435,10 @@ def rerank_run(
     rebuilding the ranker from its options table: ``ranker`` is then a Ranker (its ``config()`` is sent) or a
     config mapping (``Reranker.from_config``'s keys; no model is loaded here). The output, sidecar and resume are
     the local engine's, and either engine resumes the other's output.
+
+    With ``fuse`` (a :class:`~llmrerank.fusion.Fusion`), each query's reranked head is reordered by the fused
+    score (:func:`~llmrerank.fusion.fuse_ranking`: the reranker's and the input run's scores, each min-max
+    normalised per query, weighted); the tail stays below it. The fusion is a setting a resume must share.
     """
     from tqdm.auto import tqdm
 
@@ -445,7 +459,7 @@ def rerank_run(
     report = RerankReport(queries_not_loaded=len(run) - len(qids))
     partial = partial_path(out)
     with OutputLock(out, "output run"), _on_engine(ranker, engine) as ranker:
-        settings = _settings(ranker, top_k, queries_per_batch, sidecar)
+        settings = {**_settings(ranker, top_k, queries_per_batch, sidecar), "fuse": fuse.to_dict() if fuse else None}
         _finish_rename(out)
         source = _source(out) if resume else None
         previous = _previous_run(source, out, settings) if source else {}
@@ -478,6 +492,8 @@ def rerank_run(
         with _open_for_append(partial) as f, bar:  # the bar ends its line however the loop ends
             for qid, ranking in rankings:
                 written.append(qid)
+                if fuse is not None:
+                    ranking = fuse_ranking(ranking, dict(list(run[qid])[:top_k]), fuse)
                 tail = list(run[qid])[top_k:]
                 order = [*ranking.ids, *(d for d, _ in tail)]
                 _append(f, format_run_lines(qid, list(zip(order, chain_scores(ranking.scores, len(tail)))), tag))

@@ -47,3 +47,13 @@ positive_float = spec_type(Spec("", (float, int), positive=True), "positive_floa
 """A finite number > 0 (``--cpus-per-worker``)."""
 unit_interval = spec_type(Spec("", (float, int), minimum=0, maximum=1), "unit_interval")
 """A number from 0 to 1 (BM25's ``--b``)."""
+
+
+def fusion(text: str) -> Any:
+    """The ``--fuse`` flag: ``bm25:W`` as a :class:`~llmrerank.fusion.Fusion` (the form and range checked)."""
+    from ..fusion import parse_fusion
+
+    try:
+        return parse_fusion(text)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("fuse: ")) from None

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .argtypes import nonnegative_float, positive_float, positive_int
+from .argtypes import fusion, nonnegative_float, positive_float, positive_int
 from .ranker_args import add_model_args, ranker_from_args, ranker_options_from_args
 
 
@@ -23,6 +23,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output TREC run; a JSON sidecar is written next to it")
     p.add_argument("--resume", action="store_true", help="keep the queries already complete in --out")
     p.add_argument("--queries-per-batch", type=positive_int, default=4, help="batch the documents of this many queries")
+    p.add_argument(
+        "--fuse",
+        type=fusion,
+        metavar="bm25:W",
+        help="order the reranked top k by W x the first stage's score + (1 - W) x the reranker's, each min-max "
+        "normalised per query (W in [0, 1])",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p, "pointwise")
     add_engine_args(p)
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> None:
             queries_per_batch=args.queries_per_batch,
             progress=not args.quiet,
             engine=engine,
+            fuse=args.fuse,
             # resolved: the same files spelled another way still resume
             sidecar={"data": str(Path(args.data).resolve()), "split": args.split, "input_run": str(run_path.resolve())},
         )
