@@ -326,3 +326,61 @@ def test_a_family_trains_and_is_recorded_in_the_folder_and_the_run_sidecar(tiny_
     assert main([*args, "--top-k", "3", "--out", str(out), "--quiet"]) == 0
     ranker = json.loads(out.with_name("out.trec.json").read_text())["ranker"]
     assert (ranker["family"], ranker["normalisation"]) == ("qwen3-reranker", "pair_softmax")
+
+
+def test_ranknet_on_the_teachers_order(tiny_model_dir, tmp_path):
+    """target = "teacher" with teacher_mode = "order": the loss's targets are minus the teacher's ranks."""
+    from llmrerank.data import load_beir, load_run
+    from llmrerank.train.losses import ranknet
+
+    # a teacher that orders every candidate and judged document of a query in reverse
+    qrels = load_beir(TINY, split="test").qrels
+    lines = []
+    for qid, items in load_run(TINY / "run.trec").items():
+        docs = [d for d, _ in items] + [d for d in qrels.get(qid, {}) if d not in dict(items)]
+        lines += [f"{qid} Q0 {d} {r} {-r} teacher" for r, d in enumerate(reversed(docs), start=1)]
+    teacher = tmp_path / "teacher.trec"
+    teacher.write_text("\n".join(lines) + "\n")
+    cfg = _config(
+        tiny_model_dir,
+        tmp_path / "run",
+        loss="ranknet",
+        target="teacher",
+        teacher_run=str(teacher),
+        teacher_mode="order",
+        max_steps=2,
+    )
+    trainer = Trainer(cfg)
+    groups = trainer.groups[:2]
+    assert all(g.teacher is not None for g in groups)
+    assert [list(g.teacher) for g in groups] != [list(g.labels) for g in groups]  # not the qrels' labels
+    items = [e for g in groups for e in trainer.ranker.encode(g.query, g.docs)]
+    with torch.no_grad():
+        scores = trainer.ranker.score_encoded(items).view(len(groups), -1)
+        want = ranknet(scores, torch.tensor([g.teacher for g in groups]))
+        assert trainer.batch_loss(groups).item() == pytest.approx(want.item(), abs=1e-5)
+    ranks = {}
+    for line in teacher.read_text().splitlines():
+        qid, _, doc, rank, *_ = line.split()
+        ranks[(qid, doc)] = int(rank)
+    for g in groups:  # minus each document's rank in the teacher run
+        assert list(g.teacher) == [-float(ranks[(g.qid, d)]) for d in g.doc_ids]
+    result = trainer.train(progress=False)
+    assert json.loads((result.model_dir / "llmrerank.json").read_text())["trained_with"]["loss"] == "ranknet"
+
+
+@pytest.mark.parametrize(
+    ("given", "error", "message"),
+    [
+        ({"loss": "kl", "target": "labels"}, ValueError, "loss kl distils a teacher: target must be 'teacher'"),
+        ({"target": "oracle"}, ValueError, "target must be"),
+    ],
+)
+def test_bad_targets_are_refused(tmp_path, given, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig.from_dict({"output_dir": str(tmp_path), **given})
+
+
+def test_a_teacher_target_needs_a_teacher_run(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="learns from a teacher here: set teacher_run"):
+        Trainer(_config(tiny_model_dir, tmp_path / "run", loss="ranknet", target="teacher"))

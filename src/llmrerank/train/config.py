@@ -26,6 +26,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+TARGETS = ("labels", "teacher")
+DISTILL_LOSSES = ("kl", "margin_mse")  # losses whose targets are a teacher's scores, never graded labels
+
 # What a trained ranker uses unless its config says otherwise: s = z_yes - z_no is what the losses see and what
 # is served; a shorter prompt budget than inference's 512, for training's speed.
 TRAIN_DEFAULTS: dict[str, Any] = {"normalisation": "logit", "max_length": 256}
@@ -104,6 +107,7 @@ CHECKS: dict[str, Spec] = {
     "max_positives": _rule(int, _NONE, minimum=1),
     "teacher_run": _rule(str, _NONE),
     "teacher_mode": _rule(str, choices=("scores", "order")),
+    "target": _rule(str, _NONE, choices=TARGETS),
     "dev_split": _rule(str, _NONE),
     "dev_run": _rule(str, _NONE),
     "dev_top_k": _rule(int, minimum=1),
@@ -236,6 +240,10 @@ class TrainConfig:
     max_positives: int | None = None
     teacher_run: str | None = None
     teacher_mode: str = "scores"
+    # what the loss learns: the qrels' "labels", or the "teacher" run's scores (its order with teacher_mode
+    # "order": RankNet on the teacher's order, say); None = the teacher for the distillation losses (kl,
+    # margin_mse), else the labels
+    target: str | None = None
 
     # evaluation during training (nDCG@10 on the dev split's reranked top `dev_top_k`)
     dev_split: str | None = None
@@ -289,12 +297,19 @@ class TrainConfig:
             raise _refused("lora_targets", '"all-linear" or a non-empty list of module names', targets)
         self.loss_options = dict(self.loss_options)
         _check_loss(self.loss, self.loss_options)
+        if self.loss in DISTILL_LOSSES and self.target == "labels":
+            raise ValueError(f"config: loss {self.loss} distils a teacher: target must be 'teacher' or left out")
         try:
             self.options = training_options(self.method, self.options)
         except (ValueError, TypeError) as e:  # the options class names the option; say it is in `options`
             if str(e).startswith("config:"):
                 raise
             raise (ValueError if isinstance(e, ValueError) else TypeError)(f"config: options: {e}") from None
+
+    @property
+    def learns_from_teacher(self) -> bool:
+        """Whether the loss's targets are the teacher run's (see ``target``), not the qrels' labels."""
+        return (self.target or ("teacher" if self.loss in DISTILL_LOSSES else "labels")) == "teacher"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

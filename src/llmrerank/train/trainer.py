@@ -71,7 +71,7 @@ class Trainer:
         if c.loss not in LOSSES:
             raise ValueError(f"unknown loss {c.loss!r}: choose one of {', '.join(sorted(LOSSES))}")
         self.loss_fn = partial(LOSSES[c.loss], **c.loss_options)
-        self.distill = c.loss in ("kl", "margin_mse")
+        self.distill = c.learns_from_teacher
         # checked before a model is loaded: a folder that cannot be written fails at once
         self.output_dir = check_writable(c.output_dir, "training output", folder=True)
         self.callbacks = list(callbacks)
@@ -92,7 +92,7 @@ class Trainer:
         if not self.groups:
             raise ValueError("no training groups: check the split, the run and the relevance threshold")
         if self.distill and any(g.teacher is None for g in self.groups):
-            raise ValueError(f"loss {c.loss!r} distils a teacher: set teacher_run in the config")
+            raise ValueError(f"loss {c.loss!r} learns from a teacher here: set teacher_run in the config")
         sizes = {len(g.docs) for g in self.groups}
         if len(sizes) != 1:
             raise ValueError(f"all groups must have the same size, got sizes {sorted(sizes)}")
