@@ -68,3 +68,67 @@ def test_default_stop_ids_and_accounting(tokenizer):
         b.generate([[7, 8]], 0)
     with pytest.raises(ValueError, match="2 sequences but 1 max_new_tokens"):
         b.generate([[7], [8]], [3])
+
+
+# --- sampling (synthetic query generation) ---------------------------------------------------------------------
+
+
+def _naive_sampling(model, seq: list[int], steps: int, temperature: float, top_p: float, seed: int) -> list[int]:
+    """Sampling the slow way: a full forward pass a token, the nucleus cut by hand, one generator per sequence."""
+    g = torch.Generator().manual_seed(seed)
+    cur, out = list(seq), []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([cur])).logits[0, -1].float()
+        probs = torch.softmax(logits / temperature, dim=-1)
+        ranked, order = probs.sort(descending=True)
+        cut = 1 + int((ranked.cumsum(0) < top_p).sum()) if top_p < 1 else len(ranked)
+        token = int(order[torch.multinomial(ranked[:cut], 1, generator=g)])
+        out.append(token)
+        cur.append(token)
+    return out
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.5])
+def test_sampling_equals_naive_sampling_alone_or_in_any_batch(tokenizer, top_p):
+    from llmrerank.backends.base import Sampling
+
+    model = make_model(len(tokenizer), "llama")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)  # a peaked distribution, so that the nucleus cut matters
+    seqs = _sequences(5)
+    seeds = (11, 12, 13, 14, 15)
+    sampling = Sampling(temperature=2.0, seeds=seeds, top_p=top_p)
+    many = HFBackend(model, tokenizer, batch_size=5).generate(seqs, 6, stop_ids=[], sampling=sampling)
+    one = HFBackend(model, tokenizer, batch_size=1).generate(seqs, 6, stop_ids=[], sampling=sampling)
+    assert many == one
+    for seq, seed, tokens in zip(seqs, seeds, many):
+        assert tokens == _naive_sampling(model, seq, 6, 2.0, top_p, seed)
+    greedy = HFBackend(model, tokenizer, batch_size=5).generate(seqs, 6, stop_ids=[])
+    assert many != greedy  # it does sample
+    other = Sampling(temperature=2.0, seeds=(21, 22, 23, 24, 25), top_p=top_p)
+    assert HFBackend(model, tokenizer, batch_size=5).generate(seqs, 6, stop_ids=[], sampling=other) != many
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"temperature": 0.0}, "temperature must be a finite number > 0"),
+        ({"temperature": float("inf")}, "temperature must be a finite number > 0"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"seeds": (1, -2)}, "seeds must be integers >= 0"),
+    ],
+)
+def test_bad_sampling_settings(given, message):
+    from llmrerank.backends.base import Sampling
+
+    with pytest.raises(ValueError, match=message):
+        Sampling(**{"temperature": 0.7, "seeds": (1, 2), **given})
+
+
+def test_one_seed_a_sequence(backend):
+    from llmrerank.backends.base import Sampling
+
+    with pytest.raises(ValueError, match="2 sequences but 1 sampling seeds"):
+        backend.generate([[7, 8], [9, 10]], 2, sampling=Sampling(temperature=1.0, seeds=(1,)))

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .base import BackendStats
+from .base import BackendStats, Sampling
 from .planner import Pass, plan
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -370,12 +370,15 @@ class HFBackend:
         sequences: Sequence[Sequence[int]],
         max_new_tokens: int | Sequence[int],
         stop_ids: Sequence[int] | None = None,
+        sampling: Sampling | None = None,
     ) -> list[list[int]]:
-        """Greedy decoding with a key-value cache, batched like the other primitives.
+        """Greedy decoding with a key-value cache, batched like the other primitives; or, with ``sampling``,
+        sampling at its temperature (and top-p), each sequence from its own seeded generator.
 
         A continuation ends after its first stop token (kept in the result) or after its own cap. Rows of a
         batch that have finished are still fed (their tokens are discarded), so a row's tokens do not depend on
-        the batch it ran in, up to float rounding.
+        the batch it ran in, up to float rounding; a sampled row draws from its own generator only, so the same
+        seed gives the same continuation alone or in any batch (up to the same rounding).
         """
         n = len(sequences)
         caps = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
@@ -383,6 +386,8 @@ class HFBackend:
             raise ValueError(f"{n} sequences but {len(caps)} max_new_tokens")
         if any(c < 1 for c in caps):
             raise ValueError("max_new_tokens must be at least 1")
+        if sampling is not None and len(sampling.seeds) != n:
+            raise ValueError(f"{n} sequences but {len(sampling.seeds)} sampling seeds")
         stops = set(self.stop_ids() if stop_ids is None else (int(t) for t in stop_ids))
 
         def fn(idx: list[int], prefix: None) -> list[list[int]]:
@@ -392,8 +397,10 @@ class HFBackend:
             rows = [[] for _ in idx]
             done = [False] * len(idx)
             limit = max(caps[i] for i in idx)
+            draw = sampling.start(idx) if sampling is not None else None
             for step in range(limit):
-                nxt = out.logits[:, -1, :].argmax(-1)
+                logits = out.logits[:, -1, :]
+                nxt = logits.argmax(-1) if draw is None else draw(logits, done)
                 for r, token in enumerate(nxt.tolist()):
                     if not done[r]:
                         rows[r].append(token)
