@@ -22,12 +22,12 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo, evaluate, rerank, retrieve, serve, train
+from . import demo, evaluate, generate_queries, rerank, retrieve, serve, train
 
 EPILOG = "Models are never downloaded: presets come from installed packages (see `llmrerank rerank --help`)."
 
 # In the order `llmrerank --help` lists them.
-SUBCOMMANDS = (retrieve, rerank, evaluate, train, serve, demo)
+SUBCOMMANDS = (retrieve, rerank, evaluate, train, generate_queries, serve, demo)
 
 BAD_INPUT = 2  # the input (a file, an option, a model) is wrong: fix it and run again
 FAILED = 1  # anything else: the environment (disk, memory, a lock) or a bug
