@@ -93,6 +93,16 @@ def test_dense_head_and_likelihood_training(tiny_model_dir, tmp_path):
     ql.backend.model.eval()
     restored = Reranker("likelihood", model=str(result.model_dir), dtype="float32")
     assert restored.score(QUERY, DOCS) == pytest.approx(ql.ranker.score(QUERY, DOCS), abs=1e-4)
+    # the folder's method is the default, in the API and on the command line
+    implied = Reranker(model=str(result.model_dir), dtype="float32")
+    assert implied.method == "likelihood" and implied.score(QUERY, DOCS) == restored.score(QUERY, DOCS)
+    from llmrerank.cli import main
+
+    out = tmp_path / "ql.trec"
+    assert main(["rerank", "--data", str(TINY), "--model", str(result.model_dir), "--out", str(out), "--quiet"]) == 0
+    assert json.loads(out.with_name("ql.trec.json").read_text())["ranker"]["method"] == "likelihood"
+    with pytest.raises(TypeError, match="name a method .*only a model folder written by llmrerank train"):
+        Reranker(model=str(tiny_model_dir))
 
 
 SCRIPT = """

@@ -53,12 +53,14 @@ class RerankerFactory:
     """Build rankers by method name: ``Reranker("likelihood", model="smollm2-135m", max_length=256)``, or from a
     config dict: ``Reranker.from_config({"method": ..., "model": ..., "backend": {...}, "options": {...}})``."""
 
-    def __call__(self, method: str, model: str = "default", backend: Backend | None = None, **options: Any) -> Ranker:
+    def __call__(
+        self, method: str | None = None, model: str = "default", backend: Backend | None = None, **options: Any
+    ) -> Ranker:
         """Build a ranker.
 
         Args:
             method: a name from :data:`METHODS` (``pointwise``, ``likelihood``, ``listwise``, ``pairwise``,
-                ``setwise``).
+                ``setwise``); may be left out for a folder written by ``llmrerank train`` (its own method).
             model: a preset (``default`` = ``qwen2.5-0.5b``, ``smollm2-135m``), a Hugging Face folder, a ``.gguf``
                 path, or a folder written by ``llmrerank train`` (its method and options are restored; options
                 given here win). Ignored when ``backend`` is given.
@@ -67,6 +69,13 @@ class RerankerFactory:
                 (see ``method_options(method)``: e.g. ``max_length``, ``template``, ``tokens``/``normalisation``,
                 ``reduction``, ``window_size``/``step``/``decoding``, ``aggregation``/``sort_top_k``, ``set_size``).
         """
+        if method is None:
+            method = trained_method(model) if backend is None else None
+            if method is None:
+                raise TypeError(
+                    "name a method (pointwise, likelihood, listwise, pairwise, setwise): only a model folder written "
+                    "by llmrerank train knows its own"
+                )
         cls = method_class(method)
         if backend is None:
             options = restored_options(method, model, options)
@@ -122,6 +131,14 @@ def check_config(config: Any, backend_table: bool = True) -> dict[str, Any]:
         "backend": dict(tables["backend"]),
         "options": dict(tables["options"]),
     }
+
+
+def trained_method(model: Any) -> str | None:
+    """The method a folder written by ``llmrerank train`` records, or None for any other model."""
+    from . import trained
+
+    folder = trained.read(model) if isinstance(model, str) or hasattr(model, "__fspath__") else None
+    return folder.method if folder is not None else None
 
 
 def restored_options(method: str, model: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .argtypes import positive_int
-from .ranker_args import add_model_args, ranker_from_args
+from .ranker_args import add_model_args, ranker_from_args, resolve_method
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> None:
     from ..outputs import check_writable
     from ..pipeline import rerank_run
 
+    resolve_method(args)
     folder = sample_path()
     ds = load_beir(folder, split="test")
     run_path = find_run(folder)

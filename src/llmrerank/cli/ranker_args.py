@@ -74,11 +74,18 @@ def _parse_error_said(parse: Any) -> Any:
 
 
 def add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
-    """Add the "model and method" group to ``p``, with ``--method`` defaulting to ``method_default``."""
+    """Add the "model and method" group to ``p``; ``--method`` left out is the trained folder's own method when
+    ``--model`` is a folder written by ``llmrerank train``, else ``method_default`` (see :func:`resolve_method`)."""
     from ..registry import METHODS
 
     g = p.add_argument_group("model and method")
-    g.add_argument("--method", default=method_default, choices=sorted(METHODS), help="ranking method")
+    g.add_argument(
+        "--method",
+        default=None,
+        choices=sorted(METHODS),
+        help=f"ranking method (default: a trained model folder's own, else {method_default})",
+    )
+    p.set_defaults(method_default=method_default)
     g.add_argument(
         "--model",
         default="default",
@@ -99,11 +106,23 @@ def add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
         )
 
 
+def resolve_method(args: argparse.Namespace) -> None:
+    """Fill in ``args.method`` when ``--method`` was left out: the method ``--model``'s trained folder records,
+    else the subcommand's default. :func:`ranker_options_from_args` calls it; a subcommand that reads
+    ``args.method`` before that calls it first."""
+    if getattr(args, "method", None) is not None or not hasattr(args, "method_default"):
+        return
+    from ..registry import trained_method
+
+    args.method = trained_method(getattr(args, "model", None)) or args.method_default
+
+
 def ranker_options_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The backend options and the method's options the parsed flags set (flags left unset are left out); a
     method-specific flag the method does not take is a ValueError."""
     from ..registry import options_class
 
+    resolve_method(args)
     method_options = set(options_class(args.method).specs())
     backend_options = set(BackendOptions.specs())
     backend: dict[str, Any] = {}

@@ -73,7 +73,7 @@ def one_ranker_flags(args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
     """(flag, value, default) of the flags that describe one ranker, which --config replaces."""
     from .ranker_args import _flags
 
-    out = [("--model", args.model, "default"), ("--method", args.method, "pointwise"), ("--name", args.name, None)]
+    out = [("--model", args.model, "default"), ("--method", args.method, None), ("--name", args.name, None)]
     for name, declared in _flags().items():
         out.append((declared[0][1].cli_flag(name), getattr(args, name), None))
     return out
