@@ -165,7 +165,7 @@ def test_the_registry_keeps_kinds_apart():
         get_template(RANKGPT)
     with pytest.raises(ValueError, match="unknown template kind 'pointwize'"):
         get_template("yes_no", kind="pointwize")
-    assert builtin_names("prompt") == ["query_likelihood", "qwen3-reranker", "true_false", "yes_no"]
+    assert builtin_names("prompt") == ["query_likelihood", "qwen3-reranker", "rankllama", "true_false", "yes_no"]
     assert builtin_names("listwise") == ["rankgpt", "rankzephyr"] and builtin_names("comparison") == ["prp", "setwise"]
 
 

@@ -55,6 +55,22 @@ QWEN3_RERANKER = PromptTemplate(
 
 register(PromptTemplate, QWEN3_RERANKER)
 
+# RankLLaMA (Ma et al., 2023, "Fine-Tuning LLaMA for Multi-Stage Text Retrieval"): the input and score of the
+# castorini/rankllama-v1-7b-lora-passage model card, `tokenizer(f'query: {query}', f'document: {title} {passage}</s>')`
+# (a text pair: Llama-2's tokenizer puts BOS before each text; `</s>` is Llama-2's EOS, which the dense head
+# appends as the tokenizer's EOS id) through LlamaForSequenceClassification: the final hidden state of the last
+# token through its linear `score` layer (no bias), `logits[0][0]`. The card writes the title even when it is
+# empty ("document:  passage"), as tevatron's training data did for MS MARCO passages.
+RANKLLAMA = PromptTemplate(
+    name="rankllama",
+    user="query: {query}",
+    text_pair="document: {document}",
+    title_format="{title} {text}",
+    empty_title=True,
+)
+
+register(PromptTemplate, RANKLLAMA)
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -70,6 +86,13 @@ FAMILIES: dict[str, Family] = {
             },
             reference="the Qwen3-Reranker model cards' transformers example (Qwen/Qwen3-Reranker-0.6B, -4B, -8B)",
             models="Qwen3-Reranker 0.6B, 4B, 8B",
+        ),
+        Family(
+            name="rankllama",
+            method="pointwise",
+            options={"template": RANKLLAMA, "head": "dense"},
+            reference="the castorini/rankllama-v1-7b-lora-passage model card's example (tevatron's RankLLaMA)",
+            models="castorini/rankllama-v1-7b-lora-passage (a peft adapter over Llama-2-7b)",
         ),
     )
 }
