@@ -236,7 +236,8 @@ def get_template(template: str | Path | Template | Mapping[str, Any], kind: str 
     """A template of ``kind`` from a template, a mapping of its fields, a built-in name or a .toml/.json file.
 
     Kinds: ``prompt`` (``yes_no``, ``true_false``, ``query_likelihood``), ``listwise`` (``rankgpt``,
-    ``rankzephyr``), ``comparison`` (``prp``, ``setwise``).
+    ``rankzephyr-paraphrase``), ``comparison`` (``prp``, ``setwise``); and the model families' templates
+    (:mod:`llmrerank.prompts.families`).
     """
     cls = _template_class(kind)
     if isinstance(template, cls):

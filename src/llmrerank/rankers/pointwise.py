@@ -37,7 +37,7 @@ from ..prompts import (
     continuation_ids,
     word_openers,
 )
-from ..prompts.families import FAMILIES, get_family
+from ..prompts.families import family_names, get_family
 from ..prompts.pointwise import INSTRUCTION_SLOT
 from ..types import DocLike, Document, Ranking
 from .base import Encoded, PointScorer, check_finite
@@ -132,7 +132,7 @@ class PointwiseOptions(Options):
         when=("head", ("tokens",)),
     )
     family: str | None = option(
-        None, "a trained reranker family: its exact prompt, answer tokens and score", choices=tuple(FAMILIES)
+        None, "a trained reranker family: its exact prompt, answer tokens and score", choices=family_names("pointwise")
     )
     instruction: str | None = option(None, "the instruction of a template with {instruction} (qwen3-reranker)")
     adapter: str | None = option(
@@ -148,7 +148,7 @@ class PointwiseOptions(Options):
         """As :meth:`Options.build`, with a ``family``'s options filled in where ``given`` leaves them out."""
         family = given.get("family")
         if isinstance(family, str):
-            given = {**get_family(family).options, **given}
+            given = {**get_family(family, "pointwise").options, **given}
         return super().build(given, also)
 
     def check(self) -> None:
