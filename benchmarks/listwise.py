@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default="qwen2.5-0.5b", help="a preset or a model path")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--decodings", nargs="+", choices=DECODINGS, default=list(DECODINGS))
-    parser.add_argument("--template", default="rankzephyr", help="listwise template (rankzephyr, rankgpt, a file)")
+    parser.add_argument(
+        "--template", default="rankzephyr-paraphrase", help="listwise template (rankzephyr-paraphrase, rankgpt, a file)"
+    )
     parser.add_argument("--passage-tokens", type=int, default=100, help="each passage cut to this many tokens")
     parser.add_argument("--queries", type=int, default=None, help="only the first N queries of each setting (smoke)")
     parser.add_argument("--max-minutes-per-run", type=float, default=15.0, help="stop a run after this (0: never)")

@@ -141,7 +141,7 @@ def reversed_100() -> list[int]:
 
 
 @pytest.mark.parametrize("decoding", ["generate", "first"])
-@pytest.mark.parametrize("template", ["rankzephyr", "rankgpt"])
+@pytest.mark.parametrize("template", ["rankzephyr-paraphrase", "rankgpt"])
 def test_100_candidates_one_pass_exact_order(tok, decoding, template):
     backend = ScriptedBackend(tok)
     ranker = ListwiseRanker(backend, window_size=20, step=10, decoding=decoding, template=template)
@@ -296,7 +296,7 @@ def test_registry_and_describe(tok):
         3,
         "letters",
     )
-    assert d["template"]["name"] == "rankzephyr" and d["answer_opener"] == "["
+    assert d["template"]["name"] == "rankzephyr-paraphrase" and d["answer_opener"] == "["
 
 
 def test_template_from_a_file(tok, tmp_path):

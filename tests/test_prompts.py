@@ -10,7 +10,7 @@ import pytest
 from llmrerank.prompts import (
     PRP,
     RANKGPT,
-    RANKZEPHYR,
+    RANKZEPHYR_PARAPHRASE,
     YES_NO,
     ComparisonTemplate,
     ListwiseTemplate,
@@ -165,13 +165,15 @@ def test_the_registry_keeps_kinds_apart():
         get_template(RANKGPT)
     with pytest.raises(ValueError, match="unknown template kind 'pointwize'"):
         get_template("yes_no", kind="pointwize")
-    assert builtin_names("prompt") == ["query_likelihood", "qwen3-reranker", "true_false", "yes_no"]
-    assert builtin_names("listwise") == ["rankgpt", "rankzephyr"] and builtin_names("comparison") == ["prp", "setwise"]
+    assert builtin_names("prompt") == ["query_likelihood", "qwen3-reranker", "rankllama", "true_false", "yes_no"]
+    listwise = ["first", "rankgpt", "rankvicuna", "rankzephyr", "rankzephyr-paraphrase"]
+    assert builtin_names("listwise") == listwise and builtin_names("comparison") == ["prp", "setwise"]
 
 
 def test_every_kind_shows_a_titled_document_the_same_way():
     doc = Document("a {text} b", title="{title}")
-    assert YES_NO.document_text(doc) == RANKZEPHYR.document_text(doc) == PRP.document_text(doc) == "{title}\na {text} b"
+    shown = "{title}\na {text} b"
+    assert YES_NO.document_text(doc) == RANKZEPHYR_PARAPHRASE.document_text(doc) == PRP.document_text(doc) == shown
     assert PRP.document_text(Document("body")) == "body"
 
 

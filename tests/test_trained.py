@@ -93,7 +93,7 @@ def test_a_run_started_before_the_options_table_resumes(tmp_path, head):
     config = TrainConfig.from_dict({"method": "pointwise", "head": head, "max_length": 96, "output_dir": str(tmp_path)})
     old = config.to_dict()
     options = old.pop("options")
-    for newer in ("head_weights", "answer_ids", "family", "instruction"):  # not options before the table
+    for newer in ("head_weights", "answer_ids", "family", "instruction", "adapter"):  # not options before the table
         options.pop(newer, None)
     old.update(options)  # the flat config.json such a run wrote: it named every key
     old = {**{k: v for k, v in LEGACY_OPTIONS.items() if k not in old}, **old}

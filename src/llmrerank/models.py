@@ -408,3 +408,126 @@ def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, o
     lm.to(device)
     lm.eval()
     return lm, tokenizer, source.name
+
+
+# --- published sequence-classification adapters (RankLLaMA) -----------------------------------------------
+
+ADAPTER_FIX = "give the adapter folder as published (adapter_config.json and its weights), over the base model it names"
+
+
+@dataclass(frozen=True)
+class ScoreAdapter:
+    """A published peft LoRA adapter trained on a sequence-classification model: where it lies, its LoRA
+    weights (for the causal LM's modules) and its linear ``score`` layer (``weight`` ``[1, hidden]``, ``bias``
+    or None)."""
+
+    path: Path
+    config: dict
+    lora: dict
+    weight: Any
+    bias: Any
+
+
+def _is_score_key(key: str) -> bool:
+    # peft saves a modules_to_save layer as "base_model.model.score.weight" (older versions kept
+    # "score.modules_to_save.default.weight")
+    parts = key.split(".")
+    return "score" in parts and not any(p.startswith("lora_") for p in parts)
+
+
+def read_score_adapter(folder: str | Path) -> ScoreAdapter:
+    """Read a published peft adapter folder whose LoRA was trained on ``AutoModelForSequenceClassification``
+    with one label (task_type ``SEQ_CLS``; the ``score`` layer saved with it, as RankLLaMA's adapters are).
+
+    Raises:
+        FileNotFoundError: no such folder.
+        ModelLoadError: no adapter_config.json, one that is not a LoRA SEQ_CLS config, no or a damaged weights
+            file, or weights without the ``score`` layer or with a score layer of more than one label.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"adapter folder not found: {root}")
+    config_path = root / "adapter_config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{root}: not a peft adapter folder (no adapter_config.json); {ADAPTER_FIX}")
+    config = _json_object(config_path, "the adapter config", ADAPTER_FIX)
+    if config.get("peft_type") != "LORA" or config.get("task_type") != "SEQ_CLS":
+        raise ModelLoadError(
+            f"{config_path}: a RankLLaMA-style adapter is a LoRA (peft_type LORA) trained for sequence "
+            f"classification (task_type SEQ_CLS), this one has peft_type {config.get('peft_type')!r} and "
+            f"task_type {config.get('task_type')!r}; a folder written by `llmrerank train` is given as --model"
+        )
+    weights = next((root / name for name in ADAPTER_FILES if (root / name).is_file()), None)
+    if weights is None:
+        raise ModelLoadError(f"{root}: the adapter weights are missing (expected {' or '.join(ADAPTER_FILES)})")
+    _check_weights(weights, "the adapter weights file", ADAPTER_FIX)
+    with _loading(weights, "the adapter weights", ADAPTER_FIX):
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            import torch
+
+            state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    score = {k: v for k, v in state.items() if _is_score_key(k)}
+    weight = next((v for k, v in score.items() if k.endswith("weight")), None)
+    bias = next((v for k, v in score.items() if k.endswith("bias")), None)
+    if weight is None:
+        raise ModelLoadError(
+            f"{weights}: the adapter has no score layer (the linear layer peft saves as modules_to_save 'score', "
+            "the model's relevance head), so it cannot score; it is not a RankLLaMA-style adapter"
+        )
+    if weight.dim() != 2 or weight.shape[0] != 1:
+        raise ModelLoadError(
+            f"{weights}: the adapter's score layer has shape {tuple(weight.shape)}, not one label [1, hidden]"
+        )
+    lora = {k: v for k, v in state.items() if k not in score}
+    return ScoreAdapter(root, config, lora, weight, bias)
+
+
+def merge_score_adapter(model: Any, adapter: ScoreAdapter) -> Any:
+    """``model`` (a causal LM of the adapter's base architecture) with the adapter's LoRA merged into its
+    weights, as ``PeftModel.from_pretrained(...).merge_and_unload()`` does for the reference's
+    sequence-classification model (the causal LM's decoder is the same modules under the same names).
+
+    Raises:
+        ModelLoadError: the adapter does not fit the model (modules it adapts that the model lacks, LoRA weights
+            the model expects that the file lacks, shapes that differ) or its score layer does not fit the
+            model's hidden size.
+    """
+    from .extras import require
+
+    peft = require("peft", f"loading the adapter {adapter.path}")
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if hidden is not None and adapter.weight.shape[1] != hidden:
+        raise ModelLoadError(
+            f"{adapter.path}: the adapter does not fit the base model: its score layer reads {adapter.weight.shape[1]} "
+            f"hidden units, the model has {hidden}; give the base model it was trained on as --model"
+        )
+    with _loading(adapter.path, "the adapter config", ADAPTER_FIX):
+        config = peft.LoraConfig.from_pretrained(str(adapter.path))
+    # the causal LM has no score layer to save: the adapter's is read into the dense head instead
+    config.task_type, config.modules_to_save, config.inference_mode = None, None, True
+    fix = "give the base model it was trained on as --model"
+    try:
+        adapted = peft.get_peft_model(model, config)
+    except ValueError as e:  # target modules the model does not have
+        raise ModelLoadError(f"{adapter.path}: the adapter does not fit the base model ({_short(e)}); {fix}") from None
+    try:
+        expected = set(peft.get_peft_model_state_dict(adapted, save_embedding_layers=False))
+        missing, unexpected = sorted(expected - set(adapter.lora)), sorted(set(adapter.lora) - expected)
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"{adapter.path}: the adapter does not fit the base model: {len(missing)} LoRA weight(s) the model "
+                f"expects are not in the file and {len(unexpected)} in the file fit no module of the model, e.g. "
+                f"{(missing or unexpected)[0]}; {fix}"
+            )
+        with _loading(adapter.path, "the adapter", fix):
+            peft.set_peft_model_state_dict(adapted, adapter.lora)
+    except ModelLoadError:
+        adapted.unload()  # the model as it was: the backend stays usable
+        raise
+    merged = adapted.merge_and_unload()
+    merged.eval()
+    return merged

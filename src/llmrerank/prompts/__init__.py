@@ -3,9 +3,10 @@
 - :mod:`.base`: the template base, template files, the registry of built-ins (:func:`get_template`), placeholder
   filling, encoding, answer tokens, and the per-passage token budget of multi-passage prompts;
 - :mod:`.pointwise`: one-document prompts (``yes_no``, ``true_false``, ``query_likelihood``);
-- :mod:`.listwise`: a window of passages to put in order (``rankgpt``, ``rankzephyr``);
+- :mod:`.listwise`: a window of passages to put in order (``rankgpt``, ``rankzephyr-paraphrase``);
 - :mod:`.comparison`: a few passages to pick the best of, pairwise and setwise (``prp``, ``setwise``);
-- :mod:`.families`: trained rerankers' exact prompts and scores by family name (``qwen3-reranker``).
+- :mod:`.families`: trained rerankers' exact prompts and scores by family name (``qwen3-reranker``, ``rankllama``,
+  ``rankzephyr``, ``rankvicuna``, ``first``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from .base import (
     word_openers,
 )
 from .comparison import PRP, SETWISE, ComparisonRenderer, ComparisonTemplate
-from .families import FAMILIES, Family, get_family
-from .listwise import RANKGPT, RANKZEPHYR, ListwiseRenderer, ListwiseTemplate, example_answer
+from .families import FAMILIES, RANKZEPHYR, Family, get_family
+from .listwise import RANKGPT, RANKZEPHYR_PARAPHRASE, ListwiseRenderer, ListwiseTemplate, example_answer
 from .pointwise import QUERY_LIKELIHOOD, TRUE_FALSE, YES_NO, PromptParts, PromptRenderer, PromptTemplate
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "QUERY_LIKELIHOOD",
     "RANKGPT",
     "RANKZEPHYR",
+    "RANKZEPHYR_PARAPHRASE",
     "SETWISE",
     "TRUE_FALSE",
     "YES_NO",

@@ -49,6 +49,28 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+def pair_specials(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The special tokens ``tokenizer(first, second)`` puts before, between and after the two texts' own ids
+    (Llama-2: BOS, BOS, nothing; a tokenizer that adds none: three empty tuples).
+
+    Raises:
+        ValueError: the tokenizer's pair encoding is not the two texts' ids with tokens around them.
+    """
+    first, second = "query", "document"
+    a, b = encode(tokenizer, first), encode(tokenizer, second)
+    full = list(tokenizer(first, second, add_special_tokens=True)["input_ids"])
+    for i in range(len(full) - len(a) + 1):
+        if full[i : i + len(a)] != a:
+            continue
+        for j in range(i + len(a), len(full) - len(b) + 1):
+            if full[j : j + len(b)] == b:
+                return tuple(full[:i]), tuple(full[i + len(a) : j]), tuple(full[j + len(b) :])
+    raise ValueError(
+        "this tokenizer does not encode a pair of texts as the two texts' own tokens with special tokens around "
+        f"them ({first!r}, {second!r} gave {full}), so a text-pair template cannot be rendered for it"
+    )
+
+
 @functools.cache
 def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
     """The types each field annotated ``str``, ``bool`` or ``str | None`` may hold (other fields are not listed)."""
@@ -214,7 +236,8 @@ def get_template(template: str | Path | Template | Mapping[str, Any], kind: str 
     """A template of ``kind`` from a template, a mapping of its fields, a built-in name or a .toml/.json file.
 
     Kinds: ``prompt`` (``yes_no``, ``true_false``, ``query_likelihood``), ``listwise`` (``rankgpt``,
-    ``rankzephyr``), ``comparison`` (``prp``, ``setwise``).
+    ``rankzephyr-paraphrase``), ``comparison`` (``prp``, ``setwise``); and the model families' templates
+    (:mod:`llmrerank.prompts.families`).
     """
     cls = _template_class(kind)
     if isinstance(template, cls):

@@ -12,10 +12,11 @@ beside it. A family's template is also a built-in template of the same name.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .base import register
+from .listwise import ListwiseTemplate
 from .pointwise import PromptTemplate
 
 
@@ -55,6 +56,69 @@ QWEN3_RERANKER = PromptTemplate(
 
 register(PromptTemplate, QWEN3_RERANKER)
 
+# RankLLaMA (Ma et al., 2023, "Fine-Tuning LLaMA for Multi-Stage Text Retrieval"): the input and score of the
+# castorini/rankllama-v1-7b-lora-passage model card, `tokenizer(f'query: {query}', f'document: {title} {passage}</s>')`
+# (a text pair: Llama-2's tokenizer puts BOS before each text; `</s>` is Llama-2's EOS, which the dense head
+# appends as the tokenizer's EOS id) through LlamaForSequenceClassification: the final hidden state of the last
+# token through its linear `score` layer (no bias), `logits[0][0]`. The card writes the title even when it is
+# empty ("document:  passage"), as tevatron's training data did for MS MARCO passages.
+RANKLLAMA = PromptTemplate(
+    name="rankllama",
+    user="query: {query}",
+    text_pair="document: {document}",
+    title_format="{title} {text}",
+    empty_title=True,
+)
+
+register(PromptTemplate, RANKLLAMA)
+
+# RankZephyr, RankVicuna and FIRST (castorini): rank_llm's prompt templates, word for word, from the package
+# rank-llm 0.25.7 (the newest on the package index here), files rank_llm/rerank/prompt_templates/
+# rank_zephyr_template.yaml (RankZephyr; RankVicuna too: rank_llm's VicunaReranker and RankListwiseOSLLM load it)
+# and rank_zephyr_alpha_template.yaml (FIRST: rank_llm runs castorini/first_mistral with use_alpha and
+# use_logits). rank_llm fills them as prefix + one "[{rank}] {candidate}\n" per passage + suffix in one user
+# message after the system message, through the model's chat template; the prefix ends with a newline, so it is
+# the intro here, joined to the passages and the suffix by "\n". A passage with a title is
+# "Title: {title} Content: {text}"; fill_rule="rank_llm" does the rest as rank_llm does (see prompts/listwise.py).
+_RANK_LLM_SYSTEM = (
+    "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy to the query"
+)
+RANKZEPHYR = ListwiseTemplate(
+    name="rankzephyr",
+    system=_RANK_LLM_SYSTEM,
+    intro=(
+        "I will provide you with {num} passages, each indicated by a numerical identifier []. Rank the passages "
+        "based on their relevance to the search query: {query}."
+    ),
+    passage="[{id}] {passage}",
+    outro=(
+        "Search Query: {query}.\nRank the {num} passages above based on their relevance to the search query. All "
+        "the passages should be included and listed using identifiers, in descending order of relevance. The "
+        "output format should be [] > [], e.g., [2] > [1], Answer concisely and directly and only respond with "
+        "the ranking results, do not say any word or explain."
+    ),
+    separator="\n",
+    title_format="Title: {title} Content: {text}",
+    fill_rule="rank_llm",
+)
+RANKVICUNA = replace(RANKZEPHYR, name="rankvicuna")
+FIRST = replace(
+    RANKZEPHYR,
+    name="first",
+    intro=(
+        "I will provide you with {num} passages, each indicated by an alphabetical identifier []. Rank the "
+        "passages based on their relevance to the search query: {query}."
+    ),
+    outro=(
+        "Search Query: {query}.\nRank the {num} passages above based on their relevance to the search query. All "
+        "the passages should be included and listed using identifiers, in descending order of relevance. The "
+        "output format should be [] > [], e.g., [B] > [A], Answer concisely and directly and only respond with "
+        "the ranking results, do not say any word or explain."
+    ),
+)
+
+register(ListwiseTemplate, RANKZEPHYR, RANKVICUNA, FIRST)
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -71,12 +135,48 @@ FAMILIES: dict[str, Family] = {
             reference="the Qwen3-Reranker model cards' transformers example (Qwen/Qwen3-Reranker-0.6B, -4B, -8B)",
             models="Qwen3-Reranker 0.6B, 4B, 8B",
         ),
+        Family(
+            name="rankllama",
+            method="pointwise",
+            options={"template": RANKLLAMA, "head": "dense"},
+            reference="the castorini/rankllama-v1-7b-lora-passage model card's example (tevatron's RankLLaMA)",
+            models="castorini/rankllama-v1-7b-lora-passage (a peft adapter over Llama-2-7b)",
+        ),
+        Family(
+            name="rankzephyr",
+            method="listwise",
+            options={"template": RANKZEPHYR, "identifiers": "numbers", "decoding": "generate"},
+            reference="rank_llm 0.25.7, rank_llm/rerank/prompt_templates/rank_zephyr_template.yaml",
+            models="castorini/rank_zephyr_7b_v1_full",
+        ),
+        Family(
+            name="rankvicuna",
+            method="listwise",
+            options={"template": RANKVICUNA, "identifiers": "numbers", "decoding": "generate"},
+            reference="rank_llm 0.25.7, rank_llm/rerank/prompt_templates/rank_zephyr_template.yaml (VicunaReranker)",
+            models="castorini/rank_vicuna_7b_v1",
+        ),
+        Family(
+            name="first",
+            method="listwise",
+            options={"template": FIRST, "identifiers": "letters", "decoding": "first"},
+            reference="rank_llm 0.25.7, rank_llm/rerank/prompt_templates/rank_zephyr_alpha_template.yaml (use_alpha, "
+            "use_logits)",
+            models="castorini/first_mistral",
+        ),
     )
 }
 
 
-def get_family(name: str) -> Family:
-    """The family of a name; an unknown name is a ValueError listing the families."""
-    if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}: choose one of {', '.join(sorted(FAMILIES))}")
+def get_family(name: str, method: str | None = None) -> Family:
+    """The family of a name (of ``method``'s families, when given); an unknown name is a ValueError listing them."""
+    known = family_names(method)
+    if name not in known:
+        of = f" of method {method!r}" if method is not None and name in FAMILIES else ""
+        raise ValueError(f"unknown family {name!r}{of}: choose one of {', '.join(sorted(known))}")
     return FAMILIES[name]
+
+
+def family_names(method: str | None = None) -> tuple[str, ...]:
+    """The names of the families (of ``method``, when given), in the order they are declared."""
+    return tuple(n for n, f in FAMILIES.items() if method is None or f.method == method)

@@ -15,6 +15,12 @@ literally, so braces inside a query or a passage are safe.
 Rendering tokenises the text around the passages whole and cuts only the passages, each to the same budget,
 so the instruction, the query, the identifiers and the answer prefix are never truncated.
 
+A template with ``fill_rule="rank_llm"`` (the exact RankZephyr, RankVicuna and FIRST prompts) is filled and cut as
+rank_llm fills its templates instead: in the query and the passages ``[n]`` is written ``(n)`` (so no text
+looks like an identifier), a passage's whitespace is collapsed and it is cut to ``int(300 * 20 / m)`` words in a
+window of ``m``, lowered until the whole prompt, tokenised at once with the tokenizer's special tokens (as
+rank_llm's vLLM call tokenises it), fits ``max_length`` less the answer's budget.
+
 References: Sun et al., 2023, "Is ChatGPT Good at Search? Investigating Large Language Models as Re-Ranking
 Agents" (RankGPT); Pradeep et al., 2023, "RankZephyr"; Reddy et al., 2024, "FIRST: Faster Improved Listwise
 Reranking with Single Token Decoding".
@@ -22,11 +28,23 @@ Reranking with Single Token Decoding".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..types import Document
-from .base import SLOT, PassageRenderer, PassagesTemplate, RenderedPassages, fill, fit_passages, register
+from .base import (
+    SLOT,
+    PassageRenderer,
+    PassagesTemplate,
+    PromptTooLongError,
+    RenderedPassages,
+    fill,
+    fit_passages,
+    register,
+)
+
+FILL_RULES = ("tokens", "rank_llm")
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,8 @@ class ListwiseTemplate(PassagesTemplate, kind="listwise", prefix="listwise templ
         assistant: text the answer starts with (the model continues after it).
         chat: apply the model's chat template when it has one.
         title_format: how a passage with a title is shown (``{title}``, ``{text}``).
+        fill_rule: ``"tokens"`` (passages cut to a token budget) or ``"rank_llm"`` (filled and cut as rank_llm
+            fills its templates: see the module docstring; the ranker's ``passage_tokens`` does not apply).
     """
 
     id_slot = "[{id}]"
@@ -57,6 +77,14 @@ class ListwiseTemplate(PassagesTemplate, kind="listwise", prefix="listwise templ
     assistant: str = ""
     chat: bool = True
     title_format: str = "{title}\n{text}"
+    fill_rule: str = "tokens"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fill_rule not in FILL_RULES:
+            raise ValueError(
+                f"{self.prefix} {self.name!r}: fill_rule must be one of {', '.join(FILL_RULES)}, got {self.fill_rule!r}"
+            )
 
 
 # --- built-in templates -------------------------------------------------------------------------------------
@@ -81,8 +109,10 @@ RANKGPT = ListwiseTemplate(
     multi_turn=True,
 )
 
-RANKZEPHYR = ListwiseTemplate(
-    name="rankzephyr",
+# Our paraphrase of the RankZephyr prompt (its results in docs/benchmarks.md were run with it); the exact prompt,
+# word for word as rank_llm writes it, is the family template ``rankzephyr`` (prompts/families.py).
+RANKZEPHYR_PARAPHRASE = ListwiseTemplate(
+    name="rankzephyr-paraphrase",
     system="You are RankLLM, an intelligent assistant that ranks passages by their relevance to a search query.",
     intro=(
         "I will give you {num} passages, each marked with an identifier in square brackets. "
@@ -93,7 +123,7 @@ RANKZEPHYR = ListwiseTemplate(
     separator="\n",
 )
 
-register(ListwiseTemplate, RANKGPT, RANKZEPHYR)
+register(ListwiseTemplate, RANKGPT, RANKZEPHYR_PARAPHRASE)
 
 
 def example_answer(identifiers: Sequence[str]) -> str:
@@ -103,6 +133,22 @@ def example_answer(identifiers: Sequence[str]) -> str:
     if len(identifiers) >= 2:
         return f"[{identifiers[1]}] > [{identifiers[0]}]"
     return f"[{identifiers[0]}]"
+
+
+# --- rank_llm's filling ------------------------------------------------------------------------------------
+
+_IDENTIFIER = re.compile(r"\[(\d+)\]")
+
+
+def rank_llm_numbers(text: str) -> str:
+    """rank_llm's ``_replace_number``: ``[n]`` written ``(n)``, in the query and in each passage."""
+    return _IDENTIFIER.sub(r"(\1)", text)
+
+
+def rank_llm_words(window: int) -> float:
+    """The words a passage may have in a window of ``window`` passages before rank_llm lowers it to fit its
+    context: ``300 * (20 / window)`` (rank_llm's ``create_prompt``; cut with ``int()``)."""
+    return 300 * (20 / window)
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
@@ -116,9 +162,11 @@ class ListwiseRenderer(PassageRenderer):
     alone leave no room raises :class:`~llmrerank.prompts.PromptTooLongError`.
     """
 
-    def text_pieces(self, query: str, identifiers: Sequence[str], answer_prefix: str = "") -> list[str]:
-        """The prompt's text around the passage slots: ``len(identifiers) + 1`` pieces."""
+    def messages(self, query: str, identifiers: Sequence[str]) -> list[dict[str, str]]:
+        """The chat messages of the prompt, each passage a slot (:data:`~llmrerank.prompts.base.SLOT`)."""
         t = self.template
+        if t.fill_rule == "rank_llm":
+            query = rank_llm_numbers(query)
         num = str(len(identifiers))
         intro = fill(t.intro, query=query, num=num)
         outro = fill(t.outro, query=query, num=num, example=example_answer(identifiers))
@@ -135,7 +183,12 @@ class ListwiseRenderer(PassageRenderer):
             messages.append({"role": "user", "content": outro})
         else:
             messages.append({"role": "user", "content": t.separator.join([intro, *slots, outro])})
-        pieces = (self.chat_text(messages) + t.assistant + answer_prefix).split(SLOT)
+        return messages
+
+    def text_pieces(self, query: str, identifiers: Sequence[str], answer_prefix: str = "") -> list[str]:
+        """The prompt's text around the passage slots: ``len(identifiers) + 1`` pieces."""
+        messages = self.messages(query, identifiers)
+        pieces = (self.chat_text(messages) + self.template.assistant + answer_prefix).split(SLOT)
         if len(pieces) != len(identifiers) + 1:
             raise RuntimeError("the chat template dropped or repeated a passage slot")
         return pieces
@@ -151,6 +204,8 @@ class ListwiseRenderer(PassageRenderer):
         """Token ids of the prompt for ``docs`` labelled with ``identifiers``, leaving ``reserve`` tokens free."""
         if len(docs) != len(identifiers):
             raise ValueError(f"{len(docs)} passages but {len(identifiers)} identifiers")
+        if self.template.fill_rule == "rank_llm":
+            return self._render_rank_llm(query, docs, identifiers, reserve, answer_prefix)
         pieces = [self.encode(p) for p in self.text_pieces(query, identifiers, answer_prefix)]
         passages = [self.encode(self.template.document_text(d)) for d in docs]
         about = f"template {self.template.name!r}, answer budget {reserve}"
@@ -164,3 +219,29 @@ class ListwiseRenderer(PassageRenderer):
             about=about,
             hint="raise max_length or lower window_size",
         )
+
+    def _render_rank_llm(
+        self, query: str, docs: Sequence[Document], identifiers: Sequence[str], reserve: int, answer_prefix: str
+    ) -> RenderedPassages:
+        """The prompt as rank_llm's ``create_prompt`` builds it: passages cut to a word budget that is lowered
+        (by the overflow over four tokens a passage, at least one word) until the prompt, tokenised whole with
+        the tokenizer's special tokens, leaves ``reserve`` tokens within ``max_length``. Not done by rank_llm:
+        its ftfy repair of the text (mojibake, curly quotes), which text in plain ASCII never needs."""
+        pieces = self.text_pieces(query, identifiers, answer_prefix)
+        words = [self.template.document_text(d).split() for d in docs]  # strip and collapse, as rank_llm
+        room, m = self.max_length - reserve, len(docs)
+        budget = rank_llm_words(m)
+        while True:
+            cut = max(0, int(budget))
+            shown = [rank_llm_numbers(" ".join(w[:cut])) for w in words]
+            text = "".join(p + s for p, s in zip(pieces, [*shown, ""]))
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            if len(ids) <= room:
+                return RenderedPassages(tuple(ids), sum(len(w) > cut for w in words), cut)
+            if cut == 0:
+                raise PromptTooLongError(
+                    f"the listwise prompt without its {m} passages is {len(ids)} tokens (template "
+                    f"{self.template.name!r}, answer budget {reserve}), which leaves no room for the passages "
+                    f"within max_length={self.max_length}; raise max_length or lower window_size"
+                )
+            budget -= max(1, (len(ids) - room) // (m * 4))

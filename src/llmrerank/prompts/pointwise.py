@@ -12,6 +12,10 @@ The document is tokenised together with the text on its line before it (the *lab
 Qwen3-Reranker's prompt, ``"B: "`` in BGE's), as the models' own code tokenises it, so that the ids at the
 boundary are the ones the model was trained on; a document that starts its own line (the built-in templates)
 has no label. The label is never cut.
+
+A template with a ``text_pair`` (RankLLaMA's ``query: ...`` / ``document: ...``) is tokenised as its reference
+calls the tokenizer, ``tokenizer(user, text_pair)``: each text on its own, with the special tokens the tokenizer
+puts around a pair of texts (for Llama-2, BOS before each), and no chat template.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..types import Document
-from .base import SLOT, PromptTooLongError, Renderer, Template, fill, register
+from .base import SLOT, PromptTooLongError, Renderer, Template, fill, pair_specials, register
 
 DOCUMENT_SLOT = "{document}"
 QUERY_SLOT = "{query}"
@@ -45,6 +49,11 @@ class PromptTemplate(Template, kind="prompt", required=("user",), prefix="templa
             reference code builds its prompt by hand (``system`` must then be empty).
         extra: other data; ``extra["instruction"]`` is the default of an ``{instruction}`` placeholder in
             ``user`` (the pointwise ranker's ``instruction`` option replaces it).
+        text_pair: the second text of a tokenizer text pair whose first is ``user``: the prompt is
+            ``tokenizer(user, text_pair)``, with the special tokens the tokenizer adds to a pair and no chat
+            template (RankLLaMA). ``{document}`` is then in ``text_pair``, not in ``user``.
+        empty_title: show a document without a title through ``title_format`` too, with an empty title (as a
+            reference that always writes ``{title} {passage}`` does).
     """
 
     user: str
@@ -55,6 +64,8 @@ class PromptTemplate(Template, kind="prompt", required=("user",), prefix="templa
     target: str | None = None
     verbatim: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    text_pair: str | None = None
+    empty_title: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +74,9 @@ class PromptTemplate(Template, kind="prompt", required=("user",), prefix="templa
         for part in (self.system or "", self.assistant):
             if INSTRUCTION_SLOT in part:
                 raise ValueError(f"template {self.name!r}: {INSTRUCTION_SLOT} may only appear in the user message")
+        if self.text_pair is not None:
+            self._check_pair()
+            return
         if self.user.count(DOCUMENT_SLOT) != 1:
             raise ValueError(f"template {self.name!r}: the user message must contain {DOCUMENT_SLOT} exactly once")
         for part_name, part in (("system", self.system or ""), ("assistant", self.assistant)):
@@ -76,6 +90,26 @@ class PromptTemplate(Template, kind="prompt", required=("user",), prefix="templa
             raise ValueError(
                 f"template {self.name!r}: a query-likelihood template must not show the query in the prompt"
             )
+
+    def _check_pair(self) -> None:
+        pair = self.text_pair or ""
+        if pair.count(DOCUMENT_SLOT) != 1 or DOCUMENT_SLOT in self.user:
+            raise ValueError(f"template {self.name!r}: with a text_pair, {DOCUMENT_SLOT} appears once, in text_pair")
+        if QUERY_SLOT not in self.user + pair:
+            raise ValueError(f"template {self.name!r}: the user text or the text_pair must contain {QUERY_SLOT}")
+        if INSTRUCTION_SLOT in pair:
+            raise ValueError(f"template {self.name!r}: {INSTRUCTION_SLOT} may only appear in the user message")
+        if self.system is not None or self.assistant or self.target is not None:
+            raise ValueError(
+                f"template {self.name!r}: a text-pair template is the two texts alone (no system, assistant or target)"
+            )
+
+    def document_text(self, doc: Document) -> str:
+        """How ``doc`` is shown: ``title_format`` filled in when it has a title (or always, with ``empty_title``),
+        else its text."""
+        if self.empty_title and not doc.title:
+            return fill(self.title_format, title="", text=doc.text)
+        return super().document_text(doc)
 
 
 # --- built-in templates -------------------------------------------------------------------------------------
@@ -137,21 +171,32 @@ class PromptRenderer(Renderer):
 
     def __init__(self, template: PromptTemplate, tokenizer: Any, max_length: int = 512):
         super().__init__(template, tokenizer, max_length)
-        if template.verbatim:
+        self.pair: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+        if template.verbatim or template.text_pair is not None:
             self.use_chat = False
+        if template.text_pair is not None:
+            self.pair = pair_specials(tokenizer)
         if INSTRUCTION_SLOT in template.user and not isinstance(template.extra.get("instruction"), str):
             raise ValueError(
                 f"template {template.name!r} has an {INSTRUCTION_SLOT} placeholder but no instruction: give one "
                 "(the instruction option, or the template's extra.instruction)"
             )
 
-    def text_around_document(self, query: str) -> tuple[str, str]:
-        """The prompt's text before and after the document slot, for ``query``."""
-        t = self.template
+    def _values(self, query: str) -> dict[str, str]:
         values = {"query": query, "document": SLOT}
-        if INSTRUCTION_SLOT in t.user:
-            values["instruction"] = t.extra["instruction"]
+        if INSTRUCTION_SLOT in self.template.user:
+            values["instruction"] = self.template.extra["instruction"]
+        return values
+
+    def text_around_document(self, query: str) -> tuple[str, str]:
+        """The prompt's text before and after the document slot, for ``query`` (of a text-pair template: the
+        two texts joined, without the special tokens the tokenizer puts around them)."""
+        t = self.template
+        values = self._values(query)
         user = fill(t.user, **values)
+        if t.text_pair is not None:
+            head, _, tail = fill(t.text_pair, **values).partition(SLOT)
+            return user + head, tail
         if t.verbatim:
             text = user + t.assistant
         else:
@@ -166,17 +211,25 @@ class PromptRenderer(Renderer):
     def parts(self, query: str) -> PromptParts:
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
-        head, tail = self.text_around_document(query)
         target: tuple[int, ...] = ()
         if self.template.target is not None:
             target = tuple(self.encode(fill(self.template.target, query=query)))
             if not target:
                 raise ValueError("the query-likelihood target is empty: the query has no tokens")
-        cut = head.rfind("\n") + 1
+        if self.pair is not None:
+            # tokenizer(first, second): each text alone, the pair's special tokens around them
+            before, between, after = self.pair
+            values = self._values(query)
+            head, _, tail = fill(self.template.text_pair or "", **values).partition(SLOT)
+            cut = head.rfind("\n") + 1
+            start = (*before, *self.encode(fill(self.template.user, **values)), *between, *self.encode(head[:cut]))
+            end = (*self.encode(tail), *after)
+        else:
+            head, tail = self.text_around_document(query)
+            cut = head.rfind("\n") + 1
+            start, end = tuple(self.encode(head[:cut])), tuple(self.encode(tail))
         label = head[cut:]
-        parts = PromptParts(
-            tuple(self.encode(head[:cut])), tuple(self.encode(tail)), target, label, tuple(self.encode(label))
-        )
+        parts = PromptParts(tuple(start), tuple(end), target, label, tuple(self.encode(label)))
         if parts.fixed >= self.max_length:
             raise PromptTooLongError(
                 f"the prompt without the document is {parts.fixed} tokens (template {self.template.name!r}), which "

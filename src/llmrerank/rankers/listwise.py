@@ -26,13 +26,14 @@ References: Sun et al., 2023 (RankGPT); Pradeep et al., 2023 (RankZephyr); Reddy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
 from ..options import Options, option, template_option
-from ..prompts import RANKZEPHYR, ListwiseRenderer, continuation_ids, encode
+from ..prompts import RANKZEPHYR_PARAPHRASE, ListwiseRenderer, continuation_ids, encode
+from ..prompts.families import family_names, get_family
 from ..types import DocLike, Document, Ranking, make_ranking
 from .base import ListRanker, check_batch, check_finite
 from .permutation import (
@@ -98,16 +99,41 @@ class ListwiseOptions(Options):
     identifiers: str | None = option(
         None, "passage identifiers (default numbers; letters for FIRST)", types=str, choices=IDENTIFIER_KINDS
     )
-    template: Any = template_option("a listwise template (rankzephyr, rankgpt, or a .toml/.json file)", "listwise")
-    passage_tokens: int = option(100, "each passage is cut to this many tokens", positive=True)
+    template: Any = template_option(
+        "a listwise template (rankzephyr-paraphrase, rankgpt, a family's, or a .toml/.json file)", "listwise"
+    )
+    passage_tokens: int = option(
+        100, "each passage is cut to this many tokens (not for a rank_llm template: it cuts words)", positive=True
+    )
     max_length: int = option(4096, "token budget of one window's prompt and its answer", positive=True)
     max_new_tokens: int | None = option(
         None, "generation cap (default: a full permutation)", types=int, minimum=1, when=("decoding", ("generate",))
     )
+    family: str | None = option(
+        None,
+        "a listwise model family: rank_llm's exact prompt, identifiers and decoding",
+        choices=family_names("listwise"),
+    )
+
+    @classmethod
+    def build(cls, given: Mapping[str, Any], also: tuple[str, ...] = ()) -> ListwiseOptions:
+        """As :meth:`Options.build`, with a ``family``'s options filled in where ``given`` leaves them out."""
+        family = given.get("family")
+        if isinstance(family, str):
+            given = {**get_family(family, "listwise").options, **given}
+        return super().build(given, also)
 
     def check(self) -> None:
         if self.template is None:
-            object.__setattr__(self, "template", RANKZEPHYR)
+            object.__setattr__(self, "template", RANKZEPHYR_PARAPHRASE)
+        if self.family is not None:
+            family = get_family(self.family, "listwise")
+            differ = [k for k, v in family.options.items() if getattr(self, k) != v]
+            if differ:
+                raise ValueError(
+                    f"family {family.name!r} fixes {', '.join(differ)} (its reference: {family.reference}); leave "
+                    f"{'it' if len(differ) == 1 else 'them'} out, or drop the family to use your own"
+                )
         plan_windows(self.window_size, self.window_size, self.step)  # step may not exceed window_size
         if self.identifiers is None:
             object.__setattr__(self, "identifiers", "letters" if self.decoding == "first" else "numbers")
@@ -123,13 +149,17 @@ class ListwiseRanker(ListRanker):
         passes: how many times the whole sweep runs (1).
         decoding: ``"generate"`` (write and parse a permutation) or ``"first"`` (first-token logits).
         identifiers: ``"numbers"`` or ``"letters"``; default numbers for ``generate``, letters for ``first``.
-        template: a listwise template (``rankzephyr`` single-turn, default; ``rankgpt`` multi-turn), a
-            ListwiseTemplate, or a .toml/.json file.
-        passage_tokens: each passage is cut to this many tokens (100).
+        template: a listwise template (``rankzephyr-paraphrase`` single-turn, default; ``rankgpt`` multi-turn;
+            a family's exact one: ``rankzephyr``, ``rankvicuna``, ``first``), a ListwiseTemplate, or a .toml/.json
+            file.
+        passage_tokens: each passage is cut to this many tokens (100); a ``fill_rule="rank_llm"`` template cuts
+            words instead, as rank_llm does.
         max_length: the token budget of one window's prompt plus its answer (4096); if a window would not
             fit, every passage's budget is lowered evenly.
         max_new_tokens: the generation cap; default (``None``): the tokens a full permutation of the window
             needs plus two (an end token and slack).
+        family: ``rankzephyr``, ``rankvicuna`` or ``first``: rank_llm's exact template, identifiers and decoding
+            (:mod:`llmrerank.prompts.families`).
     """
 
     method: ClassVar[str] = "listwise"

@@ -11,7 +11,8 @@ With z_yes and z_no their logits, the ranker's logit is s = z_yes - z_no. Normal
 - ``logit``: s itself (ranks as ``pair_softmax`` does; what training optimises).
 
 ``head="dense"`` (RankLLaMA style) appends the EOS token to the prompt and maps the final hidden state there
-to a score with a linear layer. The layer is learnt (``llmrerank train``); an untrained one refuses to rank.
+to a score with a linear layer. The layer is learnt (``llmrerank train``), or read from a published peft adapter
+(``adapter``: RankLLaMA's LoRA, merged into the model, and its ``score`` layer); an untrained one refuses to rank.
 
 References: monoT5 (Nogueira et al., 2020, "Document Ranking with a Pretrained Sequence-to-Sequence Model");
 Qin et al. / Zhuang et al. (2023) on relevance generation with LLMs; BGE's LLM rerankers (yes-token logit).
@@ -36,7 +37,7 @@ from ..prompts import (
     continuation_ids,
     word_openers,
 )
-from ..prompts.families import FAMILIES, get_family
+from ..prompts.families import family_names, get_family
 from ..prompts.pointwise import INSTRUCTION_SLOT
 from ..types import DocLike, Document, Ranking
 from .base import Encoded, PointScorer, check_finite
@@ -131,21 +132,30 @@ class PointwiseOptions(Options):
         when=("head", ("tokens",)),
     )
     family: str | None = option(
-        None, "a trained reranker family: its exact prompt, answer tokens and score", choices=tuple(FAMILIES)
+        None, "a trained reranker family: its exact prompt, answer tokens and score", choices=family_names("pointwise")
     )
     instruction: str | None = option(None, "the instruction of a template with {instruction} (qwen3-reranker)")
+    adapter: str | None = option(
+        None,
+        "a published peft adapter folder (RankLLaMA's): its LoRA merged into the model, its score layer the dense head",
+        types=(str, Path),
+        convert=str,
+        when=("head", ("dense",)),
+    )
 
     @classmethod
     def build(cls, given: Mapping[str, Any], also: tuple[str, ...] = ()) -> PointwiseOptions:
         """As :meth:`Options.build`, with a ``family``'s options filled in where ``given`` leaves them out."""
         family = given.get("family")
         if isinstance(family, str):
-            given = {**get_family(family).options, **given}
+            given = {**get_family(family, "pointwise").options, **given}
         return super().build(given, also)
 
     def check(self) -> None:
         if self.head_weights is not None and self.head != "dense":
             raise ValueError("head_weights only apply to head='dense'")
+        if self.head_weights is not None and self.adapter is not None:
+            raise ValueError("give the dense head's weights once: head_weights or the adapter's score layer, not both")
         template = self.template
         if template is None:
             template = TRUE_FALSE if self.tokens == "true_false" else YES_NO
@@ -202,6 +212,10 @@ class PointwiseRanker(PointScorer):
             token pair.
         max_length: the token budget of a whole prompt; only the document is cut to fit.
         head: ``"tokens"`` (default) or ``"dense"``; head_weights: the dense head's trained weights.
+        adapter: a published peft adapter folder trained on a sequence-classification model (RankLLaMA's):
+            its LoRA is merged into the backend's model (which is then that model for every ranker sharing the
+            backend) and its ``score`` layer becomes the dense head.
+        family: a trained reranker family (:mod:`llmrerank.prompts.families`); instruction: its instruction.
     """
 
     method: ClassVar[str] = "pointwise"
@@ -223,6 +237,27 @@ class PointwiseRanker(PointScorer):
             self.dense = DenseHead(_hidden_size(backend)).to(getattr(backend, "device", "cpu"))
             if o.head_weights is not None:
                 self.dense.load(o.head_weights)
+            if o.adapter is not None:
+                self._merge_adapter(o.adapter)
+
+    def _merge_adapter(self, folder: str) -> None:
+        """Merge a published adapter's LoRA into the backend's model (once per backend) and read its score layer
+        into the dense head."""
+        from ..models import merge_score_adapter, read_score_adapter
+
+        adapter = read_score_adapter(folder)
+        merged = getattr(self.backend, "merged_adapter", None)
+        if merged is not None and merged != adapter.path.resolve():
+            raise ValueError(
+                f"this backend's model already has the adapter {merged} merged in; load the base model again for "
+                f"{adapter.path}"
+            )
+        if merged is None:
+            if getattr(self.backend, "has_lora", False):
+                raise ValueError("the backend's model carries trainable LoRA adapters: a published one cannot merge")
+            self.backend.model = merge_score_adapter(self.backend.model, adapter)
+            self.backend.merged_adapter = adapter.path.resolve()
+        self.dense.set_weights(adapter.weight, adapter.bias)
 
     def encode_pair(self, query: str, doc: Document, parts: PromptParts) -> Encoded:
         doc_ids, cut = self.renderer.document_ids(doc, parts)
@@ -288,6 +323,18 @@ class DenseHead(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+
+    def set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Take a trained linear layer's weights (``[1, hidden]``; no bias means zero), e.g. RankLLaMA's ``score``."""
+        if tuple(weight.shape) != tuple(self.linear.weight.shape):
+            raise ValueError(
+                f"a score layer of shape {tuple(weight.shape)} does not fit this model's dense head "
+                f"{tuple(self.linear.weight.shape)}"
+            )
+        with torch.no_grad():
+            self.linear.weight.copy_(weight.to(self.linear.weight.dtype))
+            self.linear.bias.copy_(bias.reshape(1).to(self.linear.bias.dtype) if bias is not None else torch.zeros(1))
+        self.trained = True
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
