@@ -163,6 +163,22 @@ def test_a_score_that_changes_with_the_batch_fails_in_float32(qwen_backend):
     assert "above 0.0001 in float32" in batch.detail
 
 
+class NaNBackend(HFBackend):
+    """A backend whose logits are NaN, as an overflow in float16 gives."""
+
+    def last_logits(self, sequences, grad=False, columns=None):
+        return super().last_logits(sequences, grad, columns) * float("nan")
+
+
+def test_nan_scores_fail_and_stay_json(qwen_backend):
+    broken = NaNBackend(qwen_backend.model, qwen_backend.tokenizer, batch_size=4, name="nan")
+    checks = _by_name(check_model(PointwiseRanker(broken)))
+    assert checks["finite"].status == "fail" and checks["finite"].detail == "7 of 7 scores are NaN or inf in float32"
+    assert checks["finite"].values["scores"] == ["nan"] * 7 and json.dumps(checks["finite"].to_dict(), allow_nan=False)
+    assert checks["answer_mass"].status == "fail" and "not finite" in checks["answer_mass"].detail
+    assert checks["batch_invariance"].status == checks["relevant_first"].status == "skip"
+
+
 def test_an_untrained_dense_head_fails_to_score(qwen_backend):
     checks = _by_name(check_model(PointwiseRanker(qwen_backend, head="dense")))
     assert checks["finite"].status == "fail" and "untrained" in checks["finite"].detail

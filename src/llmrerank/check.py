@@ -22,6 +22,7 @@ imports none of them, so the rankers can import it.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,7 +263,8 @@ def _point_scores(ranker: Any, pairs: Sequence[tuple[str, str, str]]) -> list[Ch
     dtype = _dtype(ranker)
     together = ranker.score_encoded(items).detach().double()
     finite = torch.isfinite(together)
-    values = {"dtype": dtype, "scores": together.tolist()}
+    # NaN and inf as strings ("nan", "inf"), which JSON can hold
+    values = {"dtype": dtype, "scores": [x if math.isfinite(x) else str(x) for x in together.tolist()]}
     if not bool(finite.all()):
         bad = int((~finite).sum())
         checks = [Check("finite", "fail", f"{bad} of {len(items)} scores are NaN or inf in {dtype}", values)]
