@@ -607,6 +607,22 @@ else:
     ]
 
 
+# -- check-model: bad input is exit status 2 as everywhere (a failed check, exit 1, is in test_check_model.py) --
+CHECK = ["check-model", "--model", "{model}"]
+ROWS += [
+    Row("check-model-unknown-method", [*CHECK, "--method", "nope"], 2, match="invalid choice: 'nope'"),
+    Row(
+        "check-model-flag-of-another-method",
+        [*CHECK, "--method", "likelihood", "--tokens", "yes_no"],
+        2,
+        match="--tokens does not apply to --method likelihood",
+    ),
+    Row("check-model-min-mass-above-one", [*CHECK, "--min-mass", "2"], 2, match="must be 0 to 1, got 2"),
+    Row("check-model-missing-model", [*CHECK[:2], "{root}/no-model"], 2, match="no-model"),
+    Row("check-model-missing-prompt-file", [*CHECK, "--prompt-file", "{root}/p.toml"], 2, match="p.toml"),
+    Row("check-model-unknown-family", [*CHECK, "--family", "qwen9"], 2, match="invalid choice: 'qwen9'"),
+]
+
 def _run_cli(argv: list[str], capsys: Any) -> tuple[int, str]:
     try:
         status = main(argv)

@@ -1,7 +1,9 @@
-"""The ``llmrerank`` command: retrieve, rerank, evaluate, train, serve, demo. A thin layer over the public API.
+"""The ``llmrerank`` command: retrieve, rerank, evaluate, train, serve, demo, check-model. A thin layer over the
+public API.
 
 Each subcommand is one module with ``add_parser(subparsers)``, which adds its subparser and sets ``func`` to its
-``run(args)``; a module that can pick up where an interrupted run stopped also has ``resume_hint(args, argv)``.
+``run(args)``, which may return an exit status (``check-model`` returns 1 when a check failed); a module that can
+pick up where an interrupted run stopped also has ``resume_hint(args, argv)``.
 A ``run`` that finds the arguments inconsistent raises ``argparse.ArgumentError(None, message)``, reported like
 a parse error.
 
@@ -22,12 +24,12 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo, evaluate, generate_queries, rerank, retrieve, serve, train
+from . import check_model, demo, evaluate, generate_queries, rerank, retrieve, serve, train
 
 EPILOG = "Models are never downloaded: presets come from installed packages (see `llmrerank rerank --help`)."
 
 # In the order `llmrerank --help` lists them.
-SUBCOMMANDS = (retrieve, rerank, evaluate, train, generate_queries, serve, demo)
+SUBCOMMANDS = (retrieve, rerank, evaluate, train, generate_queries, serve, demo, check_model)
 
 BAD_INPUT = 2  # the input (a file, an option, a model) is wrong: fix it and run again
 FAILED = 1  # anything else: the environment (disk, memory, a lock) or a bug
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
-        args.func(args)
+        status = args.func(args)
     except argparse.ArgumentError as e:
         parser.error(str(e))
     except (KeyboardInterrupt, Terminated) as e:
@@ -125,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def resume_command(argv: Sequence[str], add: Sequence[str] = (), drop: Sequence[str] = ()) -> str:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from ..backends.base import Backend
+from ..check import Check, chat_template_check, raise_failures, suffix_check
 from ..options import BackendOptions, Options
 from ..prompts import PromptRenderer
 from ..types import DocLike, Document, Ranking, as_documents, is_sequence, ranking_from_scores
@@ -103,6 +104,12 @@ class RankerBase:
             raise TypeError(f"give {self.method} an options object or keyword options, not both: {sorted(given)}")
         self.backend = backend
         self.options = options
+        # The checks that need no forward pass, run at every build (llmrerank.check); subclasses add theirs.
+        self.build_checks: list[Check] = []
+        template = getattr(options, "template", None)
+        if template is not None:
+            self.build_checks.append(chat_template_check(template, backend.tokenizer))
+            raise_failures(self.build_checks)
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: option values read as attributes
@@ -199,6 +206,8 @@ class PointScorer(RankerBase):
     def __init__(self, backend: Backend, options: Options | None = None, **given: Any):
         super().__init__(backend, options, **given)
         self.renderer = PromptRenderer(self.options.template, backend.tokenizer, self.options.max_length)
+        self.build_checks.append(suffix_check(self.renderer))
+        raise_failures(self.build_checks)
 
     # -- to implement ----------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend
+from ..check import answer_tokens_check, raise_failures
 from ..options import Options, option, template_option
 from ..prompts import (
     TRUE_FALSE,
@@ -225,10 +226,15 @@ class PointwiseRanker(PointScorer):
         super().__init__(backend, options, **given)
         o = self.options
         self.dense: DenseHead | None = None
-        if o.head == "tokens" and o.answer_ids == "vocabulary":
-            self.yes_id, self.no_id = vocabulary_ids(backend.tokenizer, o.tokens)
-        elif o.head == "tokens":
-            self.yes_id, self.no_id = answer_token_ids(backend.tokenizer, self.renderer, o.tokens)
+        if o.head == "tokens":
+            tok = backend.tokenizer
+            if o.answer_ids == "vocabulary":
+                check = answer_tokens_check(tok, o.tokens, lambda: vocabulary_ids(tok, o.tokens))
+            else:
+                check = answer_tokens_check(tok, o.tokens, lambda: answer_token_ids(tok, self.renderer, o.tokens))
+            self.build_checks.append(check)
+            raise_failures(self.build_checks)
+            self.yes_id, self.no_id = check.values["ids"]
         if o.head == "dense":
             eos = backend.tokenizer.eos_token_id
             if eos is None:
