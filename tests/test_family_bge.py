@@ -66,12 +66,12 @@ def run_reference(request: dict) -> list[dict]:
 @pytest.fixture(scope="module")
 def gemma2(tmp_path_factory):
     """A tiny random Gemma2 model over SmolLM2's packaged tokenizer, and its folder for the reference."""
+    require_preset("smollm2-135m")
     from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 
     from llmrerank.backends.hf import HFBackend
     from llmrerank.models import resolve
 
-    require_preset("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
     torch.manual_seed(0)
     config = Gemma2Config(

@@ -31,12 +31,12 @@ CASES = [(None, 512), ("Find the passage that answers the question", 512), (None
 @pytest.fixture(scope="module")
 def qwen2(tmp_path_factory):
     """A tiny random Qwen2 model over SmolLM2's packaged tokenizer, and its folder for the library."""
+    require_preset("smollm2-135m")
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from llmrerank.backends.hf import HFBackend
     from llmrerank.models import resolve
 
-    require_preset("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
     torch.manual_seed(0)
     config = Qwen2Config(
