@@ -3,8 +3,9 @@
 FlagEmbedding needs transformers 4, so the reference runs in the peers' virtualenv (``bash
 benchmarks/peers/setup.sh``) as a subprocess (``benchmarks/peers/family_reference.py``) on a tiny random Gemma2
 model written here, over SmolLM2's packaged tokenizer (its BOS differs from its padding token, so
-FlagLLMReranker starts its prompts with it). The rendered ids must equal the reference's and the scores agree
-within 1e-4. The test skips where the virtualenv is absent, unless ``LLMRERANK_REQUIRE_PEERS`` is set (CI).
+FlagLLMReranker starts its prompts with it), and once more over a tokenizer that merges newlines (so that
+tokenising the pieces apart matters). The rendered ids must equal the reference's and the scores agree within
+1e-4. The test skips where the virtualenv is absent, unless ``LLMRERANK_REQUIRE_PEERS`` is set (CI).
 """
 
 from __future__ import annotations
@@ -63,16 +64,10 @@ def run_reference(request: dict) -> list[dict]:
     return json.loads(done.stdout)["runs"]
 
 
-@pytest.fixture(scope="module")
-def gemma2(tmp_path_factory):
-    """A tiny random Gemma2 model over SmolLM2's packaged tokenizer, and its folder for the reference."""
-    require_preset("smollm2-135m")
-    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+def tiny_gemma2(tokenizer, folder: Path):
+    """A tiny random Gemma2 model for ``tokenizer``, written with it to ``folder`` (for the reference)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from llmrerank.backends.hf import HFBackend
-    from llmrerank.models import resolve
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
     torch.manual_seed(0)
     config = Gemma2Config(
         vocab_size=len(tokenizer),
@@ -90,9 +85,23 @@ def gemma2(tmp_path_factory):
     model = Gemma2ForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)  # so that the "Yes" logits differ clearly
-    folder = tmp_path_factory.mktemp("tiny-gemma2")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory):
+    """A tiny random Gemma2 model over SmolLM2's packaged tokenizer, and its folder for the reference."""
+    require_preset("smollm2-135m")
+    from transformers import AutoTokenizer
+
+    from llmrerank.backends.hf import HFBackend
+    from llmrerank.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
+    folder = tmp_path_factory.mktemp("tiny-gemma2")
+    model = tiny_gemma2(tokenizer, folder)
     return model, tokenizer, folder, HFBackend(model, tokenizer, batch_size=2, name="tiny-gemma2")
 
 
@@ -231,3 +240,21 @@ def test_a_template_file_can_use_the_family_features(tmp_path):
     assert pair.document_budget(pair.parts("xyzxyzxyz")) == 3
     with pytest.raises(PromptTooLongError, match="leaves no room for the document within max_length=8"):
         PromptRenderer(replace(template, budget="pair"), tokenizer, max_length=8).parts("xyzxyzxyz")
+
+
+def test_the_pieces_are_tokenised_as_flag_llm_reranker_tokenises_them(tmp_path):
+    """FlagLLMReranker itself on a tokenizer that merges newlines: a query and a passage ending in one."""
+    from llmrerank.backends.hf import HFBackend
+
+    pairs = [("what is it?\n", "It is a cat.\n"), ("is it a cat?", "A cat sat.\n\n"), ("cat\n\n", "it is.")]
+    text = "".join(q + d for q, d in pairs) + "A: B" + BGE_RERANKER_V2_GEMMA_PROMPT + "Yes"
+    tokenizer = newline_merging_tokenizer(text)
+    tokenizer.eos_token = "<pad>"
+    model = tiny_gemma2(tokenizer, tmp_path)
+    want = run_reference(
+        {"reference": "flag_llm", "model": str(tmp_path), "runs": [{"pairs": pairs, "max_length": 512}]}
+    )[0]
+    ranker = PointwiseRanker(HFBackend(model, tokenizer, name="tiny"), family="bge-reranker-v2-gemma")
+    assert [list(ranker.encode(q, [d])[0].prompt) for q, d in pairs] == want["ids"]
+    got = [s for q, d in pairs for s in ranker.score(q, [d])]
+    assert max(abs(a - b) for a, b in zip(got, want["scores"])) <= 1e-4
