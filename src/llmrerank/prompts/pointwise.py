@@ -5,8 +5,9 @@ message holds the placeholders ``{query}`` and ``{document}``; for query likelih
 prompt but is the *target* the model is asked to produce after the assistant prefix.
 
 Rendering keeps the document apart from everything else: the text before ``{document}`` (the head) and the
-text after it (the tail, which ends with the assistant prefix) are tokenised whole, and only the document's
-tokens are cut to fit ``max_length``. The instruction, the query and the answer suffix are never truncated.
+text after it (the tail, which ends with the assistant prefix) are tokenised whole (or piece by piece, below),
+and only the document's tokens are cut to fit ``max_length``. The instruction and the answer suffix are never
+truncated, nor is the query unless the template says so (``query_share``, as two references do).
 
 The document is tokenised together with the text on its line before it (the *label*: ``"<Document>: "`` in
 Qwen3-Reranker's prompt, ``"B: "`` in BGE's), as the models' own code tokenises it, so that the ids at the
