@@ -165,7 +165,10 @@ def test_the_registry_keeps_kinds_apart():
         get_template(RANKGPT)
     with pytest.raises(ValueError, match="unknown template kind 'pointwize'"):
         get_template("yes_no", kind="pointwize")
-    assert builtin_names("prompt") == ["query_likelihood", "qwen3-reranker", "rankllama", "true_false", "yes_no"]
+    assert builtin_names("prompt") == [
+        "bge-reranker-v2-gemma", "mxbai-rerank-v2", "query_likelihood", "qwen3-reranker", "rankllama", "true_false",
+        "yes_no",
+    ]
     listwise = ["first", "rankgpt", "rankvicuna", "rankzephyr", "rankzephyr-paraphrase"]
     assert builtin_names("listwise") == listwise and builtin_names("comparison") == ["prp", "setwise"]
 

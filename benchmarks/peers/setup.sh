@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the peers' virtualenv at benchmarks/peers/.venv from benchmarks/peers/requirements.txt (FlagEmbedding,
-# sentence-transformers, transformers 4, a CPU torch), apart from llmrerank and its transformers 5.
+# sentence-transformers, mxbai-rerank, transformers 4, a CPU torch), apart from llmrerank and its transformers 5.
 #
 #   bash benchmarks/peers/setup.sh            # builds it, or does nothing when it is built and imports
 #   PYTHON=python3.12 bash benchmarks/peers/setup.sh
@@ -18,8 +18,9 @@ stamp="$venv/.requirements.sha256"
 python="${PYTHON:-python3}"
 unset PYTHONPATH  # llmrerank's source must not leak into the peers' environment
 
-check='import torch, transformers, FlagEmbedding, sentence_transformers, peft
+check='import torch, transformers, FlagEmbedding, sentence_transformers, peft, mxbai_rerank
 from FlagEmbedding import FlagLLMReranker
+from mxbai_rerank import MxbaiRerankV2
 from sentence_transformers import CrossEncoder
 assert transformers.__version__.startswith("4."), transformers.__version__'
 

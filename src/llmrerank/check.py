@@ -158,8 +158,9 @@ def long_document(max_length: int) -> Document:
 
 def suffix_check(renderer: Any, query: str = PAIRS[0][0]) -> Check:
     """A document longer than ``max_length`` is cut, and the rendered ids end with the template's suffix ids
-    (the text after the document, the answer prefix included) within ``max_length``: a truncation never cuts
-    the part of the prompt that asks for the answer. ``renderer`` is a ``PromptRenderer``."""
+    (the text after the document, the answer prefix included) within the template's length bound
+    (``max_length``; under a family's pair budget, what its reference allows): a truncation never cuts the part
+    of the prompt that asks for the answer. ``renderer`` is a ``PromptRenderer``."""
     try:
         parts = renderer.parts(query)
     except PromptTooLongError as e:
@@ -168,21 +169,23 @@ def suffix_check(renderer: Any, query: str = PAIRS[0][0]) -> Check:
     ids = [*parts.head, *doc_ids, *parts.tail]
     total = len(ids) + len(parts.target)
     tail = list(parts.tail)
+    limit = parts.fixed + renderer.document_budget(parts)  # max_length, unless a pair budget allows more
     values = {
         "max_length": renderer.max_length,
+        "limit": limit,
         "prompt_tokens": total,
         "suffix_tokens": len(tail),
         "document_cut": cut,
         "suffix": renderer.tokenizer.decode(tail) if tail else "",
     }
-    if ids[len(ids) - len(tail) :] != tail or total > renderer.max_length:
+    if ids[len(ids) - len(tail) :] != tail or total > limit:
         return Check("suffix", "fail", f"a long document's prompt ({total} tokens) lost its suffix", values)
     how = "is cut" if cut else "is not cut (it fits)"
     return Check(
         "suffix",
         "pass",
-        f"a long document {how} to {total} tokens within max_length={renderer.max_length}; the prompt still ends "
-        f"with its {len(tail)}-token suffix {values['suffix']!r}",
+        f"a long document {how} to {total} tokens within {limit} (max_length={renderer.max_length}); the prompt "
+        f"still ends with its {len(tail)}-token suffix {values['suffix']!r}",
         values,
     )
 

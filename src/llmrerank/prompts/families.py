@@ -119,6 +119,56 @@ FIRST = replace(
 
 register(ListwiseTemplate, RANKZEPHYR, RANKVICUNA, FIRST)
 
+# bge-reranker-v2-gemma (BAAI): FlagEmbedding 1.4.2's FlagLLMReranker
+# (FlagEmbedding/inference/reranker/decoder_only/base.py, BaseLLMReranker.compute_score_single_gpu, with the
+# "A: "/"B: " defaults of its __init__). No chat template: the BOS id, "A: " + query (cut to 3/4 of its
+# max_length), "\n", "B: " + passage (cut to max_length, then so that all before the second "\n" stays within
+# max_length plus the length of "\n" + prompt), "\n", its prompt, each piece tokenised apart; the score is the
+# raw logit of tokenizer("Yes")["input_ids"][0] at the last position.
+BGE_RERANKER_V2_GEMMA_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by providing "
+    "a prediction of either 'Yes' or 'No'."
+)
+BGE_RERANKER_V2_GEMMA = PromptTemplate(
+    name="bge-reranker-v2-gemma",
+    user="A: {query}{break}\n{break}B: {document}{break}\n{break}{instruction}",
+    verbatim=True,
+    bos=True,
+    query_share=0.75,
+    budget="pair_and_tail",
+    extra={"instruction": BGE_RERANKER_V2_GEMMA_PROMPT},
+)
+
+register(PromptTemplate, BGE_RERANKER_V2_GEMMA)
+
+# mxbai-rerank v2 (mixedbread): the mxbai-rerank library 0.1.6's MxbaiRerankV2 (mxbai_rerank/mxbai_rerank_v2.py,
+# prepare_inputs and forward). Its own fixed chat text (Qwen's default system message), not the tokenizer's
+# template: the prefix, "query: " + query (after "instruction: ...\n" when an instruction is given; cut to 3/4
+# of its max_length), "\n", "document: " + document (cut so that query, "\n" and document stay within
+# max_length), "\n", its task prompt, the suffix, each piece tokenised apart; the score is the logit of
+# tokenizer("1")[0] minus that of tokenizer("0")[0] at the last position.
+MXBAI_RERANK_V2_TASK = (
+    "You are a search relevance expert who evaluates how well documents match search queries. For each "
+    "query-document pair, carefully analyze the semantic relationship between them, then provide your binary "
+    "relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+)
+MXBAI_RERANK_V2 = PromptTemplate(
+    name="mxbai-rerank-v2",
+    user=(
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n"
+        "{break}{instruction}query: {query}{break}\n{break}document: {document}{break}\n{break}"
+        + MXBAI_RERANK_V2_TASK
+        + "{break}<|im_end|>\n<|im_start|>assistant\n"
+    ),
+    verbatim=True,
+    query_share=0.75,
+    budget="pair",
+    extra={"instruction": "", "instruction_format": "instruction: {instruction}\n"},
+)
+
+register(PromptTemplate, MXBAI_RERANK_V2)
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -164,16 +214,43 @@ FAMILIES: dict[str, Family] = {
             "use_logits)",
             models="castorini/first_mistral",
         ),
+        Family(
+            name="bge-reranker-v2-gemma",
+            method="pointwise",
+            options={
+                "template": BGE_RERANKER_V2_GEMMA,
+                "tokens": ("Yes", "No"),
+                "answer_ids": "encoded",
+                "normalisation": "yes_logit",
+                "head": "tokens",
+            },
+            reference="FlagEmbedding 1.4.2's FlagLLMReranker (inference/reranker/decoder_only/base.py)",
+            models="BAAI/bge-reranker-v2-gemma (and FlagLLMReranker's other base LLM rerankers)",
+        ),
+        Family(
+            name="mxbai-rerank-v2",
+            method="pointwise",
+            options={
+                "template": MXBAI_RERANK_V2,
+                "tokens": ("1", "0"),
+                "answer_ids": "encoded",
+                "normalisation": "logit",
+                "head": "tokens",
+            },
+            reference="mxbai-rerank 0.1.6's MxbaiRerankV2 (mxbai_rerank/mxbai_rerank_v2.py)",
+            models="mixedbread-ai/mxbai-rerank-base-v2, -large-v2",
+        ),
     )
 }
 
 
 def get_family(name: str, method: str | None = None) -> Family:
-    """The family of a name (of ``method``'s families, when given); an unknown name is a ValueError listing them."""
+    """The family of a name (of ``method``'s families, when given); an unknown name is a ValueError listing them
+    in the order they are declared."""
     known = family_names(method)
     if name not in known:
         of = f" of method {method!r}" if method is not None and name in FAMILIES else ""
-        raise ValueError(f"unknown family {name!r}{of}: choose one of {', '.join(sorted(known))}")
+        raise ValueError(f"unknown family {name!r}{of}: choose one of {', '.join(known)}")
     return FAMILIES[name]
 
 

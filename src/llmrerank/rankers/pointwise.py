@@ -36,6 +36,7 @@ from ..prompts import (
     YES_NO,
     PromptParts,
     continuation_ids,
+    encode,
     word_openers,
 )
 from ..prompts.families import family_names, get_family
@@ -46,7 +47,7 @@ from .base import Encoded, PointScorer, check_finite
 NORMALISATIONS = ("pair_softmax", "vocab_softmax", "yes_logit", "logit")
 HEADS = ("tokens", "dense")
 TOKEN_PAIRS = {"yes_no": ("yes", "no"), "true_false": ("true", "false")}
-ANSWER_IDS = ("continuation", "vocabulary")
+ANSWER_IDS = ("continuation", "vocabulary", "encoded")
 
 
 def normalise(logits: torch.Tensor, yes_id: int, no_id: int, normalisation: str) -> torch.Tensor:
@@ -94,6 +95,21 @@ def vocabulary_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return ids
 
 
+def encoded_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    """The first id of each answer word tokenised alone, without special tokens, as FlagEmbedding and
+    mxbai-rerank read theirs (``tokenizer("Yes", add_special_tokens=False)["input_ids"][0]``); a word that is
+    several tokens is read by its first, as they do. The ids must be distinct."""
+    ids = []
+    for word in words:
+        encoded = encode(tokenizer, word)
+        if not encoded:
+            raise ValueError(f"answer token {word!r} has no tokens")
+        ids.append(encoded[0])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"answer tokens {tuple(words)!r} must start with distinct tokens, got ids {ids}")
+    return ids
+
+
 def parse_pair(text: str) -> str | tuple[str, ...]:
     """The ``--tokens`` flag: a pair's name, or two words separated by a comma (``Relevant,Irrelevant``)."""
     return tuple(text.split(",")) if "," in text else text
@@ -128,14 +144,18 @@ class PointwiseOptions(Options):
     )
     answer_ids: str = option(
         "continuation",
-        "answer token ids: as the model writes the words after the prompt, or the words' vocabulary entries",
+        "answer token ids: as the model writes the words after the prompt, the words' vocabulary entries, or "
+        "the first token of each word tokenised alone",
         choices=ANSWER_IDS,
         when=("head", ("tokens",)),
     )
     family: str | None = option(
         None, "a trained reranker family: its exact prompt, answer tokens and score", choices=family_names("pointwise")
     )
-    instruction: str | None = option(None, "the instruction of a template with {instruction} (qwen3-reranker)")
+    instruction: str | None = option(
+        None, "the instruction of a template with {instruction} (the qwen3-reranker, bge-reranker-v2-gemma and "
+        "mxbai-rerank-v2 families)"
+    )
     adapter: str | None = option(
         None,
         "a published peft adapter folder (RankLLaMA's): its LoRA merged into the model, its score layer the dense head",
@@ -230,6 +250,8 @@ class PointwiseRanker(PointScorer):
             tok = backend.tokenizer
             if o.answer_ids == "vocabulary":
                 check = answer_tokens_check(tok, o.tokens, lambda: vocabulary_ids(tok, o.tokens))
+            elif o.answer_ids == "encoded":
+                check = answer_tokens_check(tok, o.tokens, lambda: encoded_ids(tok, o.tokens))
             else:
                 check = answer_tokens_check(tok, o.tokens, lambda: answer_token_ids(tok, self.renderer, o.tokens))
             self.build_checks.append(check)
