@@ -74,6 +74,41 @@ def make_model(vocab_size: int, arch: str = "qwen2", seed: int = 0):
     return model.eval()
 
 
+def smollm2_tokenizer():
+    """SmolLM2's packaged BPE tokenizer: a real tokenizer for the model families' parity tests (skips, or fails
+    under LLMRERANK_REQUIRE_MODELS, without the preset)."""
+    require_preset("smollm2-135m")
+    from transformers import AutoTokenizer
+
+    from llmrerank.models import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
+
+
+FAMILY_ARCHS = {"qwen3": "Qwen3", "qwen2": "Qwen2", "gemma2": "Gemma2"}
+
+
+def family_model(arch: str, vocab_size: int, seed: int = 0, **config: object):
+    """A tiny random causal LM of a model family's architecture (``FAMILY_ARCHS``): 2 layers of width 32, 4 heads
+    of 8, 2 key/value heads; ``config`` adds to or overrides its config."""
+    import transformers
+
+    name = FAMILY_ARCHS[arch]
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        **config,
+    )
+    model_class = getattr(transformers, f"{name}ForCausalLM")
+    return model_class(getattr(transformers, f"{name}Config")(**settings)).eval()
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

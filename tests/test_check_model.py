@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import make_model, make_tokenizer, require_preset
+from conftest import family_model, make_model, make_tokenizer, smollm2_tokenizer
 from llmrerank.backends.hf import HFBackend
 from llmrerank.check import NAMES, PAIRS, Check, ModelCheckError, check_model, failed
 from llmrerank.cli import main
@@ -214,24 +214,9 @@ def test_bad_arguments_to_check_model(ranker):
 @pytest.fixture(scope="module")
 def qwen3_backend():
     """A tiny random Qwen3 over SmolLM2's packaged tokenizer (as tests/test_families.py builds it)."""
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
-    from llmrerank.models import resolve
-
-    require_preset("smollm2-135m")
-    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=2048,
-    )
-    return HFBackend(Qwen3ForCausalLM(config).eval(), tokenizer, batch_size=3, name="tiny-qwen3")
+    tokenizer = smollm2_tokenizer()
+    model = family_model("qwen3", len(tokenizer), max_position_embeddings=2048)
+    return HFBackend(model, tokenizer, batch_size=3, name="tiny-qwen3")
 
 
 def test_a_family_whose_model_does_not_answer_in_its_format_fails(qwen3_backend):

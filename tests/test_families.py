@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import require_preset
+from conftest import family_model, smollm2_tokenizer
 from llmrerank.prompts import PromptRenderer, get_template
 from llmrerank.prompts.families import FAMILIES, QWEN3_RERANKER, QWEN3_RERANKER_INSTRUCTION
 from llmrerank.rankers.pointwise import PointwiseOptions, PointwiseRanker
@@ -60,25 +60,10 @@ def card_scores(model, tokenizer, inputs):
 @pytest.fixture(scope="module")
 def qwen3():
     """A tiny random Qwen3 model over SmolLM2's packaged tokenizer."""
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
     from llmrerank.backends.hf import HFBackend
-    from llmrerank.models import resolve
 
-    require_preset("smollm2-135m")
-    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=2048,
-    )
-    model = Qwen3ForCausalLM(config).eval()
+    tokenizer = smollm2_tokenizer()
+    model = family_model("qwen3", len(tokenizer), max_position_embeddings=2048)
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)  # so that the answer logits differ clearly
     return model, tokenizer, HFBackend(model, tokenizer, batch_size=3, name="tiny-qwen3")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import require_preset
+from conftest import family_model, smollm2_tokenizer
 from llmrerank.prompts import PromptRenderer, PromptTooLongError, get_template
 from llmrerank.prompts.families import BGE_RERANKER_V2_GEMMA, BGE_RERANKER_V2_GEMMA_PROMPT
 from llmrerank.rankers.pointwise import PointwiseOptions, PointwiseRanker
@@ -66,23 +66,14 @@ def run_reference(request: dict) -> list[dict]:
 
 def tiny_gemma2(tokenizer, folder: Path):
     """A tiny random Gemma2 model for ``tokenizer``, written with it to ``folder`` (for the reference)."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Gemma2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
+    model = family_model(
+        "gemma2",
+        len(tokenizer),
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = Gemma2ForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)  # so that the "Yes" logits differ clearly
     model.save_pretrained(folder)
@@ -93,13 +84,9 @@ def tiny_gemma2(tokenizer, folder: Path):
 @pytest.fixture(scope="module")
 def gemma2(tmp_path_factory):
     """A tiny random Gemma2 model over SmolLM2's packaged tokenizer, and its folder for the reference."""
-    require_preset("smollm2-135m")
-    from transformers import AutoTokenizer
-
     from llmrerank.backends.hf import HFBackend
-    from llmrerank.models import resolve
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
+    tokenizer = smollm2_tokenizer()
     folder = tmp_path_factory.mktemp("tiny-gemma2")
     model = tiny_gemma2(tokenizer, folder)
     return model, tokenizer, folder, HFBackend(model, tokenizer, batch_size=2, name="tiny-gemma2")

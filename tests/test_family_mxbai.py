@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from conftest import require_preset
+from conftest import family_model, smollm2_tokenizer
 from llmrerank.prompts import PromptRenderer, get_template
 from llmrerank.prompts.families import MXBAI_RERANK_V2, MXBAI_RERANK_V2_TASK
 from llmrerank.rankers.pointwise import PointwiseOptions, PointwiseRanker
@@ -31,25 +31,10 @@ CASES = [(None, 512), ("Find the passage that answers the question", 512), (None
 @pytest.fixture(scope="module")
 def qwen2(tmp_path_factory):
     """A tiny random Qwen2 model over SmolLM2's packaged tokenizer, and its folder for the library."""
-    require_preset("smollm2-135m")
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
     from llmrerank.backends.hf import HFBackend
-    from llmrerank.models import resolve
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m").folder)
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        tie_word_embeddings=False,
-    )
-    model = Qwen2ForCausalLM(config).eval()
+    tokenizer = smollm2_tokenizer()
+    model = family_model("qwen2", len(tokenizer), max_position_embeddings=32768, tie_word_embeddings=False)
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)  # so that the answer logits differ clearly
     folder = tmp_path_factory.mktemp("tiny-qwen2")
