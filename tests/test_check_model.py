@@ -138,6 +138,20 @@ def test_a_chat_prompt_without_a_chat_template_fails_at_build():
     assert not failed(check_model(ranker))
 
 
+def test_a_text_pair_template_needs_no_chat_template():
+    # RankLLaMA's base model (Llama-2-7b) has no chat template, and its text pair is tokenised without one
+    tok = make_tokenizer(chat=False)
+    backend = HFBackend(make_model(len(tok), "llama"), tok, name="no-chat-llama")
+    ranker = PointwiseRanker(backend, family="rankllama")
+    said = "template 'rankllama' is a text pair, tokenised as tokenizer(text, text_pair): no chat template"
+    assert ranker.build_checks[0] == Check("chat_template", "pass", said)
+    assert not ranker.renderer.use_chat
+    # the rendered ids are the text pair's, tokenised apart (this tokenizer adds nothing to a pair), then the EOS
+    (encoded,) = ranker.encode("the query", ["the document"])
+    pair = tok("query: the query", "document:  the document", add_special_tokens=True)["input_ids"]
+    assert list(encoded.prompt) == [*pair, tok.eos_token_id]
+
+
 def test_likelihood_checks_its_target_tokens(qwen_backend):
     checks = _by_name(check_model(LikelihoodRanker(qwen_backend, max_length=96)))
     counts = [len(encode(qwen_backend.tokenizer, q)) for q, _, _ in PAIRS]

@@ -117,11 +117,18 @@ def failed(checks: Sequence[Check]) -> bool:
 
 
 def chat_template_check(template: Any, tokenizer: Any) -> Check:
-    """A template that asks for the model's chat template (``chat = true``, not verbatim) needs a tokenizer that
-    has one; otherwise the model would see a plain concatenation it was not prompted with."""
+    """A template that asks for the model's chat template (``chat = true``, neither verbatim nor a text pair,
+    which the renderer writes without one) needs a tokenizer that has one; otherwise the model would see a plain
+    concatenation it was not prompted with."""
     name = getattr(template, "name", "custom")
     if getattr(template, "verbatim", False):
         return Check("chat_template", "pass", f"template {name!r} is verbatim: written as is, no chat template")
+    if getattr(template, "text_pair", None) is not None:  # the renderer tokenises a text pair, never a chat
+        return Check(
+            "chat_template",
+            "pass",
+            f"template {name!r} is a text pair, tokenised as tokenizer(text, text_pair): no chat template",
+        )
     if not getattr(template, "chat", False):
         return Check("chat_template", "pass", f"template {name!r} asks for no chat template (chat = false)")
     if getattr(tokenizer, "chat_template", None):
@@ -237,7 +244,7 @@ def _answer_mass(ranker: Any, pairs: Sequence[tuple[str, str, str]], min_mass: f
         return Check(
             "answer_mass",
             "fail",
-            f"{detail}: below {min_mass}, so this model does not answer in family {family!r}'s format",
+            f"{detail}: below {min_mass}, so this model does not answer in the format of family {family!r}",
             values,
         )
     return Check(
