@@ -198,6 +198,15 @@ def test_dense_head_scores_the_hidden_state_at_an_appended_eos(qwen_backend, tmp
         PointwiseRanker(qwen_backend, head="mlp")
 
 
+def test_a_cut_prompt_keeps_the_appended_eos_within_max_length(qwen_backend):
+    long_doc = " ".join(["honey bees"] * 200)
+    dense = PointwiseRanker(qwen_backend, head="dense", max_length=64)
+    (encoded,) = dense.encode(QUERY, [long_doc])
+    assert encoded.truncated and len(encoded.prompt) == 64 and encoded.prompt[-1] == qwen_backend.tokenizer.eos_token_id
+    (plain,) = PointwiseRanker(qwen_backend, max_length=64).encode(QUERY, [long_doc])
+    assert len(plain.prompt) == 64 and plain.prompt[:-1] != encoded.prompt[:-1]  # one document token less
+
+
 def test_an_unknown_answer_word_is_refused(qwen_backend):
     with pytest.raises(ValueError, match="'zzz' not single known tokens"):
         PointwiseRanker(qwen_backend, tokens=("yes", "zzz"))

@@ -163,22 +163,24 @@ def long_document(max_length: int) -> Document:
     return Document(" ".join([LONG_WORD] * (max_length + 1)))
 
 
-def suffix_check(renderer: Any, query: str = PAIRS[0][0]) -> Check:
+def suffix_check(renderer: Any, query: str = PAIRS[0][0], appended: int = 0) -> Check:
     """A document longer than ``max_length`` is cut, and the rendered ids end with the template's suffix ids
     (the text after the document, the answer prefix included) within the template's length bound
     (``max_length``; under a family's pair budget, what its reference allows): a truncation never cuts the part
-    of the prompt that asks for the answer. ``renderer`` is a ``PromptRenderer``."""
+    of the prompt that asks for the answer. ``renderer`` is a ``PromptRenderer`` whose budget leaves room for
+    ``appended`` tokens the ranker adds after the prompt (the dense head's EOS); they count in the totals."""
+    max_length = renderer.max_length + appended
     try:
         parts = renderer.parts(query)
     except PromptTooLongError as e:
-        return Check("suffix", "fail", str(e), {"max_length": renderer.max_length})
-    doc_ids, cut = renderer.document_ids(long_document(renderer.max_length), parts)
+        return Check("suffix", "fail", str(e), {"max_length": max_length})
+    doc_ids, cut = renderer.document_ids(long_document(max_length), parts)
     ids = [*parts.head, *doc_ids, *parts.tail]
-    total = len(ids) + len(parts.target)
+    total = len(ids) + len(parts.target) + appended
     tail = list(parts.tail)
-    limit = parts.fixed + renderer.document_budget(parts)  # max_length, unless a pair budget allows more
+    limit = parts.fixed + renderer.document_budget(parts) + appended  # max_length, unless a pair budget allows more
     values = {
-        "max_length": renderer.max_length,
+        "max_length": max_length,
         "limit": limit,
         "prompt_tokens": total,
         "suffix_tokens": len(tail),
@@ -191,7 +193,7 @@ def suffix_check(renderer: Any, query: str = PAIRS[0][0]) -> Check:
     return Check(
         "suffix",
         "pass",
-        f"a long document {how} to {total} tokens within {limit} (max_length={renderer.max_length}); the prompt "
+        f"a long document {how} to {total} tokens within {limit} (max_length={max_length}); the prompt "
         f"still ends with its {len(tail)}-token suffix {values['suffix']!r}",
         values,
     )

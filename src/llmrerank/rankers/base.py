@@ -205,11 +205,16 @@ class PointScorer(RankerBase):
 
     def __init__(self, backend: Backend, options: Options | None = None, **given: Any):
         super().__init__(backend, options, **given)
-        self.renderer = PromptRenderer(self.options.template, backend.tokenizer, self.options.max_length)
-        self.build_checks.append(suffix_check(self.renderer))
+        budget = self.options.max_length - self.appended_tokens()  # what encode_pair adds stays within max_length
+        self.renderer = PromptRenderer(self.options.template, backend.tokenizer, budget)
+        self.build_checks.append(suffix_check(self.renderer, appended=self.appended_tokens()))
         raise_failures(self.build_checks)
 
     # -- to implement ----------------------------------------------------------------------------------------
+
+    def appended_tokens(self) -> int:
+        """Tokens :meth:`encode_pair` adds after the rendered prompt (the renderer keeps room for them)."""
+        return 0
 
     def encode_pair(self, query: str, doc: Document, parts: Any) -> Encoded:
         raise NotImplementedError

@@ -287,6 +287,10 @@ class PointwiseRanker(PointScorer):
             self.backend.merged_adapter = adapter.path.resolve()
         self.dense.set_weights(adapter.weight, adapter.bias)
 
+    def appended_tokens(self) -> int:
+        """The dense head reads the state of an EOS appended after the prompt."""
+        return 1 if self.options.head == "dense" else 0
+
     def encode_pair(self, query: str, doc: Document, parts: PromptParts) -> Encoded:
         doc_ids, cut = self.renderer.document_ids(doc, parts)
         prompt = (*parts.head, *doc_ids, *parts.tail)
