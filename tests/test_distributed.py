@@ -1,6 +1,7 @@
-"""The Ray engine on a real local Ray cluster (2 CPUs, usage statistics off): the same rankings as the local
-engine, a worker killed mid-run replaced with no query lost or doubled, a worker's refusal naming its query, and
-the command line (in this process, and in a fresh one that starts and stops its own cluster)."""
+"""The Ray engine on a real local Ray cluster (two nodes of 1 CPU each, usage statistics off): the same rankings as
+the local engine, a worker killed mid-run replaced with no query lost or doubled, workers that cannot start ending
+at a deadline instead of pending, a worker's refusal naming its query, and the command line (in this process, and
+in a fresh one that starts and stops its own cluster)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from conftest import make_beir, needs
 from llmrerank import Reranker
-from llmrerank.cli import main
+from llmrerank.cli import describe_error, main
 from llmrerank.data import load_beir, load_run
 from llmrerank.pipeline import kept_queries, rerank, rerank_run
 
 ray = needs("ray", "the Ray engine")
 
-from llmrerank.distributed import RayEngine  # noqa: E402
+from llmrerank.distributed import EngineError, RayEngine, _failure, _raised  # noqa: E402
 
 N_QUERIES, N_DOCS, PER_BATCH = 24, 12, 2
 LONG = " ".join(["honey bees"] * 40)  # a query the listwise prompt below cannot hold
@@ -31,11 +34,54 @@ LONG = " ".join(["honey bees"] * 40)  # a query the listwise prompt below cannot
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local cluster for the module; the engine joins it (and leaves it running)."""
+    """One real cluster for the module, joined by this process (the engine uses it and leaves it running): two
+    nodes of 1 CPU and 1 GPU each. The GPUs are only declared (Ray schedules by the numbers): no worker takes one
+    unless asked, and one that asks for 2 fits no node."""
+    from ray.cluster_utils import Cluster
+
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False})
+    nodes.add_node(num_cpus=1, num_gpus=1)
+    ray.init(address=nodes.address, log_to_driver=False, logging_level=logging.ERROR)
+    yield nodes
     ray.shutdown()
+    nodes.shutdown()
+
+
+@contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Fail, rather than hang, when the block is still running after ``seconds``."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _hold_a_cpu():
+    """A CPU of the cluster reserved (a placement group: nothing runs on it), to make the cluster busy; first wait
+    for one to be free (after a worker was killed, say). ``_release`` gives it back."""
+    _free_cpus(1)
+    group = ray.util.placement_group([{"CPU": 1}])
+    ray.get(group.ready(), timeout=60)
+    return group
+
+
+def _release(group) -> None:
+    ray.util.remove_placement_group(group)
+
+
+def _free_cpus(n: float, wait: float = 60.0) -> None:
+    deadline = time.monotonic() + wait
+    while ray.available_resources().get("CPU", 0) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} CPUs free after {wait} s"
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +127,9 @@ def test_the_ray_engine_ranks_as_the_local_engine(cluster, data, tiny_model_dir)
     queries = {q: t for q, t in queries.items() if t != LONG}
     local_ranker = Reranker.from_config(_config(tiny_model_dir))
     local = _pairs(rerank(local_ranker, queries, corpus, run, queries_per_batch=PER_BATCH))
-    with RayEngine(num_workers=2).start(_config(tiny_model_dir)) as remote:
+    # the address of the cluster this process joined is accepted; the default: one worker on each node
+    with RayEngine(address=cluster.address).start(_config(tiny_model_dir)) as remote:
+        assert remote.num_workers == 2
         assert len(set(remote.worker_pids())) == 2 and os.getpid() not in remote.worker_pids()
         assert remote.describe() == local_ranker.describe() and remote.config() == local_ranker.config()
         got = _pairs(rerank(remote, queries, corpus, run, queries_per_batch=PER_BATCH))
@@ -123,6 +171,108 @@ def test_a_worker_killed_mid_run_is_replaced_and_no_query_is_lost_or_doubled(clu
     assert after[0] != before[0] and after[1] == before[1]
     assert info["workers_replaced"] >= 1 and info["batches_redone"] >= 1
     assert_parity(local, got)
+
+
+def test_a_replacement_with_no_room_gives_up_its_slot_and_the_others_finish_the_run(cluster, data, tiny_model_dir):
+    queries, corpus, run = _inputs(data)
+    queries = {q: t for q, t in queries.items() if t != LONG}
+    local = _pairs(rerank(Reranker.from_config(_config(tiny_model_dir)), queries, corpus, run, queries_per_batch=1))
+    held = []
+    try:
+        with within(300), RayEngine(num_workers=2, start_timeout=20).start(_config(tiny_model_dir)) as remote:
+            before = remote.worker_pids()
+            results = rerank(remote, queries, corpus, run, queries_per_batch=1)
+            first = [next(results)]
+            os.kill(before[0], signal.SIGKILL)
+            held.append(_hold_a_cpu())  # its CPU taken at once: its replacement has nowhere to run (a lost machine)
+            got = _pairs([*first, *results])
+            assert remote.worker_pids() == [before[1]]  # the slot given up at its deadline
+            assert remote.engine_info["workers_replaced"] == 1 and remote.engine_info["workers_dropped"] == 1
+            # a worker dead when the queries are checked is replaced (on the CPU it left) and the check answered
+            os.kill(before[1], signal.SIGKILL)
+            assert list(remote.check_queries({"q3": "", "q4": "bees"})) == ["q3"]
+            (last,) = remote.worker_pids()
+            assert last != before[1]
+            # the last worker lost with no room for its replacement: the run ends, it does not wait for one
+            results = rerank(remote, queries, corpus, run, queries_per_batch=1)
+            next(results)
+            os.kill(last, signal.SIGKILL)
+            held.append(_hold_a_cpu())
+            with pytest.raises(EngineError, match="^no Ray worker is left to rank the remaining queries: .* 20 s"):
+                list(results)
+    finally:
+        for group in held:
+            _release(group)
+    assert_parity(local, got)
+    _free_cpus(2)
+
+
+@pytest.fixture(scope="class")
+def single(cluster, tiny_model_dir):
+    """One worker kept for several runs, with 4 batches queued on it at a time and one retry per batch (ended
+    after the class's tests: its CPU is needed by the others)."""
+    with RayEngine(num_workers=1, inflight=4, max_retries=1, start_timeout=120).start(_config(tiny_model_dir)) as one:
+        yield one
+
+
+class TestOneKeptWorker:
+    """Runs on one worker kept across them."""
+
+    def test_a_run_left_early_withdraws_the_batches_queued_on_its_kept_workers(self, single, data):
+        queries, corpus, run = _inputs(data)
+        docs = [corpus[d].text for d, _ in run["q0"]]
+        small = (["q0"], [queries["q0"]], [docs])
+        big = [([f"q{i}"], [queries[f"q{i}"]], [docs * 80]) for i in range(1, 5)]  # 960 candidates each
+        worker = single._workers[0]
+        before = ray.get(worker.totals.remote())["sequences"]
+        for index, _ in single.rank_batches([small, *big]):
+            assert index == 0
+            break  # the consumer stops after the small batch, while the worker holds the 4 big ones
+        # what the worker ranked before it answers this (in order, after whatever it still holds): the small batch,
+        # the big one it was ranking (two, at worst, if it had begun the next one first), not all four
+        ranked = ray.get(worker.totals.remote())["sequences"] - before
+        assert len(docs) * 81 <= ranked <= len(docs) * 161, ranked / len(docs)
+
+    def test_a_death_counts_against_the_batch_running_not_those_queued_behind_it(self, single, data, tiny_model_dir):
+        """max_retries is 1: each kill below hits a worker holding 4 batches, so had the death counted against all of
+        them, the second kill (during one of those batches) would end the run."""
+        queries, corpus, run = _inputs(data)
+        queries = {q: t for q, t in queries.items() if t != LONG}
+        local = _pairs(rerank(Reranker.from_config(_config(tiny_model_dir)), queries, corpus, run, queries_per_batch=1))
+        replaced = single.replaced
+        with within(240):
+            results = rerank(single, queries, corpus, run, queries_per_batch=1)
+            got = [next(results)]
+            os.kill(single.worker_pids()[0], signal.SIGKILL)
+            got.append(next(results))  # from the replacement, which now ranks the next of the batches redone
+            os.kill(single.worker_pids()[0], signal.SIGKILL)
+            got = _pairs([*got, *results])
+        assert single.replaced == replaced + 2
+        assert_parity(local, got)
+
+    def test_rank_many_checks_its_arguments_as_the_local_ranker_does(self, single, tiny_model_dir):
+        local = Reranker.from_config(_config(tiny_model_dir))
+        bad = [("a query", [["d"]]), ({"q": "x"}, [["d"]]), (["x"], {"q": ["d"]}), (["x", "y"], [["d"]]),
+               ([1], [["d"]]), (["x"], [[3]])]
+        for queries, docs in bad:
+            with pytest.raises((TypeError, ValueError)) as want:
+                local.rank_many(queries, docs)
+            with pytest.raises(type(want.value)) as got:
+                single.rank_many(queries, docs)
+            assert str(got.value) == str(want.value)
+        assert single.rank_many([], []) == local.rank_many([], []) == []
+
+
+def test_a_worker_out_of_gpu_memory_says_what_to_change():
+    import torch
+
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    error = _raised(_failure(oom), "query q1")  # as the worker sends it, as the driver raises it
+    assert isinstance(error, EngineError)
+    line, status = describe_error(error)
+    assert status == 1 and "bug" not in line
+    assert line.startswith("query q1: a Ray worker ran out of GPU memory (CUDA out of memory. Tried to allocate 2.00 "
+                           "GiB); rank fewer candidates at once (--queries-per-batch, --top-k), lower --batch-tokens")
 
 
 def test_a_query_that_fails_in_a_worker_ends_the_run_naming_it_and_the_rest_resumes(
@@ -248,14 +398,40 @@ def test_a_fresh_process_starts_its_own_cluster_and_stops_it(short_data, tiny_mo
     assert _gone_but(before)  # its cluster is gone with it
 
 
-def test_workers_beyond_the_cluster_or_gpus_it_lacks_are_refused(cluster, tiny_model_dir):
-    with pytest.raises(ValueError, match=r"3 workers of 1 CPUs each do not fit the Ray cluster \(2 CPUs"):
-        RayEngine(num_workers=3).start(_config(tiny_model_dir))
-    with pytest.raises(ValueError, match="has no GPU"):
-        RayEngine(gpus_per_worker=1).start(_config(tiny_model_dir))
-    with RayEngine(cpus_per_worker=2).start(_config(tiny_model_dir)) as remote:  # default: what fits
-        assert remote.num_workers == 1
-        assert remote.config()["backend"] == Reranker.from_config(_config(tiny_model_dir)).config()["backend"]
+def test_workers_beyond_the_cluster_or_any_node_or_another_address_are_refused(cluster, tiny_model_dir):
+    config = _config(tiny_model_dir)
+    with within(60):  # refused at once, before any worker is asked for (none would ever start)
+        with pytest.raises(ValueError, match=r"^3 workers of 1 CPUs each do not fit the Ray cluster \(2 CPUs and 2 "
+                           r"GPUs on 2 nodes: 2 fit\)"):
+            RayEngine(num_workers=3).start(config)
+        # two CPUs (or GPUs) in all, but one on each node: a worker runs on one node
+        for each in ({"cpus_per_worker": 2}, {"gpus_per_worker": 2}):
+            with pytest.raises(ValueError, match=r"^no node of the Ray cluster \(2 CPUs and 2 GPUs on 2 nodes\) holds "
+                               r"one worker of .*the largest has 1 CPUs and 1 GPUs"):
+                RayEngine(**each).start(config)
+        with pytest.raises(ValueError, match=r"already joined the Ray cluster at .*, not '127.0.0.1:1'"):
+            RayEngine(address="127.0.0.1:1").start(config)
+    assert ray.is_initialized()  # the refusals leave the joined cluster as it was
+
+
+def test_workers_that_cannot_start_end_the_run_at_their_deadline(cluster, tiny_model_dir):
+    holder = _hold_a_cpu()  # a busy cluster: one CPU left
+    try:
+        start = time.monotonic()
+        with within(60), pytest.raises(EngineError, match=r"^[12] of 2 Ray workers of 1 CPUs did not start within 3 s"):
+            RayEngine(num_workers=2, start_timeout=3).start(_config(tiny_model_dir))
+        assert time.monotonic() - start < 30
+    finally:
+        _release(holder)
+    _free_cpus(2)  # the worker that did start was ended with the others
+
+
+def _lines(path: Path) -> int:
+    """The lines of ``path`` (0 while it does not exist)."""
+    try:
+        return path.read_text().count("\n")
+    except FileNotFoundError:
+        return 0
 
 
 def test_sigterm_ends_the_workers_and_the_run_resumes(tiny_model_dir, tmp_path):
@@ -270,7 +446,7 @@ def test_sigterm_ends_the_workers_and_the_run_resumes(tiny_model_dir, tmp_path):
                                stderr=subprocess.PIPE, text=True, env=env)
     partial = tmp_path / "out.trec.partial"
     deadline = time.monotonic() + 180
-    while not (partial.exists() and partial.read_text().count("\n") >= 10 * 30):
+    while _lines(partial) < 10 * 30:
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline, "the rerank did not start"
         time.sleep(0.01)
@@ -278,7 +454,8 @@ def test_sigterm_ends_the_workers_and_the_run_resumes(tiny_model_dir, tmp_path):
     err = process.communicate(timeout=60)[1]
     assert process.returncode == 143, err
     assert err.splitlines()[-1].startswith(f"terminated (SIGTERM): the queries finished so far are kept in {partial}")
-    finished = partial.read_text().count("\n") // 30
+    assert partial.exists(), err  # the queries finished are kept
+    finished = _lines(partial) // 30
     assert 10 <= finished < 150
     assert _gone_but(before)  # the workers and the cluster ended with the run
     resumed = subprocess.run([sys.executable, "-m", "llmrerank.cli", *argv, "--resume"], capture_output=True,

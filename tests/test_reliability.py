@@ -557,10 +557,40 @@ ROWS += [
     ),
     Row("rerank-ray-workers-zero", [*RERANK, "--engine", "ray", "--num-workers", "0", *OUT], 2, match="at least 1"),
     Row(
+        "rerank-ray-gpus-negative",
+        [*RERANK, "--engine", "ray", "--gpus-per-worker", "-1", *OUT],
+        2,
+        match="argument --gpus-per-worker: must be at least 0, got -1",
+    ),
+    Row(
+        "rerank-ray-cpus-zero",
+        [*RERANK, "--engine", "ray", "--cpus-per-worker", "0", *OUT],
+        2,
+        match="argument --cpus-per-worker: must be positive, got 0",
+    ),
+    Row(
+        "rerank-ray-start-timeout-zero",
+        [*RERANK, "--engine", "ray", "--start-timeout", "0", *OUT],
+        2,
+        match="argument --start-timeout: must be positive, got 0",
+    ),
+    Row(
+        "rerank-ray-empty-address",
+        [*RERANK, "--engine", "ray", "--address", "", *OUT],
+        2,
+        match=r"address must name a Ray cluster \(host:port, auto or ray://...\), got ''",
+    ),
+    Row(
         "api-ray-engine-bad-cpus",
         call=lambda ws: __import__("llmrerank.distributed").distributed.RayEngine(cpus_per_worker=0),
         raises=ValueError,
         match="cpus_per_worker must be above 0",
+    ),
+    Row(
+        "api-ray-engine-bad-start-timeout",
+        call=lambda ws: __import__("llmrerank.distributed").distributed.RayEngine(start_timeout=float("inf")),
+        raises=TypeError,
+        match="start_timeout must be a number, got inf",
     ),
     Row(
         "api-ray-config-without-engine",

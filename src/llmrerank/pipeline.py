@@ -141,16 +141,23 @@ def _accepted(
     results: Iterator[tuple[int, Sequence[Ranking]]], heads: dict[int, tuple[list[str], list[list[str]]]]
 ) -> Iterator[tuple[str, Ranking]]:
     """Each batch's rankings, ``(batch index, rankings)`` as batches finish, checked (one per query, each a
-    permutation of its candidates) and given the run's ids; ``heads`` holds each batch's query and candidate ids."""
-    for index, rankings in results:
-        chunk, candidates = heads.pop(index)
-        if len(rankings) != len(chunk):
-            raise ValueError(f"the ranker returned {len(rankings)} rankings for {len(chunk)} queries")
-        for qid, head, ranking in zip(chunk, candidates, rankings):
-            if sorted(ranking.indices) != list(range(len(head))):
-                raise ValueError(f"query {qid}: the ranking does not order each of the {len(head)} candidates once")
-            # the run's ids in the ranking's order, whatever ids the ranker did or did not set
-            yield qid, replace(ranking, ids=tuple(head[i] for i in ranking.indices))
+    permutation of its candidates) and given the run's ids; ``heads`` holds each batch's query and candidate ids.
+    However this ends (done, failed, or closed by its consumer), ``results`` is closed with it: an engine's
+    ``rank_batches`` then withdraws the batches it still has queued."""
+    try:
+        for index, rankings in results:
+            chunk, candidates = heads.pop(index)
+            if len(rankings) != len(chunk):
+                raise ValueError(f"the ranker returned {len(rankings)} rankings for {len(chunk)} queries")
+            for qid, head, ranking in zip(chunk, candidates, rankings):
+                if sorted(ranking.indices) != list(range(len(head))):
+                    raise ValueError(f"query {qid}: the ranking does not order each of the {len(head)} candidates once")
+                # the run's ids in the ranking's order, whatever ids the ranker did or did not set
+                yield qid, replace(ranking, ids=tuple(head[i] for i in ranking.indices))
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
 
 
 def chain_scores(head_scores: Sequence[float], n_tail: int) -> list[float]:

@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-ENGINE_FLAGS = ("num_workers", "address", "gpus_per_worker", "cpus_per_worker")
+ENGINE_FLAGS = ("num_workers", "address", "gpus_per_worker", "cpus_per_worker", "start_timeout")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -52,6 +52,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", help="ray: a running cluster (host:port, auto); default: start a local one")
     g.add_argument("--gpus-per-worker", type=nonnegative_float, help="ray: GPUs per worker (0.5: two share one)")
     g.add_argument("--cpus-per-worker", type=positive_float, help="ray: CPUs and torch threads per worker (1)")
+    g.add_argument(
+        "--start-timeout",
+        type=positive_float,
+        help="ray: seconds a worker may take to be placed and load the model before the run ends (600)",
+    )
 
 
 def engine_from_args(args: argparse.Namespace) -> Any:
