@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, smollm2_tokenizer
 from llmrerank.backends.base import Sampling
 from llmrerank.data import load_beir, load_corpus, load_qrels, load_run
 from llmrerank.train import synthetic
@@ -54,6 +54,14 @@ def test_filters():
     assert seen == {"why do bees store nectar", "honey make bees"}
 
 
+def test_generation_stops_at_any_token_holding_a_line_break():
+    tokenizer = smollm2_tokenizer()
+    ids = synthetic.newline_ids(tokenizer)
+    for text in ("\n", "\n\n", ".\n"):
+        assert set(tokenizer.encode(text, add_special_tokens=False)) & ids, text
+    assert not set(tokenizer.encode("what is a cat", add_special_tokens=False)) & ids
+
+
 def test_clean_query_takes_the_first_line():
     assert clean_query(' "how do bees fly"\nExample 3:') == "how do bees fly"
     assert clean_query("\n\n  what is honey  \n") == "what is honey" and clean_query("  \n") == ""
@@ -96,7 +104,7 @@ def test_each_query_is_its_passages_own_sample_and_a_resume_writes_the_same(labe
     assert list(generated) == synthetic.sample_passages(ds.corpus, 6, 0, example_docs)  # never the example's
     tokenizer = qwen_backend.tokenizer
     shots = [(q, synthetic.cut(tokenizer, p, settings.example_tokens)) for _, q, p in examples]
-    stops = sorted(set(qwen_backend.stop_ids()) | set(tokenizer.encode("\n", add_special_tokens=False)[-1:]))
+    stops = sorted(set(qwen_backend.stop_ids()) | synthetic.newline_ids(tokenizer))
     for d, record in list(generated.items())[:2]:  # alone, with its own seed: the same continuation
         prompt = build_prompt(shots, synthetic.cut(tokenizer, ds.corpus[d].text, settings.passage_tokens))
         seq = tokenizer.encode(prompt, add_special_tokens=True)

@@ -155,6 +155,12 @@ def filter_reason(query: str, passage: str, min_words: int, seen: set[str]) -> s
     return None
 
 
+def newline_ids(tokenizer: Any) -> set[int]:
+    """The ids of every vocabulary token whose text holds a line break ("\n", "\n\n", "?\n", ...)."""
+    vocab = tokenizer.get_vocab()
+    return {i for token, i in vocab.items() if "\n" in tokenizer.convert_tokens_to_string([token])}
+
+
 def read_generated(path: Path) -> dict[str, dict[str, Any]]:
     """The records of ``generated.jsonl`` by passage id (a last line cut short by a kill is dropped)."""
     if not path.exists():
@@ -205,8 +211,7 @@ def generate(
     todo = [d for d in ids if d not in done]
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="generate", unit="passage", disable=not progress,
                file=sys.stderr)
-    newline = set(tokenizer.encode("\n", add_special_tokens=False)[-1:])
-    stops = set(backend.stop_ids()) | newline
+    stops = set(backend.stop_ids()) | newline_ids(tokenizer)  # a query is one line: stop at its end
     with open(out / GENERATED, "a", encoding="utf-8") as f, bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
