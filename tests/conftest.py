@@ -49,17 +49,19 @@ def make_tokenizer(chat: bool = True, extra: Sequence[str] = ()):
     return tok
 
 
+# the tiny models' layer sizes: 2 layers of width 32, 4 attention heads of 8, 2 key/value heads
+TINY_SIZES = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+
+
 def make_model(vocab_size: int, arch: str = "qwen2", seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     common = dict(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SIZES,
         max_position_embeddings=1024,
         pad_token_id=0,
         eos_token_id=1,
@@ -89,22 +91,13 @@ FAMILY_ARCHS = {"qwen3": "Qwen3", "qwen2": "Qwen2", "gemma2": "Gemma2"}
 
 
 def family_model(arch: str, vocab_size: int, seed: int = 0, **config: object):
-    """A tiny random causal LM of a model family's architecture (``FAMILY_ARCHS``): 2 layers of width 32, 4 heads
-    of 8, 2 key/value heads; ``config`` adds to or overrides its config."""
+    """A tiny random causal LM of a model family's architecture (``FAMILY_ARCHS``) at ``TINY_SIZES``; ``config``
+    adds to its config."""
     import transformers
 
     name = FAMILY_ARCHS[arch]
     torch.manual_seed(seed)
-    settings = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        **config,
-    )
+    settings = dict(vocab_size=vocab_size, **TINY_SIZES, head_dim=8, **config)
     model_class = getattr(transformers, f"{name}ForCausalLM")
     return model_class(getattr(transformers, f"{name}Config")(**settings)).eval()
 
