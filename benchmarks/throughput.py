@@ -67,6 +67,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "llmrerank defaults, max_length 512 (memory)": {"max_length": 512},
 }
 BGE_ROW = "llmrerank defaults, BGE prompt and Yes logit"
+FAMILY_ROW = "llmrerank defaults, family bge-reranker-v2-gemma"
 PEERS = {
     "FlagLLMReranker float32": ["--peer", "flag_llm"],
     "FlagLLMReranker use_bf16": ["--peer", "flag_llm", "--bf16"],
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         contestants.append((name, ["--child", "llmrerank", *common, "--options", json.dumps(options)], None, None))
     bge = {"template": str(BGE_TEMPLATE), "tokens": ["Yes", "No"], "normalisation": "yes_logit"}
     contestants.append((BGE_ROW, ["--child", "llmrerank", *common, "--options", json.dumps(bge)], None, None))
+    family = {"family": "bge-reranker-v2-gemma"}  # FlagLLMReranker's prompt and score, token for token (issue 15)
+    contestants.append((FAMILY_ROW, ["--child", "llmrerank", *common, "--options", json.dumps(family)], None, None))
     if not args.no_peers:
         peer_common = ["--model", str(folder), "--data", str(args.data / "dl19"), "--queries", str(args.queries),
                        "--top-k", str(args.top_k), "--max-length", str(args.max_length), "--batch-size",
@@ -333,10 +336,11 @@ def main(argv: list[str] | None = None) -> None:
         if reference and "scores" in row and "512" not in name:
             s["agreement_with_earlier_defaults"] = agreement(ds, reference["scores"], row["scores"])
         summary[name] = s
-    bge_row = ok.get(BGE_ROW)
-    for peer in ("FlagLLMReranker float32", fastest_peer):
-        if bge_row and peer in peers and "scores" in peers[peer]:
-            summary[f"bge_prompt_vs {peer}"] = agreement(ds, peers[peer]["scores"], bge_row["scores"])
+    for row_name, key in ((BGE_ROW, "bge_prompt_vs"), (FAMILY_ROW, "bge_family_vs")):
+        mine = ok.get(row_name)
+        for peer in ("FlagLLMReranker float32", fastest_peer):
+            if mine and peer in peers and "scores" in peers[peer]:
+                summary[f"{key} {peer}"] = agreement(ds, peers[peer]["scores"], mine["scores"])
     result["summary"] = summary
     result["finished"] = stamp()
     write_json(out, result)
