@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -120,6 +121,9 @@ def test_each_query_is_its_passages_own_sample_and_a_resume_writes_the_same(labe
     with pytest.raises(ValueError, match="generated with other temperature"):
         other = GenerationSettings(passages=6, examples=1, max_new_tokens=6, temperature=0.5, top_p=1.0, min_words=1)
         synthetic.generate(qwen_backend, ds.corpus, examples, out, other, progress=False)
+    with pytest.raises(ValueError, match="generated with other dtype"):  # the weights' precision samples too
+        other = replace(settings, dtype="bfloat16")
+        synthetic.generate(qwen_backend, ds.corpus, examples, out, other, progress=False)
 
 
 def test_the_folder_its_filters_and_the_consistency_filter(labelled, tmp_path):
@@ -144,11 +148,20 @@ def test_the_folder_its_filters_and_the_consistency_filter(labelled, tmp_path):
     # a teacher that ranks d1 second and d6 fifth: with k = 2 only gen-d1 stays
     teacher = {"gen-d1": [("d4", 9.0), ("d1", 8.0), ("d2", 1.0)], "gen-d6": [(f"d{i}", 10.0 - i) for i in range(1, 8)]}
     report = synthetic.consistency_filter(out, teacher, 2)
-    assert report["consistency"] == {"k": 2, "checked": 2, "kept": 1, "dropped": 1}
+    assert report["consistency"] == {"k": 2, "checked": 2, "kept": 1, "dropped": 1, "not_in_teacher_run": 0}
     assert load_qrels(out / "qrels" / "train.tsv") == {"gen-d1": {"d1": 1}}
     assert json.loads((out / synthetic.REPORT).read_text())["consistency"]["kept"] == 1
-    with pytest.raises(ValueError, match="no ranking of query 'gen-d6'"):
-        synthetic.consistency_filter(out, {"gen-d1": teacher["gen-d1"]}, 2)
+    # a query the teacher did not rank is dropped and counted; a teacher run of none of them is refused
+    report = synthetic.consistency_filter(out, {"gen-d1": teacher["gen-d1"]}, 2)
+    assert report["consistency"] == {"k": 2, "checked": 2, "kept": 1, "dropped": 1, "not_in_teacher_run": 1}
+    with pytest.raises(ValueError, match="ranks none of the generated queries"):
+        synthetic.consistency_filter(out, {"other": teacher["gen-d1"]}, 2)
+    # an output folder with a corpus of its own is never overwritten
+    other = tmp_path / "other"
+    shutil.copytree(labelled, other)
+    with pytest.raises(ValueError, match="holds a corpus.jsonl of its own"):
+        synthetic.write_dataset(other, labelled / "corpus.jsonl", corpus, generated, settings, progress=False)
+    assert not (other / "corpus.jsonl").is_symlink() and (other / "corpus.jsonl").stat().st_size > 0
 
 
 def test_the_command_with_a_teacher(labelled, tmp_path, tiny_model_dir, capsys):

@@ -384,6 +384,9 @@ def test_ranknet_on_the_teachers_order(tiny_model_dir, tmp_path):
     [
         ({"loss": "kl", "target": "labels"}, ValueError, "loss kl distils a teacher: target must be 'teacher'"),
         ({"target": "oracle"}, ValueError, "target must be"),
+        ({"loss": "bce", "target": "teacher"}, ValueError, "loss bce needs graded labels, not a teacher's scores"),
+        ({"loss": "grouped_ce", "target": "teacher"}, ValueError, "loss grouped_ce needs graded labels"),
+        ({"loss": "lambdaloss", "target": "teacher"}, ValueError, "loss lambdaloss needs graded labels"),
     ],
 )
 def test_bad_targets_are_refused(tmp_path, given, error, message):

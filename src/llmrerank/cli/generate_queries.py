@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> None:
         min_words=args.min_words,
         candidates=args.candidates,
         model=args.model,
+        dtype=args.dtype,
     )
     data = Path(args.data)
     labelled = load_beir(data, split=args.examples_split) if args.examples else None
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> None:
     out = check_writable(args.out, "generated queries", folder=True)
     if out.resolve() == data.resolve():
         raise ValueError("--out is --data: write the generated queries to a folder of their own")
+    synthetic.check_out_folder(out)
     teacher_run = Path(args.teacher_run) if args.teacher_run else None
     if teacher_run is not None and not teacher_run.is_file():
         raise FileNotFoundError(f"--teacher-run {teacher_run} not found")

@@ -28,6 +28,9 @@ else:  # pragma: no cover
 
 TARGETS = ("labels", "teacher")
 DISTILL_LOSSES = ("kl", "margin_mse")  # losses whose targets are a teacher's scores, never graded labels
+# losses that read any real-valued targets (an order, a distribution), so a teacher's scores or minus its ranks
+# can stand for the labels; bce thresholds labels, grouped_ce needs column 0 on top, lambdaloss gains >= 0
+TEACHER_LOSSES = ("ranknet", "listnet", "listmle", "poly1", *DISTILL_LOSSES)
 
 # What a trained ranker uses unless its config says otherwise: s = z_yes - z_no is what the losses see and what
 # is served; a shorter prompt budget than inference's 512, for training's speed.
@@ -299,6 +302,11 @@ class TrainConfig:
         _check_loss(self.loss, self.loss_options)
         if self.loss in DISTILL_LOSSES and self.target == "labels":
             raise ValueError(f"config: loss {self.loss} distils a teacher: target must be 'teacher' or left out")
+        if self.target == "teacher" and self.loss not in TEACHER_LOSSES:
+            raise ValueError(
+                f"config: loss {self.loss} needs graded labels, not a teacher's scores; with target = 'teacher' use "
+                f"one of {', '.join(TEACHER_LOSSES)}"
+            )
         try:
             self.options = training_options(self.method, self.options)
         except (ValueError, TypeError) as e:  # the options class names the option; say it is in `options`

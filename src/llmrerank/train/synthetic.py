@@ -58,6 +58,7 @@ class GenerationSettings:
     min_words: int = 3
     candidates: int = 100
     model: str = ""
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("passages", "max_new_tokens", "passage_tokens", "example_tokens", "min_words", "candidates"):
@@ -266,8 +267,9 @@ def write_dataset(
         "queries",
     )
     write_qrels(out / "qrels" / "generated.tsv", sources)
+    check_out_folder(out)
     link = out / "corpus.jsonl"
-    if link.is_symlink() or link.exists():
+    if link.is_symlink():
         link.unlink()
     link.symlink_to(corpus_path.resolve())
     run = bm25_search(corpus, queries, top_k=settings.candidates, show_progress=progress)
@@ -275,6 +277,16 @@ def write_dataset(
     report = {"settings": asdict(settings), "counts": counts, "consistency": None}
     write_atomic(out / REPORT, json.dumps(report, indent=2) + "\n", "report")
     return report
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an output folder that holds a corpus of its own (another BEIR folder): generate-queries writes
+    its corpus as a link to the source's, and would overwrite that folder's queries and qrels."""
+    corpus = out / "corpus.jsonl"
+    if corpus.exists() and not corpus.is_symlink():
+        raise ValueError(
+            f"{out} holds a corpus.jsonl of its own (another BEIR folder?): give generate-queries a folder of its own"
+        )
 
 
 def write_qrels(path: Path, sources: Mapping[str, str]) -> None:
@@ -293,15 +305,23 @@ def consistency_filter(out: Path, teacher_run: Mapping[str, Sequence[tuple[str, 
     qrels = load_qrels(out / "qrels" / "generated.tsv")
     sources = {q: next(iter(judged)) for q, judged in qrels.items() if judged}
     missing = [q for q in sources if q not in teacher_run]
-    if missing:
-        raise ValueError(f"the teacher run has no ranking of query {missing[0]!r}: rerank the whole split first")
+    if len(missing) == len(sources):
+        raise ValueError(f"the teacher run ranks none of the generated queries (such as {missing[0]!r}): rerank them")
     kept = {}
     for q, d in sources.items():
+        if q not in teacher_run:  # counted below as not ranked
+            continue
         top = [doc for doc, _ in sorted(teacher_run[q], key=lambda item: -item[1])[:k]]
         if d in top:
             kept[q] = d
     write_qrels(out / "qrels" / "train.tsv", kept)
     report = json.loads((out / REPORT).read_text(encoding="utf-8"))
-    report["consistency"] = {"k": k, "checked": len(sources), "kept": len(kept), "dropped": len(sources) - len(kept)}
+    report["consistency"] = {
+        "k": k,
+        "checked": len(sources),
+        "kept": len(kept),
+        "dropped": len(sources) - len(kept),
+        "not_in_teacher_run": len(missing),
+    }
     write_atomic(out / REPORT, json.dumps(report, indent=2) + "\n", "report")
     return report
