@@ -21,6 +21,7 @@ from _common import RESULTS, Report, header, markdown_table, p_round
 from llmrerank.data import load_qrels, load_run
 from llmrerank.evaluate import evaluate_runs, paired_p
 from llmrerank.fusion import Fusion, fuse_ranking
+from llmrerank.pipeline import chain_scores
 from llmrerank.types import Ranking
 
 
@@ -31,9 +32,8 @@ def fused_run(reranked: dict, first: dict, top_k: int, weight: float) -> dict:
         head = items[:top_k]
         ranking = Ranking(tuple(range(len(head))), tuple(s for _, s in head), tuple(d for d, _ in head))
         fused = fuse_ranking(ranking, dict(first[qid][:top_k]), Fusion(weight))
-        tail = items[top_k:]
-        floor = min(fused.scores, default=0.0)
-        out[qid] = list(zip(fused.ids, fused.scores)) + [(d, floor - 1 - i) for i, (d, _) in enumerate(tail)]
+        tail = [d for d, _ in items[top_k:]]
+        out[qid] = list(zip([*fused.ids, *tail], chain_scores(fused.scores, len(tail))))
     return out
 
 

@@ -653,6 +653,36 @@ ROWS += [
     Row("check-model-unknown-family", [*CHECK, "--family", "qwen9"], 2, match="invalid choice: 'qwen9'"),
 ]
 
+# -- rerank --fuse and generate-queries (issue 17) --
+GENQ = ["generate-queries", "--data", "{data}", "--model", "{model}", "--quiet", "--out", "{root}/gen"]
+ROWS += [
+    Row("rerank-fuse-weight-above-one", [*RERANK, "--fuse", "bm25:2", *OUT], 2, match="the weight must be in"),
+    Row("rerank-fuse-unknown-stage", [*RERANK, "--fuse", "rrf:0.3", *OUT], 2, match="unknown first stage 'rrf'"),
+    Row("rerank-fuse-no-weight", [*RERANK, "--fuse", "bm25", *OUT], 2, match="expected STAGE:WEIGHT"),
+    Row("generate-queries-no-passages", [*GENQ, "--passages", "0"], 2, match="--passages: must be at least 1"),
+    Row(
+        "generate-queries-test-examples",
+        [*GENQ, "--passages", "2", "--examples-split", "test"],
+        2,
+        match="never a test split",
+    ),
+    Row("generate-queries-missing-split", [*GENQ, "--passages", "2"], 2, match="split 'train'"),
+    Row(
+        "generate-queries-more-passages-than-the-corpus",
+        [*GENQ, "--passages", "100000", "--examples", "0"],
+        2,
+        match="100000 passages asked for, but the corpus has",
+    ),
+    Row(
+        "generate-queries-out-is-data",
+        [*GENQ[:-1], "{data}", "--passages", "2", "--examples", "0"],
+        2,
+        match="--out is --data",
+    ),
+    Row("generate-queries-zero-temperature", [*GENQ, "--passages", "2", "--temperature", "0"], 2, match="positive"),
+]
+
+
 def _run_cli(argv: list[str], capsys: Any) -> tuple[int, str]:
     try:
         status = main(argv)

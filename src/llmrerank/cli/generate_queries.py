@@ -57,7 +57,7 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
 def run(args: argparse.Namespace) -> None:
     """Generate, filter and write the folder; then, with a teacher, the consistency filter."""
     from ..backends.hf import HFBackend
-    from ..data import load_beir, load_run
+    from ..data import load_beir, load_corpus, load_run
     from ..outputs import OutputLock, check_writable
     from ..train import synthetic
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
     )
     data = Path(args.data)
     labelled = load_beir(data, split=args.examples_split) if args.examples else None
-    corpus = labelled.corpus if labelled is not None else load_beir_corpus(data)
+    corpus = labelled.corpus if labelled is not None else load_corpus(data / "corpus.jsonl")
     out = check_writable(args.out, "generated queries", folder=True)
     if out.resolve() == data.resolve():
         raise ValueError("--out is --data: write the generated queries to a folder of their own")
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
             teacher_run = out / f"teacher-{args.teacher_method}.trec"
             _teacher(args, out, teacher_run)
         if teacher_run is None:
-            synthetic.write_qrels(out / "qrels" / "train.tsv", _generated_sources(out))
+            synthetic.write_qrels(out / "qrels" / "train.tsv", synthetic.generated_sources(out))
             print(f"wrote {out} (split 'train': every kept query; no consistency filter)", file=sys.stderr)
             return
         report = synthetic.consistency_filter(out, load_run(teacher_run), args.consistency_k)
@@ -115,18 +115,6 @@ def run(args: argparse.Namespace) -> None:
             f"wrote {out} (split 'train'; teacher run {teacher_run})",
             file=sys.stderr,
         )
-
-
-def load_beir_corpus(folder: Path) -> Any:
-    from ..data import load_corpus
-
-    return load_corpus(folder / "corpus.jsonl")
-
-
-def _generated_sources(out: Path) -> dict[str, str]:
-    from ..data import load_qrels
-
-    return {q: next(iter(judged)) for q, judged in load_qrels(out / "qrels" / "generated.tsv").items() if judged}
 
 
 def _teacher(args: argparse.Namespace, out: Path, teacher_run: Path) -> None:

@@ -192,6 +192,9 @@ def generate(
 
     from ..backends.base import Sampling
 
+    example_passages = {p for _, _, p in examples}
+    exclude = [d for d, doc in corpus.items() if doc.text in example_passages]
+    ids = sample_passages(corpus, settings.passages, settings.seed, exclude)  # refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     record = {"settings": asdict(settings), "examples": [qid for qid, _, _ in examples]}
     side = out / SETTINGS
@@ -205,9 +208,6 @@ def generate(
         write_atomic(side, json.dumps(record, indent=2) + "\n", "generation settings")
     tokenizer = backend.tokenizer
     shots = [(q, cut(tokenizer, p, settings.example_tokens)) for _, q, p in examples]
-    example_passages = {p for _, _, p in examples}
-    exclude = [d for d, doc in corpus.items() if doc.text in example_passages]
-    ids = sample_passages(corpus, settings.passages, settings.seed, exclude)
     done = read_generated(out / GENERATED)
     todo = [d for d in ids if d not in done]
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="generate", unit="passage", disable=not progress,
@@ -279,6 +279,13 @@ def write_dataset(
     return report
 
 
+def generated_sources(out: Path) -> dict[str, str]:
+    """Each kept generated query's source passage, from ``qrels/generated.tsv``."""
+    from ..data import load_qrels
+
+    return {q: next(iter(judged)) for q, judged in load_qrels(out / "qrels" / "generated.tsv").items() if judged}
+
+
 def check_out_folder(out: Path) -> None:
     """Refuse an output folder that holds a corpus of its own (another BEIR folder): generate-queries writes
     its corpus as a link to the source's, and would overwrite that folder's queries and qrels."""
@@ -299,11 +306,8 @@ def write_qrels(path: Path, sources: Mapping[str, str]) -> None:
 def consistency_filter(out: Path, teacher_run: Mapping[str, Sequence[tuple[str, float]]], k: int) -> dict[str, Any]:
     """Keep the generated queries whose source passage the teacher ranks in its top ``k`` (by score) among their
     candidates; writes ``qrels/train.tsv`` and adds the counts to the report."""
-    from ..data import load_qrels
-
     _count("consistency k", k, minimum=1)
-    qrels = load_qrels(out / "qrels" / "generated.tsv")
-    sources = {q: next(iter(judged)) for q, judged in qrels.items() if judged}
+    sources = generated_sources(out)
     missing = [q for q in sources if q not in teacher_run]
     if len(missing) == len(sources):
         raise ValueError(f"the teacher run ranks none of the generated queries (such as {missing[0]!r}): rerank them")
