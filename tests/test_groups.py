@@ -72,3 +72,28 @@ def test_same_seed_same_groups_and_bad_arguments(tiny):
         build_groups(ds.queries, ds.corpus, ds.qrels, run, group_size=1)
     with pytest.raises(ValueError, match="teacher_mode"):
         build_groups(ds.queries, ds.corpus, ds.qrels, run, teacher_mode="rank")
+
+
+def test_dev_set_from_another_folder(tmp_path):
+    """`dev_data`: synthetic training queries have no dev split; the dev set comes from a labelled folder and
+    reranks that folder's own run, never the training run."""
+    import shutil
+
+    from llmrerank.train.config import TrainConfig
+    from llmrerank.train.groups import load_dev
+
+    train = tmp_path / "train"
+    shutil.copytree(TINY, train)
+    (train / "run.trec").write_text("q1 Q0 d3 1 5.0 other\n", encoding="utf-8")  # only q1, one document
+    config = dict(data=str(train), run=str(train / "run.trec"), dev_split="test", split="test")
+    own = load_dev(TrainConfig(**config))
+    assert set(own.run) == {"q1"}  # without dev_data: the training folder and its run
+    dev = load_dev(TrainConfig(**config, dev_data=str(TINY)))
+    assert dev.run == load_run(TINY / "run.trec") and dev.qrels == load_beir(TINY).qrels
+    given = load_dev(TrainConfig(**config, dev_data=str(TINY), dev_run=str(train / "run.trec")))
+    assert set(given.run) == {"q1"}
+    (tmp_path / "no-run").mkdir()
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels"):
+        (shutil.copytree if name == "qrels" else shutil.copy)(TINY / name, tmp_path / "no-run" / name)
+    with pytest.raises(ValueError, match="dev_run`, or one .trec file in `dev_data`"):
+        load_dev(TrainConfig(**config, dev_data=str(tmp_path / "no-run")))

@@ -111,6 +111,7 @@ CHECKS: dict[str, Spec] = {
     "teacher_run": _rule(str, _NONE),
     "teacher_mode": _rule(str, choices=("scores", "order")),
     "target": _rule(str, _NONE, choices=TARGETS),
+    "dev_data": _rule(str, _NONE),
     "dev_split": _rule(str, _NONE),
     "dev_run": _rule(str, _NONE),
     "dev_top_k": _rule(int, minimum=1),
@@ -248,7 +249,10 @@ class TrainConfig:
     # margin_mse), else the labels
     target: str | None = None
 
-    # evaluation during training (nDCG@10 on the dev split's reranked top `dev_top_k`)
+    # evaluation during training (nDCG@10 on the dev split's reranked top `dev_top_k`); `dev_data` is the BEIR
+    # folder holding that split when it is not `data` (synthetic training queries have no dev split of their
+    # own), and its run is then `dev_run` or the one .trec file in `dev_data`
+    dev_data: str | None = None
     dev_split: str | None = None
     dev_run: str | None = None
     dev_top_k: int = 20

@@ -196,14 +196,19 @@ def load_groups(config: TrainConfig) -> tuple[list[Group], GroupStats]:
 
 
 def load_dev(config: TrainConfig) -> DevSet | None:
-    """The dev set of a config (``dev_split`` of its BEIR folder, reranking ``dev_run`` or ``run``), if any."""
+    """The dev set of a config, if any: ``dev_split`` of ``dev_data`` (default: ``data``), reranking ``dev_run``,
+    else the training ``run`` (with ``dev_data``: the one .trec file in ``dev_data``)."""
     from ..data import find_run, load_beir, load_run
 
     c = config
     if not c.dev_split:
         return None
-    ds = load_beir(c.data, split=c.dev_split)
-    run_path = c.dev_run or c.run or find_run(c.data)
+    folder = c.dev_data or c.data
+    if not folder:
+        raise ValueError("config: dev evaluation needs `data` or `dev_data` (a BEIR folder with the dev split)")
+    ds = load_beir(folder, split=c.dev_split)
+    run_path = c.dev_run or (find_run(folder) if c.dev_data else c.run or find_run(folder))
     if run_path is None:
-        raise ValueError("config: dev evaluation needs `dev_run` or `run`")
+        where = "`dev_run`, or one .trec file in `dev_data`" if c.dev_data else "`dev_run` or `run`"
+        raise ValueError(f"config: dev evaluation needs {where}")
     return DevSet(ds.queries, ds.corpus, ds.qrels, load_run(run_path), top_k=c.dev_top_k)
