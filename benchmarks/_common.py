@@ -196,6 +196,14 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON file's object, or None where it is missing or does not parse (a run cut short, a first run)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def p_round(p: float | None, digits: int = 3) -> float | None:
     """A p-value to ``digits`` significant digits, None where there is none (no test, or no variance)."""
     return None if p is None or math.isnan(p) else float(f"{p:.{digits}g}")

@@ -12,6 +12,11 @@ dev nDCG@10 on DL21 dev every 10 steps, seed 0):
 - ``e``: query likelihood (mean log-probability of the query), grouped softmax cross-entropy
 - ``scifact``: SciFact train instead of DL21 (negatives: unjudged documents of a BM25 top-100 run over the train
   queries, since SciFact qrels list only relevant documents; no dev split), with ``--loss`` and ``--method``
+- ``distill``: synthetic queries instead of labels (issue 17; ``benchmarks/distill.py`` runs the chain): the
+  folder ``llmrerank generate-queries`` wrote (``--synthetic``; its ``train`` split, the queries the consistency
+  filter kept), groups of the source passage and 7 negatives drawn from its BM25 top 20, the loss's targets the
+  teacher run's (``--teacher-run``: its scores for ``kl`` and ``margin_mse``, its order for ``ranknet``), dev
+  nDCG@10 on DL21 dev (``dev_data``); with ``--loss`` and ``--method``
 - ``zero-shot``: no training; only the zero-shot likelihood runs (the cached baselines) and their evaluation
 
 Evaluation of the trained folder, loaded with ``Reranker(method, model=folder)``:
@@ -78,6 +83,7 @@ from _common import (
     load_dataset,
     p_round,
     peak_rss_mib,
+    read_json,
     rel,
     text_table,
 )
@@ -89,9 +95,12 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "d": ("pointwise", "poly1", "pointwise tokens head (z_yes - z_no), PolyLoss (poly1)"),
     "e": ("likelihood", "grouped_ce", "query likelihood (mean log-probability), grouped softmax cross-entropy"),
 }
-CHOICES = (*VARIANTS, "scifact", "zero-shot")
+CHOICES = (*VARIANTS, "scifact", "distill", "zero-shot")
 # losses that learn from the labels alone (kl and margin_mse distil a teacher run, which this benchmark has not)
 LABEL_LOSSES = ("grouped_ce", "ranknet", "listnet", "poly1", "listmle", "lambdaloss", "bce")
+# the distillation losses of --variant distill: KL to the teacher's distribution, RankNet on its order, margin MSE
+DISTILL_LOSSES = ("kl", "ranknet", "margin_mse")
+DISTILL_TOP_K = 20  # the teacher reranked the synthetic queries' BM25 top 20: negatives come from there
 
 # the shared base: examples/smollm2-dl21-grouped-ce.toml (the ranker's options: base_options)
 MAX_LENGTH = 192
@@ -144,13 +153,6 @@ def json_round(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(cfg_dict))
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def free_memory() -> None:
     import torch
 
@@ -196,6 +198,21 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
             unjudged=True,  # SciFact qrels list only relevant documents: every negative is unjudged
             dev_split=None,  # SciFact has no dev split (test is for evaluation only)
             eval_every=0,
+        )
+    elif args.variant == "distill":
+        method, loss = args.method, args.loss
+        settings.update(
+            data=str(args.synthetic),
+            split="train",
+            run=str(args.synthetic / "bm25.trec"),
+            top_k=DISTILL_TOP_K,
+            unjudged=True,  # a synthetic query's one judged document is its source passage
+            max_positives=1,
+            teacher_run=str(args.teacher_run),
+            teacher_mode="order" if loss == "ranknet" else "scores",
+            target="teacher",
+            dev_data=str(args.data / "dl21"),
+            dev_run=str(args.data / "dl21" / "bm25-top100.trec"),
         )
     else:
         method, loss, _ = VARIANTS[args.variant]
@@ -578,6 +595,8 @@ def evaluate_dataset(
         free_memory()
         done(FINETUNED, out, report, cached=report.queries == 0)
 
+    if args.no_zero_shot:
+        return
     print(f"{name}: zero-shot likelihood, max_length {max_length}", file=sys.stderr, flush=True)
     ranker = zero_shot.ranker(max_length)
     out = work / f"zero_shot-likelihood-{name}.trec"
@@ -600,11 +619,14 @@ class Bench(Report):
             description = VARIANTS[args.variant][2] + ", DL21 train"
         elif args.variant == "scifact":
             description = f"{args.method}, {args.loss}, SciFact train (BM25 top-100 unjudged negatives)"
+        elif args.variant == "distill":
+            description = f"{args.method}, {args.loss} on the teacher, synthetic queries ({rel(str(args.synthetic))})"
         else:
             description = "no training: BM25 and the zero-shot likelihood baselines"
         if args.departs:
             description += f" ({', '.join(args.departs)})"
-        first = {"issue": 5, "variant": args.variant, "name": args.name, "description": description}
+        issue = 17 if args.variant == "distill" else 5
+        first = {"issue": issue, "variant": args.variant, "name": args.name, "description": description}
         result = {
             **header("finetune", "starting", **first),
             "smoke": args.smoke,
@@ -662,8 +684,14 @@ def table(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=CHOICES, required=True)
-    parser.add_argument("--loss", choices=LABEL_LOSSES, default=None, help="the loss of --variant scifact")
-    parser.add_argument("--method", choices=("pointwise", "likelihood"), default=None, help="of --variant scifact")
+    parser.add_argument(
+        "--loss", choices=sorted({*LABEL_LOSSES, *DISTILL_LOSSES}), default=None, help="of --variant scifact, distill"
+    )
+    parser.add_argument(
+        "--method", choices=("pointwise", "likelihood"), default=None, help="of --variant scifact, distill"
+    )
+    parser.add_argument("--synthetic", type=Path, default=None, help="--variant distill: generate-queries' folder")
+    parser.add_argument("--teacher-run", type=Path, default=None, help="--variant distill: the teacher's run")
     parser.add_argument("--max-minutes", type=float, default=50.0, help="training time budget (default 50)")
     parser.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default: planned)")
     parser.add_argument("--epochs", type=int, default=1, help="at most this many epochs (default 1)")
@@ -672,7 +700,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/finetune-{variant}[-{tag}].json)")
     parser.add_argument("--work", type=Path, default=None, help="training folders and runs (default results/finetune)")
     parser.add_argument(
-        "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="evaluate on these (default both)"
+        "--datasets",
+        nargs="*",
+        choices=DATASETS,
+        default=list(DATASETS),
+        help="evaluate on these (default both; none: train and the dev curve only)",
+    )
+    parser.add_argument(
+        "--no-zero-shot",
+        action="store_true",
+        help="score only BM25 and the trained run (the caller compares with zero-shot runs of its own)",
     )
     parser.add_argument("--eval-queries", type=int, default=None, help="only the first N queries of each dataset")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; --smoke: 1)")
@@ -691,17 +728,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.variant == "scifact":
-        if args.loss is None:
-            parser.error("--variant scifact needs --loss (the best loss of variants a-e)")
+        if args.loss is None or args.loss not in LABEL_LOSSES:
+            parser.error(f"--variant scifact needs --loss, one of {', '.join(LABEL_LOSSES)}")
         args.method = args.method or "pointwise"
+    elif args.variant == "distill":
+        if args.loss not in DISTILL_LOSSES:
+            parser.error(f"--variant distill needs --loss, one of {', '.join(DISTILL_LOSSES)}")
+        if args.synthetic is None or args.teacher_run is None:
+            parser.error("--variant distill needs --synthetic and --teacher-run")
+        args.method = args.method or "likelihood"
+        args.synthetic, args.teacher_run = args.synthetic.resolve(), args.teacher_run.resolve()
     elif args.loss is not None or args.method is not None:
-        parser.error("--loss and --method are for --variant scifact; variants a-e fix their own")
+        parser.error("--loss and --method are for --variant scifact and distill; variants a-e fix their own")
+    if args.variant != "distill" and (args.synthetic is not None or args.teacher_run is not None):
+        parser.error("--synthetic and --teacher-run are for --variant distill")
     if args.max_minutes <= 0:
         parser.error("--max-minutes must be positive")
     if args.max_positives is not None and args.max_positives < 0:
         parser.error("--max-positives must be 0 (all) or more")
     if args.keep_best and args.variant in ("scifact", "zero-shot"):
-        parser.error("--keep-best needs a dev split: DL21 variants only")
+        parser.error("--keep-best needs a dev split: DL21 and distill variants only")
     if args.tag is not None and not args.tag.replace("-", "").isalnum():
         parser.error("--tag: letters, digits and - only")
     args.departs = []  # from the shared settings, in words
@@ -711,7 +757,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.departs.append("model/ = the best dev evaluation")
     if args.departs and args.tag is None:
         parser.error("--max-positives and --keep-best depart from the variant's settings: name the run with --tag")
-    args.name = args.variant + (f"-{args.tag}" if args.tag else "")
+    base = args.variant + (f"-{args.method}-{args.loss}".replace("_", "-") if args.variant == "distill" else "")
+    args.name = base + (f"-{args.tag}" if args.tag else "")
     args.data = args.data.resolve()
     if args.smoke:
         args.eval_queries = args.eval_queries or 2

@@ -87,6 +87,13 @@ ALIASES = {"default": "qwen2.5-0.5b"}
 DEFAULT_MODEL = "default"
 
 
+def preset_names() -> list[str]:
+    """Every name ``--model`` takes besides a path: the aliases, the base presets, the shipped trained ones."""
+    from .trained import SHIPPED
+
+    return [*ALIASES, *PRESETS, *SHIPPED]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmrerank")
 
@@ -157,7 +164,7 @@ def resolve(model: str) -> ModelSource:
     if path.is_file() and path.suffix == ".gguf":
         return _cached_plain_gguf(path)
     raise FileNotFoundError(
-        f"unknown model {model!r}: give a preset ({', '.join([*ALIASES, *PRESETS])}), a local Hugging Face "
+        f"unknown model {model!r}: give a preset ({', '.join(preset_names())}), a local Hugging Face "
         "model folder, or a path to a .gguf file (models are never downloaded at run time)"
     )
 
@@ -386,7 +393,7 @@ def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, o
 
     folder = trained.read(model)
     if folder is not None and folder.weights == "lora":
-        root = Path(model).expanduser()
+        root = folder.path
         check_adapter_folder(root)
         lm, tokenizer, _ = load_causal_lm(folder.base_model, dtype, device)
         from .extras import require

@@ -21,6 +21,11 @@ from typing import Any
 
 from .data import DataFormatError, read_text
 
+# Trained folders shipped inside the package (``llmrerank/presets/NAME/``), loaded by name like the other presets:
+# an adapter over a base preset, its record naming the method, so ``Reranker(model=NAME)`` needs nothing else.
+SHIPPED_DIR = Path(__file__).parent / "presets"
+SHIPPED: dict[str, str] = {}
+
 RECORD = "llmrerank.json"
 HEAD = "head.safetensors"
 FORMAT = 1
@@ -46,13 +51,22 @@ class TrainedFolder:
         return options
 
 
+def locate(model: str | Path) -> Path:
+    """Where model ``model`` lies: a shipped trained preset's folder inside the package, else the path given."""
+    if isinstance(model, str) and model in SHIPPED:
+        return SHIPPED_DIR / model
+    return Path(model).expanduser()
+
+
 def read(folder: str | Path) -> TrainedFolder | None:
     """The record of a folder written by ``llmrerank train``, or None for any other model (a preset name, a plain
     Hugging Face folder, a GGUF file). A folder whose record is damaged is a ValueError naming the file (a
     :class:`~llmrerank.data.DataFormatError`, with the line, where it does not parse)."""
-    root = Path(folder).expanduser()
+    root = locate(folder)
     path = root / RECORD
     if not path.is_file():
+        if isinstance(folder, str) and folder in SHIPPED:  # a broken install, not "any other model"
+            raise FileNotFoundError(f"preset {folder!r}: {path} is missing; reinstall llmrerank")
         return None
     try:
         meta = json.loads(read_text(path))

@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Iterator
 from typing import Any
 
+from ..models import preset_names
 from ..options import BackendOptions, Spec
 from .argtypes import spec_type
 
@@ -89,7 +90,8 @@ def add_model_args(p: argparse.ArgumentParser, method_default: str) -> None:
     g.add_argument(
         "--model",
         default="default",
-        help="preset (default = qwen2.5-0.5b, smollm2-135m), a Hugging Face folder, or a .gguf file",
+        help=f"preset ({', '.join(preset_names())}; default = qwen2.5-0.5b), a trained or Hugging Face folder, "
+        "or a .gguf file",
     )
     for name, declared in _flags().items():
         spec = declared[0][1]

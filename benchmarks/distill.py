@@ -1,0 +1,425 @@
+"""Distillation chain (issue 17): synthetic queries, a teacher's rerank, students, their evaluation, the preset.
+
+Stages, each resumable (a stage whose output is complete is not run again) and recorded in one JSON with its
+wall time (``benchmarks/results/distill-dl21.json``):
+
+1. ``generate``: ``llmrerank generate-queries`` over the DL21 pool (few-shot examples from DL21 *train*; DL19's
+   collection is never read). Started from ``benchmarks/results/synthetic-dl21/`` when that holds the queries of
+   the same settings (each passage's query is a function of its seed, so nothing is generated anew).
+2. ``teacher``: ``llmrerank rerank`` of every generated query's BM25 top 20 with the teacher (0.5B likelihood).
+3. ``filter``: the consistency filter (``generate-queries --teacher-run``): a query is kept when the teacher puts
+   its source passage in its top ``--consistency-k``; counts for other k are recorded too.
+4. ``students``: ``benchmarks/finetune.py --variant distill`` for each ``--students`` entry (METHOD:LOSS), with no
+   test set: training and the DL21 dev curve only.
+5. ``select``: the student with the best final DL21 dev nDCG@10, chosen before any test set is scored.
+6. ``evaluate``: the chosen student on DL19 (BM25 top 20) and the 100-query SciFact sample (``finetune.py``
+   with its datasets: BM25 and the 135M zero-shot likelihood beside it), and against the 0.5B zero-shot
+   likelihood of ``benchmarks/results/zero_shot-{dl19,scifact}-qwen2.5-0.5b.json`` (paired t-tests on the
+   same queries).
+7. ``timing``: seconds per query of the teacher (0.5B likelihood, float32 as in its DL19 figure) and the student,
+   side by side in this process, on the first ``--timing-queries`` DL19 queries.
+8. ``ship``: the chosen student's adapter folder copied to ``src/llmrerank/presets/smollm2-135m-distilled``.
+
+Usage (from the repository root)::
+
+    python benchmarks/distill.py                          # every stage
+    python benchmarks/distill.py --stages timing          # one stage (the earlier ones must be complete)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import DATA, REPO, RESULTS, Report, header, load_dataset, markdown_table, p_round, read_json, rel
+
+STAGES = ("generate", "teacher", "filter", "students", "select", "evaluate", "timing", "ship")
+PRESET = "smollm2-135m-distilled"
+SHIPPED = REPO / "src" / "llmrerank" / "presets" / PRESET
+# the core zero-shot benchmark's runs (BM25 top 20, max_length 256), per query: the baselines of the evaluation
+ZERO_SHOT = {"zero_shot_135m": "smollm2-135m", "zero_shot_0.5b": "qwen2.5-0.5b"}
+TOP_K = 20
+
+
+def run(cmd: list[str]) -> float:
+    """Run a command from the repository root, its output passed through; its wall seconds. Failure stops."""
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return round(time.perf_counter() - t, 1)
+
+
+def llmrerank(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llmrerank.cli", *args]
+
+
+def teacher_path(args: argparse.Namespace) -> Path:
+    return args.synthetic / f"teacher-{args.teacher_method}-{args.teacher}.trec"
+
+
+def generate_args(args: argparse.Namespace) -> list[str]:
+    return [
+        "generate-queries",
+        "--data",
+        str(args.data / "dl21"),
+        "--examples-split",
+        "train",
+        "--passages",
+        str(args.passages),
+        "--model",
+        args.generator,
+        "--out",
+        str(args.synthetic),
+        "--batch-size",
+        "8",
+    ]
+
+
+def stage_generate(args: argparse.Namespace, bench: Report) -> None:
+    seed = RESULTS / "synthetic-dl21"
+    if not (args.synthetic / "generated.jsonl").is_file() and (seed / "generated.jsonl").is_file():
+        args.synthetic.mkdir(parents=True, exist_ok=True)
+        for name in ("generated.jsonl", "generate.json"):
+            shutil.copy(seed / name, args.synthetic / name)
+        bench.result["stages"]["generate"] = {"started_from": rel(str(seed))}
+    seconds = run(llmrerank(*generate_args(args)))
+    report = read_json(args.synthetic / "report.json") or {}
+    bench.result["stages"].setdefault("generate", {}).update(seconds=seconds, counts=report.get("counts"))
+
+
+def stage_teacher(args: argparse.Namespace, bench: Report) -> None:
+    out = teacher_path(args)
+    cmd = [
+        "rerank",
+        "--data",
+        str(args.synthetic),
+        "--split",
+        "generated",
+        "--run",
+        str(args.synthetic / "bm25.trec"),
+        "--top-k",
+        str(TOP_K),
+        "--model",
+        args.teacher,
+        "--method",
+        args.teacher_method,
+        "--dtype",
+        args.teacher_dtype,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    sidecar = read_json(out.with_name(out.name + ".json")) or {}
+    if sidecar.get("status") != "complete":
+        run(llmrerank(*cmd, *(["--resume"] if out.is_file() else [])))
+        sidecar = read_json(out.with_name(out.name + ".json")) or {}
+    report = sidecar.get("report", {})
+    bench.result["stages"]["teacher"] = {
+        "run": rel(str(out)),
+        "command": "llmrerank " + " ".join(cmd),
+        "split": sidecar.get("split"),  # "train" holds every generated query until the filter rewrites it
+        "queries": report.get("queries"),
+        "documents": report.get("documents"),
+        "seconds": round(report.get("seconds", 0.0), 1),
+        "seconds_per_query": round(report["seconds"] / report["queries"], 2) if report.get("queries") else None,
+        "dtype": args.teacher_dtype,
+    }
+
+
+def stage_filter(args: argparse.Namespace, bench: Report) -> None:
+    from llmrerank.data import load_run
+    from llmrerank.train.synthetic import generated_sources
+
+    teacher = load_run(teacher_path(args))
+    sources = generated_sources(args.synthetic)
+    ranks = {}
+    for q, src in sources.items():
+        order = [d for d, _ in sorted(teacher.get(q, []), key=lambda item: -item[1])[:TOP_K]]
+        ranks[q] = order.index(src) + 1 if src in order else None
+    kept_at = {k: sum(r is not None and r <= k for r in ranks.values()) for k in (1, 3, 5, 10, TOP_K)}
+    seconds = run(
+        llmrerank(
+            *generate_args(args), "--teacher-run", str(teacher_path(args)), "--consistency-k", str(args.consistency_k)
+        )
+    )
+    report = read_json(args.synthetic / "report.json") or {}
+    bench.result["stages"]["filter"] = {
+        "consistency_k": args.consistency_k,
+        "seconds": seconds,
+        "report": report.get("consistency"),
+        "kept_if_k": kept_at,
+        "source_in_teacher_top20": sum(r is not None for r in ranks.values()),
+        "queries": len(sources),
+    }
+
+
+def parse_student(spec: str) -> tuple[str, str, float | None]:
+    """``METHOD:LOSS`` or ``METHOD:LOSS@MINUTES`` (a training budget of its own instead of --max-minutes)."""
+    head, _, minutes = spec.partition("@")
+    method, _, loss = head.partition(":")
+    return method, loss, float(minutes) if minutes else None
+
+
+def student_name(spec: str) -> str:
+    method, loss, minutes = parse_student(spec)
+    tag = f"-{minutes:g}min" if minutes is not None else ""
+    return f"distill-{method}-{loss}".replace("_", "-") + tag
+
+
+def student_json(spec: str) -> Path:
+    return RESULTS / f"finetune-{student_name(spec)}.json"
+
+
+def finetune_args(args: argparse.Namespace, spec: str, datasets: list[str]) -> list[str]:
+    method, loss, minutes = parse_student(spec)
+    tag = ["--tag", f"{minutes:g}min"] if minutes is not None else []
+    return [
+        sys.executable,
+        "benchmarks/finetune.py",
+        "--variant",
+        "distill",
+        "--method",
+        method,
+        "--loss",
+        loss,
+        "--synthetic",
+        str(args.synthetic),
+        "--teacher-run",
+        str(teacher_path(args)),
+        "--epochs",
+        str(args.epochs),
+        "--max-minutes",
+        str(minutes if minutes is not None else args.max_minutes),
+        *tag,
+        "--no-zero-shot",  # the zero-shot baselines are the core benchmark's runs (max_length 256)
+        "--datasets",
+        *datasets,
+    ]
+
+
+def final_dev(result: dict[str, Any]) -> float | None:
+    dev = result.get("training", {}).get("dev", [])
+    return dev[-1]["nDCG@10"] if dev else None
+
+
+def stage_students(args: argparse.Namespace, bench: Report) -> None:
+    entry = bench.result["stages"]["students"] = {"runs": {}}
+    for spec in args.students:
+        result = read_json(student_json(spec)) or {}
+        if result.get("status") != "complete":
+            run(finetune_args(args, spec, []))
+            result = read_json(student_json(spec)) or {}
+        tr = result.get("training", {})
+        entry["runs"][spec] = {
+            "json": rel(str(student_json(spec))),
+            "steps": tr.get("steps"),
+            "groups": tr.get("groups", {}).get("groups"),
+            "seconds": tr.get("seconds"),
+            "dev_before": tr.get("dev_nDCG@10_before_training") or (tr.get("dev") or [{}])[0].get("nDCG@10"),
+            "dev_curve": tr.get("dev"),
+            "dev_final": final_dev(result),
+            "model_dir": tr.get("model_dir"),
+        }
+        bench.write()
+
+
+def stage_select(args: argparse.Namespace, bench: Report) -> None:
+    students = bench.result["stages"]["students"]["runs"]
+    scored = {s: v["dev_final"] for s, v in students.items() if v.get("dev_final") is not None}
+    if not scored:
+        raise SystemExit("no student has a dev score: run the students stage first")
+    best = max(scored, key=lambda s: (scored[s], -list(scored).index(s)))  # the first listed among equals
+    bench.result["stages"]["select"] = {
+        "by": "final DL21 dev nDCG@10 (11 queries, BM25 top 20)",
+        "dev": scored,
+        "chosen": best,
+    }
+
+
+def zero_shot_per_query(dataset: str, model: str) -> dict[str, float]:
+    """A preset's zero-shot likelihood per-query nDCG@10 on ``dataset`` in the core benchmark's JSON."""
+    z = json.loads((RESULTS / f"zero_shot-{dataset}-{model}.json").read_text())
+    return dict(zip(z["query_ids"], z["per_query_nDCG@10"]["likelihood"]))
+
+
+def stage_evaluate(args: argparse.Namespace, bench: Report) -> None:
+    from llmrerank.evaluate import paired_p
+
+    chosen = bench.result["stages"]["select"]["chosen"]
+    result = read_json(student_json(chosen)) or {}
+    if set(result.get("datasets", {})) != {"dl19", "scifact"} or result.get("status") != "complete":
+        run(finetune_args(args, chosen, ["dl19", "scifact"]))
+        result = read_json(student_json(chosen)) or {}
+    table = {}
+    for name, entry in result["datasets"].items():
+        qids = entry["query_ids"]
+        per = {run_name: dict(zip(qids, values)) for run_name, values in entry["per_query_nDCG@10"].items()}
+        for run_name, model in ZERO_SHOT.items():
+            per[run_name] = zero_shot_per_query(name, model)
+        student = [per["finetuned"][q] for q in qids]
+        rows = {}
+        for run_name, values in per.items():
+            ours = [values[q] for q in qids]
+            row: dict[str, Any] = {"nDCG@10": round(sum(ours) / len(ours), 4)}
+            if run_name != "finetuned":
+                row["student_minus_this"] = round(sum(student) / len(student) - row["nDCG@10"], 4)
+                row["p"] = p_round(paired_p(student, ours), 3)
+                row["wins"] = sum(a > b for a, b in zip(student, ours))
+                row["losses"] = sum(a < b for a, b in zip(student, ours))
+            rows[run_name] = row
+        table[name] = {"queries": len(qids), "rerank": entry.get("rerank", {}), "runs": rows}
+    bench.result["stages"]["evaluate"] = {
+        "student": chosen,
+        "datasets": table,
+        "json": rel(str(student_json(chosen))),
+        "datasets_files": {name: entry["files"]["finetuned"] for name, entry in result["datasets"].items()},
+    }
+
+
+def stage_timing(args: argparse.Namespace, bench: Report) -> None:
+    from llmrerank import Reranker
+    from llmrerank.pipeline import rerank
+
+    chosen = bench.result["stages"]["select"]["chosen"]
+    model_dir = REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"]
+    data = load_dataset("dl19", args.data, TOP_K, args.timing_queries)
+    rows = {}
+    for name, make in (
+        (
+            "teacher: qwen2.5-0.5b likelihood, float32",
+            lambda: Reranker("likelihood", model=args.teacher, max_length=256),
+        ),
+        ("student: " + chosen, lambda: Reranker(model=str(model_dir))),
+    ):
+        ranker = make()
+        ranker.rank(
+            data.queries[next(iter(data.queries))], [data.corpus[d] for d, _ in data.run[next(iter(data.run))][:2]]
+        )
+        t = time.perf_counter()
+        for _ in rerank(ranker, data.queries, data.corpus, data.run, top_k=TOP_K, queries_per_batch=4):
+            pass
+        seconds = time.perf_counter() - t
+        rows[name] = {
+            "queries": len(data.queries),
+            "seconds": round(seconds, 1),
+            "seconds_per_query": round(seconds / len(data.queries), 2),
+        }
+        print(f"timing: {name}: {rows[name]}", file=sys.stderr, flush=True)
+        del ranker
+    teacher_s, student_s = (r["seconds_per_query"] for r in rows.values())
+    bench.result["stages"]["timing"] = {
+        "dataset": "dl19",
+        "top_k": TOP_K,
+        "runs": rows,
+        "student_cost_share": round(student_s / teacher_s, 3),
+    }
+
+
+def stage_ship(args: argparse.Namespace, bench: Report) -> None:
+    """Copy the chosen student's adapter into the package, its weights stored in float16 (half the file; they
+    load into the float32 model as float32 again), then rerank DL19 with the preset loaded by name and compare it
+    with the student's own run: what a user gets is what was measured, or the difference is recorded."""
+    from safetensors.torch import load_file, save_file
+
+    from llmrerank import Reranker
+    from llmrerank.data import load_run
+    from llmrerank.evaluate import evaluate_runs, paired_p
+    from llmrerank.pipeline import rerank_run
+
+    chosen = bench.result["stages"]["select"]["chosen"]
+    model_dir = REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"]
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "llmrerank.json"):
+        shutil.copy(model_dir / name, SHIPPED / name)
+    weights = load_file(str(model_dir / "adapter_model.safetensors"))
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, str(SHIPPED / "adapter_model.safetensors"))
+    files = {p.name: p.stat().st_size for p in sorted(SHIPPED.iterdir())}
+    entry = {"from": rel(str(model_dir)), "to": rel(str(SHIPPED)), "weights_dtype": "float16", "bytes": files}
+    bench.result["stages"]["ship"] = entry
+    bench.write()
+    data = load_dataset("dl19", args.data, TOP_K)
+    out = args.synthetic.parent / f"dl19-{PRESET}.trec"
+    report = rerank_run(Reranker(model=PRESET), data.queries, data.corpus, data.run, out, top_k=TOP_K, tag=PRESET)
+    student_run = load_run(REPO / bench.result["stages"]["evaluate"]["datasets_files"]["dl19"])
+    shipped_run = load_run(out)
+    diffs = [abs(s - dict(student_run[q])[d]) for q in data.queries for d, s in shipped_run[q][:TOP_K]]
+    ev = evaluate_runs(data.qrels, {"student": student_run, "shipped": shipped_run}, measures=["nDCG@10"])
+    a = [ev.per_query["shipped"]["nDCG@10"][q] for q in ev.query_ids]
+    b = [ev.per_query["student"]["nDCG@10"][q] for q in ev.query_ids]
+    entry["dl19_check"] = {
+        "run": rel(str(out)),
+        "seconds_per_query": round(report.seconds / max(report.queries, 1), 2),
+        "max_abs_score_difference": float(f"{max(diffs):.3g}"),
+        "nDCG@10_shipped": round(ev.aggregate["shipped"]["nDCG@10"], 4),
+        "nDCG@10_student": round(ev.aggregate["student"]["nDCG@10"], 4),
+        "p": p_round(paired_p(a, b), 3),
+    }
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = []
+    ev = result["stages"].get("evaluate")
+    if ev:
+        rows = [["dataset", "run", "nDCG@10", "student − run", "p", "wins/losses"]]
+        for name, entry in ev["datasets"].items():
+            for run_name, r in entry["runs"].items():
+                diff = "" if "p" not in r else f"{r['student_minus_this']:+.4f}"
+                wl = "" if "p" not in r else f"{r['wins']}/{r['losses']}"
+                rows.append(
+                    [f"{name} ({entry['queries']})", run_name, f"{r['nDCG@10']:.4f}", diff, str(r.get("p", "")), wl]
+                )
+        lines += markdown_table(rows)
+    for stage, entry in result["stages"].items():
+        if stage != "evaluate":
+            lines.append(f"{stage}: {json.dumps(entry)[:300]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--data", type=Path, default=DATA, help="dl19/, dl21/, scifact/ (default ../shared/data)")
+    parser.add_argument(
+        "--synthetic", type=Path, default=REPO / "runs" / "dl21-synthetic", help="generate-queries' folder"
+    )
+    parser.add_argument("--passages", type=int, default=200)
+    parser.add_argument("--generator", default="qwen2.5-0.5b")
+    parser.add_argument("--teacher", default="qwen2.5-0.5b")
+    parser.add_argument("--teacher-method", default="likelihood")
+    parser.add_argument("--teacher-dtype", default="bfloat16", help="of the teacher's rerank (default bfloat16)")
+    parser.add_argument("--consistency-k", type=int, default=3)
+    parser.add_argument(
+        "--students",
+        nargs="+",
+        default=["likelihood:kl", "likelihood:ranknet", "likelihood:margin_mse", "pointwise:kl"],
+        help="METHOD:LOSS[@MINUTES] of each student (default: likelihood with kl, ranknet, margin_mse; pointwise "
+        "with kl; @MINUTES: a training budget of its own)",
+    )
+    parser.add_argument("--epochs", type=int, default=2, help="at most this many epochs a student (default 2)")
+    parser.add_argument("--max-minutes", type=float, default=12.0, help="training budget a student (default 12)")
+    parser.add_argument("--timing-queries", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=RESULTS / "distill-dl21.json")
+    args = parser.parse_args(argv)
+    args.data, args.synthetic = args.data.resolve(), args.synthetic.resolve()
+    previous = read_json(args.out) or {}
+    bench = Report(args.out, {**header("distill", issue=17), "stages": previous.get("stages", {})})
+    bench.result["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
+    stages = {name: globals()[f"stage_{name}"] for name in STAGES}
+    for name in STAGES:
+        if name in args.stages:
+            print(f"== stage {name}", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            stages[name](args, bench)
+            bench.result["stages"].setdefault(name, {})["stage_wall_seconds"] = round(time.perf_counter() - t, 1)
+            bench.write()
+    return bench.finish(summary(bench.result))
+
+
+if __name__ == "__main__":
+    main()
