@@ -87,6 +87,10 @@ def stage_generate(args: argparse.Namespace, bench: Report) -> None:
         args.synthetic.mkdir(parents=True, exist_ok=True)
         for name in ("generated.jsonl", "generate.json"):
             shutil.copy(seed / name, args.synthetic / name)
+        teacher = seed / teacher_path(args).name  # the teacher's run of these queries, when it is the same teacher
+        if teacher.is_file() and args.teacher_dtype == "bfloat16":
+            for path in (teacher, teacher.with_name(teacher.name + ".json")):
+                shutil.copy(path, args.synthetic / path.name)
         bench.result["stages"]["generate"] = {"started_from": rel(str(seed))}
     seconds = run(llmrerank(*generate_args(args)))
     report = read_json(args.synthetic / "report.json") or {}
@@ -321,6 +325,14 @@ def stage_timing(args: argparse.Namespace, bench: Report) -> None:
     }
 
 
+def shipped_adapter_config(src: Path, dst: Path) -> None:
+    """The adapter's config with the base model named by its preset: peft writes the folder it was loaded from
+    (this machine's cache), which a user's machine does not have; loading reads the preset from llmrerank.json."""
+    config = json.loads(src.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = json.loads((src.parent / "llmrerank.json").read_text())["base_model"]
+    dst.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def stage_ship(args: argparse.Namespace, bench: Report) -> None:
     """Copy the chosen student's adapter into the package, its weights stored in float16 (half the file; they
     load into the float32 model as float32 again), then rerank DL19 with the preset loaded by name and compare it
@@ -335,8 +347,8 @@ def stage_ship(args: argparse.Namespace, bench: Report) -> None:
     chosen = bench.result["stages"]["select"]["chosen"]
     model_dir = REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"]
     SHIPPED.mkdir(parents=True, exist_ok=True)
-    for name in ("adapter_config.json", "llmrerank.json"):
-        shutil.copy(model_dir / name, SHIPPED / name)
+    shutil.copy(model_dir / "llmrerank.json", SHIPPED / "llmrerank.json")
+    shipped_adapter_config(model_dir / "adapter_config.json", SHIPPED / "adapter_config.json")
     weights = load_file(str(model_dir / "adapter_model.safetensors"))
     save_file({k: v.half().contiguous() for k, v in weights.items()}, str(SHIPPED / "adapter_model.safetensors"))
     files = {p.name: p.stat().st_size for p in sorted(SHIPPED.iterdir())}
@@ -409,6 +421,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.data, args.synthetic = args.data.resolve(), args.synthetic.resolve()
     previous = read_json(args.out) or {}
     bench = Report(args.out, {**header("distill", issue=17), "stages": previous.get("stages", {})})
+    # each stage's entry is its last run's; the commands that ran them, oldest first
+    bench.result["invocations"] = [*previous.get("invocations", []), bench.result["command"]]
     bench.result["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
     stages = {name: globals()[f"stage_{name}"] for name in STAGES}
     for name in STAGES:

@@ -24,7 +24,9 @@ from .data import DataFormatError, read_text
 # Trained folders shipped inside the package (``llmrerank/presets/NAME/``), loaded by name like the other presets:
 # an adapter over a base preset, its record naming the method, so ``Reranker(model=NAME)`` needs nothing else.
 SHIPPED_DIR = Path(__file__).parent / "presets"
-SHIPPED: dict[str, str] = {}
+SHIPPED: dict[str, str] = {
+    "smollm2-135m-distilled": "smollm2-135m distilled from the 0.5B's query likelihood on synthetic DL21 queries",
+}
 
 RECORD = "llmrerank.json"
 HEAD = "head.safetensors"
