@@ -5,7 +5,8 @@ wall time (``benchmarks/results/distill-dl21.json``):
 
 1. ``generate``: ``llmrerank generate-queries`` over the DL21 pool (few-shot examples from DL21 *train*; DL19's
    collection is never read). Started from ``benchmarks/results/synthetic-dl21/`` when that holds the queries of
-   the same settings (each passage's query is a function of its seed, so nothing is generated anew).
+   the same settings (each passage's query is a function of its seed, so nothing is generated anew; another
+   folder with ``--start-from``).
 2. ``teacher``: ``llmrerank rerank`` of every generated query's BM25 top 20 with the teacher (0.5B likelihood).
 3. ``filter``: the consistency filter (``generate-queries --teacher-run``): a query is kept when the teacher puts
    its source passage in its top ``--consistency-k``; counts for other k are recorded too.
@@ -82,7 +83,7 @@ def generate_args(args: argparse.Namespace) -> list[str]:
 
 
 def stage_generate(args: argparse.Namespace, bench: Report) -> None:
-    seed = RESULTS / "synthetic-dl21"
+    seed = args.start_from
     if not (args.synthetic / "generated.jsonl").is_file() and (seed / "generated.jsonl").is_file():
         args.synthetic.mkdir(parents=True, exist_ok=True)
         for name in ("generated.jsonl", "generate.json"):
@@ -170,19 +171,26 @@ def parse_student(spec: str) -> tuple[str, str, float | None]:
     return method, loss, float(minutes) if minutes else None
 
 
-def student_name(spec: str) -> str:
-    method, loss, minutes = parse_student(spec)
-    tag = f"-{minutes:g}min" if minutes is not None else ""
-    return f"distill-{method}-{loss}".replace("_", "-") + tag
+def student_tag(args: argparse.Namespace, spec: str) -> str | None:
+    """finetune.py's --tag of a student: the run's --tag and the student's own budget, if any."""
+    minutes = parse_student(spec)[2]
+    parts = [args.tag, f"{minutes:g}min" if minutes is not None else None]
+    return "-".join(p for p in parts if p) or None
 
 
-def student_json(spec: str) -> Path:
-    return RESULTS / f"finetune-{student_name(spec)}.json"
+def student_name(args: argparse.Namespace, spec: str) -> str:
+    method, loss, _ = parse_student(spec)
+    tag = student_tag(args, spec)
+    return f"distill-{method}-{loss}".replace("_", "-") + (f"-{tag}" if tag else "")
+
+
+def student_json(args: argparse.Namespace, spec: str) -> Path:
+    return RESULTS / f"finetune-{student_name(args, spec)}.json"
 
 
 def finetune_args(args: argparse.Namespace, spec: str, datasets: list[str]) -> list[str]:
     method, loss, minutes = parse_student(spec)
-    tag = ["--tag", f"{minutes:g}min"] if minutes is not None else []
+    tag = ["--tag", student_tag(args, spec)] if student_tag(args, spec) else []
     return [
         sys.executable,
         "benchmarks/finetune.py",
@@ -215,13 +223,13 @@ def final_dev(result: dict[str, Any]) -> float | None:
 def stage_students(args: argparse.Namespace, bench: Report) -> None:
     entry = bench.result["stages"]["students"] = {"runs": {}}
     for spec in args.students:
-        result = read_json(student_json(spec)) or {}
+        result = read_json(student_json(args, spec)) or {}
         if result.get("status") != "complete":
             run(finetune_args(args, spec, []))
-            result = read_json(student_json(spec)) or {}
+            result = read_json(student_json(args, spec)) or {}
         tr = result.get("training", {})
         entry["runs"][spec] = {
-            "json": rel(str(student_json(spec))),
+            "json": rel(str(student_json(args, spec))),
             "steps": tr.get("steps"),
             "groups": tr.get("groups", {}).get("groups"),
             "seconds": tr.get("seconds"),
@@ -256,10 +264,10 @@ def stage_evaluate(args: argparse.Namespace, bench: Report) -> None:
     from llmrerank.evaluate import paired_p
 
     chosen = bench.result["stages"]["select"]["chosen"]
-    result = read_json(student_json(chosen)) or {}
+    result = read_json(student_json(args, chosen)) or {}
     if set(result.get("datasets", {})) != {"dl19", "scifact"} or result.get("status") != "complete":
         run(finetune_args(args, chosen, ["dl19", "scifact"]))
-        result = read_json(student_json(chosen)) or {}
+        result = read_json(student_json(args, chosen)) or {}
     table = {}
     for name, entry in result["datasets"].items():
         qids = entry["query_ids"]
@@ -281,7 +289,7 @@ def stage_evaluate(args: argparse.Namespace, bench: Report) -> None:
     bench.result["stages"]["evaluate"] = {
         "student": chosen,
         "datasets": table,
-        "json": rel(str(student_json(chosen))),
+        "json": rel(str(student_json(args, chosen))),
         "datasets_files": {name: entry["files"]["finetuned"] for name, entry in result["datasets"].items()},
     }
 
@@ -401,6 +409,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--synthetic", type=Path, default=REPO / "runs" / "dl21-synthetic", help="generate-queries' folder"
     )
     parser.add_argument("--passages", type=int, default=200)
+    parser.add_argument(
+        "--start-from",
+        type=Path,
+        default=RESULTS / "synthetic-dl21",
+        help="queries generated earlier (generated.jsonl, generate.json of the same settings; a teacher run) that "
+        "an empty --synthetic folder starts from (default benchmarks/results/synthetic-dl21: 200 passages)",
+    )
     parser.add_argument("--generator", default="qwen2.5-0.5b")
     parser.add_argument("--teacher", default="qwen2.5-0.5b")
     parser.add_argument("--teacher-method", default="likelihood")
@@ -416,6 +431,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=2, help="at most this many epochs a student (default 2)")
     parser.add_argument("--max-minutes", type=float, default=12.0, help="training budget a student (default 12)")
     parser.add_argument("--timing-queries", type=int, default=8)
+    parser.add_argument(
+        "--tag", default=None, help="names the students of another run of the chain (their files get -TAG)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "distill-dl21.json")
     args = parser.parse_args(argv)
     args.data, args.synthetic = args.data.resolve(), args.synthetic.resolve()
