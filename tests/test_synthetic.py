@@ -95,6 +95,16 @@ def test_examples_and_passages(labelled):
         synthetic.sample_passages(ds.corpus, 20, seed=1, exclude=["d1"])
 
 
+def test_a_larger_sample_begins_with_the_smaller():
+    """A run of N passages can grow to M > N with the queries it has (docs/benchmarks.md, "Distillation"): the
+    first N of M passages drawn are the N passages drawn, at the DL21 pool's size."""
+    from llmrerank.types import Document
+
+    corpus = {f"msmarco_{i:05d}": Document(f"passage {i}") for i in range(5299)}
+    small = synthetic.sample_passages(corpus, 200, seed=0, exclude=["msmarco_00007"])
+    assert synthetic.sample_passages(corpus, 1000, seed=0, exclude=["msmarco_00007"])[:200] == small
+
+
 def test_each_query_is_its_passages_own_sample_and_a_resume_writes_the_same(labelled, tmp_path, qwen_backend):
     ds = load_beir(labelled, split="train")
     examples = synthetic.few_shot_examples(ds, 1, seed=0)
