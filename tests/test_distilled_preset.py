@@ -62,3 +62,11 @@ def test_the_command_line_needs_no_method(distilled, tmp_path, capsys):
     assert main([*args, "--out", str(out), "--quiet"]) == 0
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["ranker"]["method"] == METHOD and sidecar["ranker"]["model"] == PRESET
+
+
+def test_a_folder_named_like_the_preset_is_refused_not_guessed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / PRESET).mkdir()  # say, a training run's output_dir
+    with pytest.raises(ValueError, match=f"both a shipped preset and a path .*write ./{PRESET}"):
+        trained.read(PRESET)
+    assert trained.read(f"./{PRESET}") is None  # the folder, by a path that is no preset's name

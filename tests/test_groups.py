@@ -97,3 +97,5 @@ def test_dev_set_from_another_folder(tmp_path):
         (shutil.copytree if name == "qrels" else shutil.copy)(TINY / name, tmp_path / "no-run" / name)
     with pytest.raises(ValueError, match="dev_run`, or one .trec file in `dev_data`"):
         load_dev(TrainConfig(**config, dev_data=str(tmp_path / "no-run")))
+    with pytest.raises(ValueError, match="dev_data names the folder of the dev split: set dev_split too"):
+        TrainConfig(data=str(train), dev_data=str(TINY))

@@ -405,7 +405,7 @@ def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, o
         lm = adapted.merge_and_unload()
         lm.eval()
         return lm, tokenizer, str(model)
-    source = resolve(model)
+    source = resolve(str(folder.path) if folder is not None else model)  # a shipped full model: its folder
     kwargs: dict = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     fix = "check its files, or re-export or re-download it"
     with _loading(source.folder, "the tokenizer", fix):

@@ -73,8 +73,9 @@ class RerankerFactory:
             method = trained_method(model) if backend is None else None
             if method is None:
                 raise TypeError(
-                    "name a method (pointwise, likelihood, listwise, pairwise, setwise): only a model folder written "
-                    "by llmrerank train knows its own"
+                    "name a method (pointwise, likelihood, listwise, pairwise, setwise): only a trained model (a "
+                    "folder written by llmrerank train, or a trained preset such as smollm2-135m-distilled) knows "
+                    "its own"
                 )
         cls = method_class(method)
         if backend is None:

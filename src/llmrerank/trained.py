@@ -54,8 +54,14 @@ class TrainedFolder:
 
 
 def locate(model: str | Path) -> Path:
-    """Where model ``model`` lies: a shipped trained preset's folder inside the package, else the path given."""
+    """Where model ``model`` lies: a shipped trained preset's folder inside the package, else the path given. A
+    preset's name that is also a path here is refused: which one was meant cannot be told."""
     if isinstance(model, str) and model in SHIPPED:
+        if Path(model).exists():
+            raise ValueError(
+                f"{model!r} is both a shipped preset and a path in {Path.cwd()}: write ./{model} for the folder, "
+                "or run elsewhere for the preset"
+            )
         return SHIPPED_DIR / model
     return Path(model).expanduser()
 

@@ -304,6 +304,8 @@ class TrainConfig:
             raise _refused("lora_targets", '"all-linear" or a non-empty list of module names', targets)
         self.loss_options = dict(self.loss_options)
         _check_loss(self.loss, self.loss_options)
+        if self.dev_data is not None and not self.dev_split:
+            raise ValueError("config: dev_data names the folder of the dev split: set dev_split too")
         if self.loss in DISTILL_LOSSES and self.target == "labels":
             raise ValueError(f"config: loss {self.loss} distils a teacher: target must be 'teacher' or left out")
         if self.target == "teacher" and self.loss not in TEACHER_LOSSES:

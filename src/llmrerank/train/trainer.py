@@ -51,7 +51,7 @@ class Trainer:
         backend: an already loaded backend with the training primitives of ``HFBackend`` (tests pass a tiny
             model); default: load ``config.model``.
         groups: training groups; default: built from ``config.data`` / ``split`` / ``run``.
-        dev: a dev set; default: ``config.dev_split`` of ``config.data`` if set.
+        dev: a dev set; default: ``config.dev_split`` of ``config.dev_data`` (else ``config.data``) if set.
         callbacks: called as ``callback(trainer, step)`` after every optimiser step; a callback that returns True
             stops training there (after a checkpoint of that step), and the run ends as usual: final dev
             evaluation and the trained folder (e.g. a time budget).
