@@ -14,9 +14,9 @@ wall time (``benchmarks/results/distill-dl21.json``):
    test set: training and the DL21 dev curve only.
 5. ``select``: the student with the best final DL21 dev nDCG@10, chosen before any test set is scored.
 6. ``evaluate``: the chosen student on DL19 (BM25 top 20) and the 100-query SciFact sample (``finetune.py``
-   with its datasets: BM25 and the 135M zero-shot likelihood beside it), and against the 0.5B zero-shot
-   likelihood of ``benchmarks/results/zero_shot-{dl19,scifact}-qwen2.5-0.5b.json`` (paired t-tests on the
-   same queries).
+   with its datasets), against BM25 and the 135M and 0.5B zero-shot likelihood runs of the core benchmark
+   (``benchmarks/results/zero_shot-{dl19,scifact}-*.json``, ``max_length`` 256): paired t-tests on the same
+   queries.
 7. ``timing``: seconds per query of the teacher (0.5B likelihood, float32 as in its DL19 figure) and the student,
    side by side in this process, on the first ``--timing-queries`` DL19 queries.
 8. ``ship``: the chosen student's adapter folder copied to ``src/llmrerank/presets/smollm2-135m-distilled``.
@@ -85,11 +85,20 @@ def generate_args(args: argparse.Namespace) -> list[str]:
 def stage_generate(args: argparse.Namespace, bench: Report) -> None:
     seed = args.start_from
     if not (args.synthetic / "generated.jsonl").is_file() and (seed / "generated.jsonl").is_file():
+        settings = (read_json(seed / "generate.json") or {}).get("settings", {})
+        wanted = {"passages": args.passages, "model": args.generator}
+        differ = {k: settings.get(k) for k, v in wanted.items() if settings.get(k) != v}
+        if differ:
+            raise SystemExit(
+                f"{rel(str(seed))} holds queries of other settings ({differ}): give --start-from a folder of "
+                f"these ({wanted}), or an empty one"
+            )
         args.synthetic.mkdir(parents=True, exist_ok=True)
         for name in ("generated.jsonl", "generate.json"):
             shutil.copy(seed / name, args.synthetic / name)
         teacher = seed / teacher_path(args).name  # the teacher's run of these queries, when it is the same teacher
-        if teacher.is_file() and args.teacher_dtype == "bfloat16":
+        made = (read_json(teacher.with_name(teacher.name + ".json")) or {}).get("backend", {})
+        if teacher.is_file() and made.get("dtype") == args.teacher_dtype:
             for path in (teacher, teacher.with_name(teacher.name + ".json")):
                 shutil.copy(path, args.synthetic / path.name)
         bench.result["stages"]["generate"] = {"started_from": rel(str(seed))}
@@ -120,20 +129,24 @@ def stage_teacher(args: argparse.Namespace, bench: Report) -> None:
         str(out),
         "--quiet",
     ]
+    from llmrerank.data import load_run
+    from llmrerank.outputs import partial_path
+
     sidecar = read_json(out.with_name(out.name + ".json")) or {}
     if sidecar.get("status") != "complete":
-        run(llmrerank(*cmd, *(["--resume"] if out.is_file() else [])))
+        started = out.is_file() or partial_path(out).exists()  # a killed run leaves its partial file: resume it
+        run(llmrerank(*cmd, *(["--resume"] if started else [])))
         sidecar = read_json(out.with_name(out.name + ".json")) or {}
     report = sidecar.get("report", {})
+    last = report.get("queries")  # the queries the last invocation scored (a resumed run scored the rest before)
     bench.result["stages"]["teacher"] = {
         "run": rel(str(out)),
         "command": "llmrerank " + " ".join(cmd),
         "split": sidecar.get("split"),  # "train" holds every generated query until the filter rewrites it
-        "queries": report.get("queries"),
-        "documents": report.get("documents"),
-        "seconds": round(report.get("seconds", 0.0), 1),
-        "seconds_per_query": round(report["seconds"] / report["queries"], 2) if report.get("queries") else None,
-        "dtype": args.teacher_dtype,
+        "queries": len(load_run(out)),
+        "last_invocation": {"queries": last, "seconds": round(report.get("seconds", 0.0), 1)},
+        "seconds_per_query": round(report["seconds"] / last, 2) if last else None,
+        "dtype": sidecar.get("backend", {}).get("dtype"),
     }
 
 
@@ -224,6 +237,20 @@ def stage_students(args: argparse.Namespace, bench: Report) -> None:
     entry = bench.result["stages"]["students"] = {"runs": {}}
     for spec in args.students:
         result = read_json(student_json(args, spec)) or {}
+        config, minutes = result.get("config", {}), parse_student(spec)[2] or args.max_minutes
+        made = {
+            "data": config.get("data"),
+            "teacher_run": config.get("teacher_run"),
+            "epochs": config.get("epochs"),
+            "max_minutes": result.get("time_bound", {}).get("max_minutes"),
+        }
+        wanted = {"data": str(args.synthetic), "teacher_run": str(teacher_path(args)), "epochs": args.epochs}
+        wanted["max_minutes"] = minutes
+        if result.get("status") == "complete" and made != wanted:
+            raise SystemExit(
+                f"{rel(str(student_json(args, spec)))} is a student of other settings ({made}, not {wanted}): "
+                "name this run's students with --tag"
+            )
         if result.get("status") != "complete":
             run(finetune_args(args, spec, []))
             result = read_json(student_json(args, spec)) or {}
@@ -233,7 +260,7 @@ def stage_students(args: argparse.Namespace, bench: Report) -> None:
             "steps": tr.get("steps"),
             "groups": tr.get("groups", {}).get("groups"),
             "seconds": tr.get("seconds"),
-            "dev_before": tr.get("dev_nDCG@10_before_training") or (tr.get("dev") or [{}])[0].get("nDCG@10"),
+            "dev_before": tr.get("dev_nDCG@10_before_training"),
             "dev_curve": tr.get("dev"),
             "dev_final": final_dev(result),
             "model_dir": tr.get("model_dir"),
@@ -302,11 +329,9 @@ def stage_timing(args: argparse.Namespace, bench: Report) -> None:
     model_dir = REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"]
     data = load_dataset("dl19", args.data, TOP_K, args.timing_queries)
     rows = {}
+    teacher = f"teacher: {args.teacher} {args.teacher_method}, float32"
     for name, make in (
-        (
-            "teacher: qwen2.5-0.5b likelihood, float32",
-            lambda: Reranker("likelihood", model=args.teacher, max_length=256),
-        ),
+        (teacher, lambda: Reranker(args.teacher_method, model=args.teacher, max_length=256)),
         ("student: " + chosen, lambda: Reranker(model=str(model_dir))),
     ):
         ranker = make()
@@ -347,14 +372,22 @@ def stage_ship(args: argparse.Namespace, bench: Report) -> None:
     with the student's own run: what a user gets is what was measured, or the difference is recorded."""
     from safetensors.torch import load_file, save_file
 
-    from llmrerank import Reranker
+    from llmrerank import Reranker, trained
     from llmrerank.data import load_run
     from llmrerank.evaluate import evaluate_runs, paired_p
     from llmrerank.pipeline import rerank_run
 
     chosen = bench.result["stages"]["select"]["chosen"]
     model_dir = REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"]
+    if trained.locate(PRESET).resolve() != SHIPPED.resolve():
+        raise SystemExit(
+            f"llmrerank is not installed from this checkout (pip install -e .): {PRESET} would load from "
+            f"{trained.locate(PRESET)}, not {SHIPPED}"
+        )
     SHIPPED.mkdir(parents=True, exist_ok=True)
+    for stale in SHIPPED.glob("*"):
+        if stale.name != "README.md":  # the licence note is written by hand
+            stale.unlink()
     shutil.copy(model_dir / "llmrerank.json", SHIPPED / "llmrerank.json")
     shipped_adapter_config(model_dir / "adapter_config.json", SHIPPED / "adapter_config.json")
     weights = load_file(str(model_dir / "adapter_model.safetensors"))
@@ -434,8 +467,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--tag", default=None, help="names the students of another run of the chain (their files get -TAG)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "distill-dl21.json")
+    parser.add_argument("--out", type=Path, default=None, help="the JSON (default results/distill-dl21[-TAG].json)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS / f"distill-dl21{'-' + args.tag if args.tag else ''}.json"
     args.data, args.synthetic = args.data.resolve(), args.synthetic.resolve()
     previous = read_json(args.out) or {}
     bench = Report(args.out, {**header("distill", issue=17), "stages": previous.get("stages", {})})
