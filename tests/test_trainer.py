@@ -101,7 +101,7 @@ def test_dense_head_and_likelihood_training(tiny_model_dir, tmp_path):
     out = tmp_path / "ql.trec"
     assert main(["rerank", "--data", str(TINY), "--model", str(result.model_dir), "--out", str(out), "--quiet"]) == 0
     assert json.loads(out.with_name("ql.trec.json").read_text())["ranker"]["method"] == "likelihood"
-    with pytest.raises(TypeError, match="name a method .*only a model folder written by llmrerank train"):
+    with pytest.raises(TypeError, match="name a method .*only a trained model .a folder written by llmrerank train"):
         Reranker(model=str(tiny_model_dir))
 
 
