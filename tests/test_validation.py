@@ -76,6 +76,8 @@ def _ranker():
         ({"data": None}, ValueError, r"^config: data must be a string, got NoneType None$"),
         ({"run": ["a.trec"]}, ValueError, r"^config: run must be a string or None, got list \['a\.trec'\]$"),
         ({"dev_split": 1}, ValueError, r"^config: dev_split must be a string or None, got int 1$"),
+        ({"dev_data": 1}, ValueError, r"^config: dev_data must be a string or None, got int 1$"),
+        ({"dev_data": "dl21"}, ValueError, r"^config: dev_data names the folder of the dev split: set dev_split too$"),
         ({"method": "listwise"}, ValueError, r'^config: method must be "pointwise" or "likelihood", got str'),
         ({"dtype": "float64"}, ValueError, r'^config: dtype must be "float32", "bfloat16" or "float16", got str'),
         ({"bf16_autocast": "no"}, ValueError, r'^config: bf16_autocast must be true, false or "auto", got str \'no\'$'),
