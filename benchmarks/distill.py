@@ -358,14 +358,6 @@ def stage_timing(args: argparse.Namespace, bench: Report) -> None:
     }
 
 
-def shipped_adapter_config(src: Path, dst: Path) -> None:
-    """The adapter's config with the base model named by its preset: peft writes the folder it was loaded from
-    (this machine's cache), which a user's machine does not have; loading reads the preset from llmrerank.json."""
-    config = json.loads(src.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = json.loads((src.parent / "llmrerank.json").read_text())["base_model"]
-    dst.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def stage_ship(args: argparse.Namespace, bench: Report) -> None:
     """Copy the chosen student's adapter into the package, its weights stored in float16 (half the file; they
     load into the float32 model as float32 again), then rerank DL19 with the preset loaded by name and compare it
@@ -376,6 +368,7 @@ def stage_ship(args: argparse.Namespace, bench: Report) -> None:
     from llmrerank.data import load_run
     from llmrerank.evaluate import evaluate_runs, paired_p
     from llmrerank.pipeline import rerank_run
+    from llmrerank.train.export import name_base_model
 
     chosen = bench.result["stages"]["select"]["chosen"]
     model_dir = REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"]
@@ -388,8 +381,9 @@ def stage_ship(args: argparse.Namespace, bench: Report) -> None:
     for stale in SHIPPED.glob("*"):
         if stale.name != "README.md":  # the licence note is written by hand
             stale.unlink()
-    shutil.copy(model_dir / "llmrerank.json", SHIPPED / "llmrerank.json")
-    shipped_adapter_config(model_dir / "adapter_config.json", SHIPPED / "adapter_config.json")
+    for name in ("llmrerank.json", "adapter_config.json"):
+        shutil.copy(model_dir / name, SHIPPED / name)
+    name_base_model(SHIPPED)  # a student trained before trained folders named it so records this machine's cache
     weights = load_file(str(model_dir / "adapter_model.safetensors"))
     save_file({k: v.half().contiguous() for k, v in weights.items()}, str(SHIPPED / "adapter_model.safetensors"))
     files = {p.name: p.stat().st_size for p in sorted(SHIPPED.iterdir())}

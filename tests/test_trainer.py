@@ -79,6 +79,17 @@ def test_trained_folder_restores_the_trained_ranker(tiny_model_dir, tmp_path):
         Reranker("likelihood", model=str(result.model_dir))
 
 
+def test_the_adapter_config_names_the_base_model_as_the_record_does(tiny_model_dir, tmp_path, monkeypatch):
+    # the base given by a relative path: peft would record that spelling, which means nothing elsewhere
+    monkeypatch.chdir(tiny_model_dir.parent)
+    config = _config(Path(tiny_model_dir.name), tmp_path / "run", max_steps=1)
+    result = Trainer(config).train(progress=False)
+    record = json.loads((result.model_dir / "llmrerank.json").read_text())
+    adapter = json.loads((result.model_dir / "adapter_config.json").read_text())
+    assert record["base_model"] == str(tiny_model_dir.resolve())
+    assert adapter["base_model_name_or_path"] == record["base_model"]
+
+
 def test_dense_head_and_likelihood_training(tiny_model_dir, tmp_path):
     dense = Trainer(_config(tiny_model_dir, tmp_path / "dense", head="dense", max_steps=2, loss="ranknet"))
     result = dense.train(progress=False)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,4 +29,19 @@ def save_model(
     if run_steps is not None and run_steps != steps:
         trained_with.update(run_steps=run_steps, selected_by="best dev nDCG@10")
     weights = "lora" if c.lora else "full"
-    return trained.write(folder, c.method, ranker.options.to_dict(), c.model, weights, trained_with, head_of(ranker))
+    root = trained.write(folder, c.method, ranker.options.to_dict(), c.model, weights, trained_with, head_of(ranker))
+    name_base_model(root)
+    return root
+
+
+def name_base_model(folder: Path) -> None:
+    """Name the base model in the adapter's config as ``llmrerank.json`` names it (a preset's name, or a
+    folder's absolute path): peft writes the folder the base was loaded from, which for a preset is this
+    machine's package cache, a path another machine does not have. Loading reads the record, not this field;
+    it is for the people and tools that read the adapter's config."""
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = trained.read(folder).base_model
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
