@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -12,7 +13,7 @@ from conftest import needs, require_preset
 from llmrerank import Reranker, trained
 from llmrerank.cli import main
 from llmrerank.data import sample_path
-from llmrerank.models import check_adapter_folder, preset_names
+from llmrerank.models import ModelLoadError, check_adapter_folder, preset_names
 
 PRESET = "smollm2-135m-distilled"
 METHOD = "likelihood"  # what the distillation benchmark chose by DL21 dev nDCG@10 (docs/benchmarks.md)
@@ -70,3 +71,16 @@ def test_a_folder_named_like_the_preset_is_refused_not_guessed(tmp_path, monkeyp
     with pytest.raises(ValueError, match=f"both a shipped preset and a path .*write ./{PRESET}"):
         trained.read(PRESET)
     assert trained.read(f"./{PRESET}") is None  # the folder, by a path that is no preset's name
+
+
+@pytest.mark.parametrize("lose", ["adapter_model.safetensors", "adapter_config.json"])
+def test_a_damaged_install_says_reinstall_not_retrain(tmp_path, monkeypatch, lose):
+    shipped = tmp_path / "presets"
+    shutil.copytree(trained.SHIPPED_DIR, shipped)
+    (shipped / PRESET / lose).unlink()
+    monkeypatch.setattr(trained, "SHIPPED_DIR", shipped)  # the package's presets folder, with a file lost
+    with pytest.raises(ModelLoadError, match=r"missing .*; reinstall llmrerank \(pip install --force-reinstall"):
+        Reranker(model=PRESET)
+    # the same folder by its path is a user's trained folder: theirs to retrain or copy again
+    with pytest.raises(ModelLoadError, match="missing .*; retrain, or copy the whole folder"):
+        Reranker(model=str(shipped / PRESET))

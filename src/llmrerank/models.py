@@ -50,6 +50,7 @@ WEIGHT_FILES = (
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 REDO = "re-export or re-download it, or retrain"
 RETRAIN = "retrain, or copy the whole folder `llmrerank train` wrote again"
+REINSTALL = "reinstall llmrerank (pip install --force-reinstall llmrerank): the preset's files ship in the package"
 
 
 @dataclass(frozen=True)
@@ -252,21 +253,21 @@ def check_model_folder(folder: Path) -> None:
         _check_weights(shard, "the weights file", REDO)
 
 
-def check_adapter_folder(folder: Path) -> None:
+def check_adapter_folder(folder: Path, fix: str = RETRAIN) -> None:
     """Refuse a trained folder whose LoRA adapters are missing or damaged (the config parses, a weights file is
-    there, its header covers it), before the base model loads. Raises ModelLoadError."""
+    there, its header covers it), before the base model loads. Raises ModelLoadError ending with ``fix``."""
     config_path = folder / "adapter_config.json"
     if not config_path.is_file():
         raise ModelLoadError(
-            f"{folder}: the LoRA adapters are missing (no adapter_config.json beside llmrerank.json); {RETRAIN}"
+            f"{folder}: the LoRA adapters are missing (no adapter_config.json beside llmrerank.json); {fix}"
         )
-    if not isinstance(_json_object(config_path, "the adapter config", RETRAIN).get("peft_type"), str):
-        raise ModelLoadError(f"{config_path}: the adapter config names no peft_type (not a peft config); {RETRAIN}")
+    if not isinstance(_json_object(config_path, "the adapter config", fix).get("peft_type"), str):
+        raise ModelLoadError(f"{config_path}: the adapter config names no peft_type (not a peft config); {fix}")
     weights = next((folder / name for name in ADAPTER_FILES if (folder / name).is_file()), None)
     if weights is None:
         expected = " or ".join(ADAPTER_FILES)
-        raise ModelLoadError(f"{folder}: the LoRA adapter weights are missing (expected {expected}); {RETRAIN}")
-    _check_weights(weights, "the adapter weights file", RETRAIN)
+        raise ModelLoadError(f"{folder}: the LoRA adapter weights are missing (expected {expected}); {fix}")
+    _check_weights(weights, "the adapter weights file", fix)
 
 
 @contextmanager
@@ -282,7 +283,7 @@ def _loading(where: Path | str, what: str, fix: str) -> Iterator[None]:
         raise ModelLoadError(f"{where}: {what} could not be loaded ({type(e).__name__}: {_short(e)}); {fix}") from e
 
 
-def _check_adapter_keys(root: Path, adapted: Any, peft: Any) -> None:
+def _check_adapter_keys(root: Path, adapted: Any, peft: Any, fix: str) -> None:
     """peft only warns when the adapter file lacks weights the model expects (another base model, an edited
     file), and the model then runs with those adapters at their initial values: a silent wrong score. Refuse."""
     weights = root / ADAPTER_FILES[0]
@@ -297,7 +298,7 @@ def _check_adapter_keys(root: Path, adapted: Any, peft: Any) -> None:
     if missing:
         raise ModelLoadError(
             f"{weights}: the LoRA adapters do not fit the base model {_base_name(root)}: {len(missing)} adapter "
-            f"weight(s) the model expects are not in the file, e.g. {missing[0]}; {RETRAIN}"
+            f"weight(s) the model expects are not in the file, e.g. {missing[0]}; {fix}"
         )
 
 
@@ -394,14 +395,16 @@ def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, o
     folder = trained.read(model)
     if folder is not None and folder.weights == "lora":
         root = folder.path
-        check_adapter_folder(root)
+        # a shipped preset is not the user's to retrain: its files come with the package
+        fix = REINSTALL if isinstance(model, str) and model in trained.SHIPPED else RETRAIN
+        check_adapter_folder(root, fix)
         lm, tokenizer, _ = load_causal_lm(folder.base_model, dtype, device)
         from .extras import require
 
         peft = require("peft", f"loading the LoRA adapters in {model}")
-        with _loading(root, "the LoRA adapters", RETRAIN):
+        with _loading(root, "the LoRA adapters", fix):
             adapted = peft.PeftModel.from_pretrained(lm, str(root))
-        _check_adapter_keys(root, adapted, peft)
+        _check_adapter_keys(root, adapted, peft, fix)
         lm = adapted.merge_and_unload()
         lm.eval()
         return lm, tokenizer, str(model)
