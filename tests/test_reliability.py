@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from conftest import TINY, make_beir
-from llmrerank.cli import describe_error, main
+from llmrerank.cli import Terminated, describe_error, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -769,8 +769,15 @@ def reference(big, tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
+def _default_sigint() -> None:
+    # a shell without job control starts its background commands with SIGINT ignored (a CI runner may), and the
+    # child would inherit that: Ctrl-C is what these tests send, so the child gets it as a terminal gives it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llmrerank.cli", *argv], stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "llmrerank.cli", *argv]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for_queries(path: Path, n: int, process: subprocess.Popen) -> None:
@@ -948,6 +955,56 @@ def test_an_interrupt_before_anything_is_written_says_so(tmp_path):
     assert rerank.resume_hint(args, argv) == f"nothing was written yet; run it again: llmrerank {' '.join(argv)}"
     (tmp_path / "o.trec.partial").write_text("")
     assert rerank.resume_hint(args, argv).endswith(f"resume with: llmrerank {' '.join(argv)} --resume")
+
+
+class InterruptedInC:
+    """A real ranker whose second ``rank_many`` call is interrupted inside C code (Ray's ``ray.wait``, say): the
+    signal handler's exception comes back as the SystemError CPython raises for a C function that returned with
+    an exception set, caused by it."""
+
+    def __init__(self, ranker: Any, interruption: BaseException):
+        self.ranker, self.interruption, self.calls = ranker, interruption, 0
+        self.method, self.options = ranker.method, ranker.options
+
+    def rank_many(self, queries: Any, docs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            try:
+                raise self.interruption
+            except BaseException as e:
+                raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set") from e
+        return self.ranker.rank_many(queries, docs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ranker, name)
+
+
+@pytest.mark.parametrize(
+    ("interruption", "status", "what"),
+    [(KeyboardInterrupt(), 130, "interrupted"), (Terminated(), 143, "terminated (SIGTERM)"), (None, 1, None)],
+)
+def test_an_interruption_inside_c_code_ends_the_command_as_the_interruption(
+    interruption, status, what, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    from llmrerank.cli import rerank as rerank_command
+
+    build = rerank_command.ranker_from_args
+    cause = interruption if interruption is not None else ZeroDivisionError("a C function's own failure")
+    monkeypatch.setattr(rerank_command, "ranker_from_args", lambda args: InterruptedInC(build(args), cause))
+    data = make_beir(tmp_path / "data", 6, 5)
+    out = tmp_path / "out.trec"
+    argv = ["rerank", "--data", str(data), "--model", str(tiny_model_dir), "--method", "likelihood", "--top-k", "5"]
+    argv += ["--queries-per-batch", "2", "--quiet", "--out", str(out)]
+    status_got, err = _run_cli(argv, capsys)
+    assert status_got == status, err
+    if what is None:  # a SystemError of another cause is what it says: a bug, with its message
+        assert err.splitlines()[-1].startswith("error: unexpected SystemError: <cyfunction CoreWorker.wait>")
+        return
+    partial = out.with_name(out.name + ".partial")
+    assert err.splitlines()[-1] == (
+        f"{what}: the queries finished so far are kept in {partial}; resume with: llmrerank {' '.join(argv)} --resume"
+    )
+    assert partial.read_text().count("\n") == 2 * 5  # the first batch of two queries, kept
 
 
 class FailsAtCall:

@@ -106,7 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
-        status = args.func(args)
+        try:
+            status = args.func(args)
+        except SystemError as e:
+            # a signal whose handler raised while C code was running (Ray's wait, say) comes back as a SystemError
+            # caused by the interruption: it is the interruption
+            if isinstance(e.__cause__, (KeyboardInterrupt, Terminated)):
+                raise e.__cause__ from None
+            raise
     except argparse.ArgumentError as e:
         parser.error(str(e))
     except (KeyboardInterrupt, Terminated) as e:
