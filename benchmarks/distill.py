@@ -98,15 +98,13 @@ def stage_generate(args: argparse.Namespace, bench: Report) -> None:
         for name in ("generated.jsonl", "generate.json"):
             shutil.copy(seed / name, args.synthetic / name)
         teacher = seed / teacher_path(args).name  # the teacher's run of these queries, when it is the same teacher
-        packed = teacher.with_name(teacher.name + ".gz")  # a large run is kept compressed
-        made = (read_json(teacher.with_name(teacher.name + ".json")) or {}).get("backend", {})
+        packed, sidecar = (teacher.with_name(teacher.name + ext) for ext in (".gz", ".json"))  # a large run: gzip
+        made = (read_json(sidecar) or {}).get("backend", {})
         if (teacher.is_file() or packed.is_file()) and made.get("dtype") == args.teacher_dtype:
-            if teacher.is_file():
-                shutil.copy(teacher, args.synthetic / teacher.name)
-            else:
-                with gzip.open(packed, "rb") as src, open(args.synthetic / teacher.name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            shutil.copy(teacher.with_name(teacher.name + ".json"), args.synthetic / (teacher.name + ".json"))
+            source, unpack = (teacher, open) if teacher.is_file() else (packed, gzip.open)
+            with unpack(source, "rb") as src, open(args.synthetic / teacher.name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            shutil.copy(sidecar, args.synthetic / sidecar.name)
         bench.result["stages"]["generate"] = {"started_from": rel(str(seed))}
     seconds = run(llmrerank(*generate_args(args)))
     report = read_json(args.synthetic / "report.json") or {}
