@@ -8,7 +8,9 @@ wall time (``benchmarks/results/distill-dl21.json``):
    the same settings (each passage's query is a function of its seed, so nothing is generated anew; another
    folder with ``--start-from``).
 2. ``teacher``: ``llmrerank rerank`` of every generated query's BM25 top 20 with the teacher (``--teacher`` and
-   ``--teacher-method``; default the 0.5B likelihood).
+   ``--teacher-method``; default the 0.5B likelihood), its run copied from ``--start-from`` when that scored the
+   same queries. With ``--fuse-teacher MODEL:METHOD ...`` each of those ranks them too and the teacher's run is
+   their fusion (each run min-max normalised per query, averaged).
 3. ``filter``: the consistency filter (``generate-queries --teacher-run``): a query is kept when the teacher puts
    its source passage in its top ``--consistency-k``; counts for other k are recorded too.
 4. ``students``: ``benchmarks/finetune.py --variant distill`` for each ``--students`` entry (METHOD:LOSS), with no
@@ -62,8 +64,30 @@ def llmrerank(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmrerank.cli", *args]
 
 
+def parse_member(spec: str) -> tuple[str, str]:
+    """``MODEL:METHOD`` of ``--fuse-teacher`` as (model, method)."""
+    model, sep, method = spec.rpartition(":")
+    if not sep or not model or not method:
+        raise SystemExit(f"--fuse-teacher: expected MODEL:METHOD such as qwen2.5-1.5b:pointwise, got {spec!r}")
+    return model, method
+
+
+def members(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The teacher's rankers as (model, method): ``--teacher`` with ``--teacher-method``, then each
+    ``--fuse-teacher``."""
+    return [(args.teacher, args.teacher_method), *(parse_member(spec) for spec in args.fuse_teacher)]
+
+
+def member_path(args: argparse.Namespace, model: str, method: str) -> Path:
+    return args.synthetic / f"teacher-{method}-{model}.trec"
+
+
 def teacher_path(args: argparse.Namespace) -> Path:
-    return args.synthetic / f"teacher-{args.teacher_method}-{args.teacher}.trec"
+    """The run the filter and the students read: the one teacher's, or its members' fused run."""
+    rankers = members(args)
+    if len(rankers) == 1:
+        return member_path(args, *rankers[0])
+    return args.synthetic / ("teacher-fused-" + "+".join(f"{method}-{model}" for model, method in rankers) + ".trec")
 
 
 def generate_args(args: argparse.Namespace) -> list[str]:
@@ -98,22 +122,38 @@ def stage_generate(args: argparse.Namespace, bench: Report) -> None:
         args.synthetic.mkdir(parents=True, exist_ok=True)
         for name in ("generated.jsonl", "generate.json"):
             shutil.copy(seed / name, args.synthetic / name)
-        teacher = seed / teacher_path(args).name  # the teacher's run of these queries, when it is the same teacher
-        packed, sidecar = (teacher.with_name(teacher.name + ext) for ext in (".gz", ".json"))  # a large run: gzip
-        made = (read_json(sidecar) or {}).get("backend", {})
-        if (teacher.is_file() or packed.is_file()) and made.get("dtype") == args.teacher_dtype:
-            source, unpack = (teacher, open) if teacher.is_file() else (packed, gzip.open)
-            with unpack(source, "rb") as src, open(args.synthetic / teacher.name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            shutil.copy(sidecar, args.synthetic / sidecar.name)
         bench.result["stages"]["generate"] = {"started_from": rel(str(seed))}
     seconds = run(llmrerank(*generate_args(args)))
     report = read_json(args.synthetic / "report.json") or {}
     bench.result["stages"].setdefault("generate", {}).update(seconds=seconds, counts=report.get("counts"))
 
 
-def stage_teacher(args: argparse.Namespace, bench: Report) -> None:
-    out = teacher_path(args)
+def seed_member(args: argparse.Namespace, model: str, method: str) -> bool:
+    """Copy ``--start-from``'s run of this teacher when it scored these very queries (the same generated.jsonl,
+    so the same queries and BM25 candidates) in the same dtype; a large run is stored gzip-compressed."""
+    ours = member_path(args, model, method)
+    theirs = args.start_from / ours.name
+    packed, sidecar = (theirs.with_name(theirs.name + ext) for ext in (".gz", ".json"))
+    same = [args.start_from / "generated.jsonl", args.synthetic / "generated.jsonl"]
+    if ours.is_file() or not (theirs.is_file() or packed.is_file()) or not all(p.is_file() for p in same):
+        return False
+    if same[0].read_bytes() != same[1].read_bytes():
+        return False
+    if (read_json(sidecar) or {}).get("backend", {}).get("dtype") != args.teacher_dtype:
+        return False
+    source, unpack = (theirs, open) if theirs.is_file() else (packed, gzip.open)
+    with unpack(source, "rb") as src, open(ours, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    shutil.copy(sidecar, ours.with_name(ours.name + ".json"))
+    return True
+
+
+def rerank_member(args: argparse.Namespace, model: str, method: str) -> dict[str, Any]:
+    """One teacher's ``llmrerank rerank`` of every generated query's BM25 top 20 (resumed when cut short)."""
+    from llmrerank.data import load_run
+    from llmrerank.outputs import partial_path
+
+    out = member_path(args, model, method)
     cmd = [
         "rerank",
         "--data",
@@ -125,18 +165,16 @@ def stage_teacher(args: argparse.Namespace, bench: Report) -> None:
         "--top-k",
         str(TOP_K),
         "--model",
-        args.teacher,
+        model,
         "--method",
-        args.teacher_method,
+        method,
         "--dtype",
         args.teacher_dtype,
         "--out",
         str(out),
         "--quiet",
     ]
-    from llmrerank.data import load_run
-    from llmrerank.outputs import partial_path
-
+    seeded = seed_member(args, model, method)
     sidecar = read_json(out.with_name(out.name + ".json")) or {}
     if sidecar.get("status") != "complete":
         started = out.is_file() or partial_path(out).exists()  # a killed run leaves its partial file: resume it
@@ -144,15 +182,42 @@ def stage_teacher(args: argparse.Namespace, bench: Report) -> None:
         sidecar = read_json(out.with_name(out.name + ".json")) or {}
     report = sidecar.get("report", {})
     last = report.get("queries")  # the queries the last invocation scored (a resumed run scored the rest before)
-    bench.result["stages"]["teacher"] = {
+    return {
         "run": rel(str(out)),
         "command": "llmrerank " + " ".join(cmd),
+        "copied_from": rel(str(args.start_from)) if seeded else None,
         "split": sidecar.get("split"),  # "train" holds every generated query until the filter rewrites it
         "queries": len(load_run(out)),
         "last_invocation": {"queries": last, "seconds": round(report.get("seconds", 0.0), 1)},
         "seconds_per_query": round(report["seconds"] / last, 2) if last else None,
         "dtype": sidecar.get("backend", {}).get("dtype"),
     }
+
+
+def fuse_members(args: argparse.Namespace) -> dict[str, Any]:
+    """The members' runs fused into the teacher's (``llmrerank.fusion.fuse_runs`` over the first member's top 20:
+    each member's scores min-max normalised per query, averaged)."""
+    from llmrerank.data import load_run, write_run
+    from llmrerank.fusion import fuse_runs
+
+    try:
+        fused = fuse_runs([load_run(member_path(args, *m)) for m in members(args)], top_k=TOP_K)
+    except ValueError as e:
+        raise SystemExit(f"the teachers' runs cannot be fused ({e}): rerun the teacher stage") from None
+    out = teacher_path(args)
+    write_run(out, fused, tag="fused")
+    how = f"mean of the members' per-query min-max normalised scores over the first member's top {TOP_K}"
+    sidecar = {"status": "complete", "members": [f"{model}:{method}" for model, method in members(args)], "how": how}
+    out.with_name(out.name + ".json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return {"run": rel(str(out)), "queries": len(fused), "how": how}
+
+
+def stage_teacher(args: argparse.Namespace, bench: Report) -> None:
+    entries = {f"{model}:{method}": rerank_member(args, model, method) for model, method in members(args)}
+    if len(entries) == 1:
+        bench.result["stages"]["teacher"] = next(iter(entries.values()))
+        return
+    bench.result["stages"]["teacher"] = {"members": entries, "fused": fuse_members(args)}
 
 
 def stage_filter(args: argparse.Namespace, bench: Report) -> None:
@@ -334,7 +399,8 @@ def stage_timing(args: argparse.Namespace, bench: Report) -> None:
     model_dir = REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"]
     data = load_dataset("dl19", args.data, TOP_K, args.timing_queries)
     rows = {}
-    teacher = f"teacher: {args.teacher} {args.teacher_method}, float32"
+    first = " (the fused teacher's first member)" if args.fuse_teacher else ""
+    teacher = f"teacher: {args.teacher} {args.teacher_method}, float32{first}"
     for name, make in (
         (teacher, lambda: Reranker(args.teacher_method, model=args.teacher, max_length=256)),
         ("student: " + chosen, lambda: Reranker(model=str(model_dir))),
@@ -452,6 +518,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--teacher", default="qwen2.5-0.5b")
     parser.add_argument("--teacher-method", default="likelihood")
     parser.add_argument("--teacher-dtype", default="bfloat16", help="of the teacher's rerank (default bfloat16)")
+    parser.add_argument(
+        "--fuse-teacher",
+        nargs="+",
+        default=[],
+        metavar="MODEL:METHOD",
+        help="more rankers whose runs are fused with the teacher's (each min-max normalised per query, averaged)",
+    )
     parser.add_argument("--consistency-k", type=int, default=3)
     parser.add_argument(
         "--students",

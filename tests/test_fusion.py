@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TINY
 from llmrerank.data import load_beir, load_run
-from llmrerank.fusion import Fusion, fuse_ranking, min_max, parse_fusion
+from llmrerank.fusion import Fusion, fuse_ranking, fuse_runs, min_max, parse_fusion
 from llmrerank.pipeline import rerank_run, sidecar_path
 from llmrerank.rankers import LikelihoodRanker
 from llmrerank.types import Ranking
@@ -36,6 +36,36 @@ def test_a_constant_side_does_not_reorder_and_ties_keep_the_rerankers_order():
     assert flat.ids == ("a", "b", "c") and flat.scores == pytest.approx((0.1, 0.1 / 3, 0.0))
     tied = Ranking(indices=(0, 1), scores=(1.0, 0.0), ids=("x", "y"))
     assert fuse_ranking(tied, {"x": 0.0, "y": 1.0}, Fusion(0.5)).ids == ("x", "y")  # 0.5 each: as ranked
+
+
+def test_several_runs_fuse_by_hand():
+    first = {"q": [("a", 3.0), ("b", 1.0), ("c", 0.0), ("d", -5.0)], "r": [("x", 1.0), ("y", 0.0)]}
+    second = {"q": [("d", 7.0), ("c", 5.0), ("b", 10.0), ("a", 0.0)], "r": [("y", 2.0), ("x", 1.0)]}
+    # top 3 of the first run (a, b, c): normalised a=1, b=1/3, c=0 and a=0, b=1, c=0.5; d is left out
+    head = fuse_runs([first, second], top_k=3)
+    assert [d for d, _ in head["q"]] == ["b", "a", "c"]
+    assert [s for _, s in head["q"]] == pytest.approx([2 / 3, 0.5, 0.25])
+    assert head["r"] == [("x", 0.5), ("y", 0.5)]  # a tie keeps the first run's order
+    # all four: (1, 0.75, 0.625, 0) and (0, 1, 0.5, 0.7) over a, b, c, d
+    whole = fuse_runs([first, second])
+    assert [d for d, _ in whole["q"]] == ["b", "c", "a", "d"]
+    assert [s for _, s in whole["q"]] == pytest.approx([0.875, 0.5625, 0.5, 0.35])
+    assert fuse_runs([first], top_k=3)["q"] == [("a", 1.0), ("b", pytest.approx(1 / 3)), ("c", 0.0)]
+
+
+def test_runs_that_cannot_be_fused_are_refused_naming_what_is_missing():
+    first = {"q": [("a", 1.0), ("b", 0.0), ("c", -1.0)]}
+    with pytest.raises(ValueError, match="run 2 has no query 'q'"):
+        fuse_runs([first, {"p": [("a", 1.0)]}])
+    with pytest.raises(ValueError, match="run 2 has no score for document 'b' of query 'q'"):
+        fuse_runs([first, {"q": [("a", 1.0), ("c", 0.0)]}], top_k=2)
+    assert fuse_runs([first, {"q": [("a", 1.0), ("b", 0.0)]}], top_k=2)["q"][0] == ("a", 1.0)  # c is not needed
+    with pytest.raises(ValueError, match="no runs to fuse"):
+        fuse_runs([])
+    with pytest.raises(ValueError, match="top_k must be at least 1, got 0"):
+        fuse_runs([first], top_k=0)
+    with pytest.raises(ValueError, match="non-finite"):
+        fuse_runs([first, {"q": [("a", float("nan")), ("b", 0.0), ("c", 1.0)]}])
 
 
 @pytest.mark.parametrize(

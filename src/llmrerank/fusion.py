@@ -82,3 +82,33 @@ def fuse_ranking(ranking: Ranking, first_stage: Mapping[str, float], fusion: Fus
         ids=tuple(ranking.ids[i] for i in order),
         metadata={**ranking.metadata, "fused": fusion.to_dict()},
     )
+
+
+def fuse_runs(
+    runs: Sequence[Mapping[str, Sequence[tuple[str, float]]]], top_k: int | None = None
+) -> dict[str, list[tuple[str, float]]]:
+    """Several rankers' runs of the same queries fused into one (an ensemble, e.g. of teachers).
+
+    For each query of the first run, its best ``top_k`` documents (all of them when ``None``) are scored by the
+    mean of every run's scores, each min-max normalised over those documents per query; best first, ties in the
+    first run's order. A query or one of those documents that another run lacks is a ValueError naming it."""
+    if not runs:
+        raise ValueError("fuse: no runs to fuse")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"fuse: top_k must be at least 1, got {top_k}")
+    fused: dict[str, list[tuple[str, float]]] = {}
+    for qid, items in runs[0].items():
+        docs = [d for d, _ in sorted(items, key=lambda item: -item[1])[:top_k]]
+        total = [0.0] * len(docs)
+        for number, run in enumerate(runs, start=1):
+            if qid not in run:
+                raise ValueError(f"fuse: run {number} has no query {qid!r}")
+            scores = dict(run[qid])
+            missing = [d for d in docs if d not in scores]
+            if missing:
+                raise ValueError(f"fuse: run {number} has no score for document {missing[0]!r} of query {qid!r}")
+            for i, value in enumerate(min_max([float(scores[d]) for d in docs])):
+                total[i] += value / len(runs)
+        order = sorted(range(len(docs)), key=lambda i: -total[i])  # stable: ties keep the first run's order
+        fused[qid] = [(docs[i], total[i]) for i in order]
+    return fused
