@@ -40,6 +40,19 @@ def test_write_then_read_gives_the_options_back(tmp_path):
         trained.write(tmp_path / "n", "likelihood", options, "x", "half", {})
 
 
+def test_the_record_names_a_base_preset_by_name_even_beside_a_folder_so_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("smollm2-135m", "default", "plain"):
+        (tmp_path / name).mkdir()
+    for base, recorded in (
+        ("smollm2-135m", "smollm2-135m"),
+        ("default", "default"),
+        ("plain", str(tmp_path / "plain")),
+    ):
+        trained.write(tmp_path / "out", "likelihood", {}, base, "lora", {})
+        assert trained.read(tmp_path / "out").base_model == recorded  # as the loader resolves it: presets first
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

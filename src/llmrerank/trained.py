@@ -111,7 +111,10 @@ def write(
     table = {k: v for k, v in options.items() if k != "head_weights"}  # the head's file is in the folder
     if head is not None:
         head.save(root / HEAD)
-    if Path(base_model).exists():
+    from .models import ALIASES, PRESETS
+
+    # a preset's name stays a name, as the loader reads it first; any other existing path is made absolute
+    if base_model not in {**ALIASES, **PRESETS, **SHIPPED} and Path(base_model).exists():
         base_model = str(Path(base_model).resolve())
     meta = {
         "format": FORMAT,
