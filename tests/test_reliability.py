@@ -317,6 +317,13 @@ ROWS = [
     # -- evaluate --
     Row("evaluate-negative-rel", ["evaluate", "--data", "{data}", "--rel", "-5", "{root}/bm25.trec"], 2, match="rel"),
     Row("evaluate-no-qrels", ["evaluate", "{root}/bm25.trec"], 2, match="--data or --qrels"),
+    Row("evaluate-no-run", ["evaluate", "--data", "{data}"], 2, match="needs at least one run file$"),
+    Row(
+        "evaluate-runs-taken-by-metrics",
+        ["evaluate", "--data", "{data}", "--metrics", "nDCG@10", "{root}/bm25.trec"],
+        2,
+        match=r"--metrics took .*bm25.trec: put the runs before --metrics, or end its list with --",
+    ),
     Row(
         "evaluate-unknown-measure",
         ["evaluate", "--data", "{data}", "--metrics", "nDCG@x", "--", "{root}/bm25.trec"],

@@ -30,12 +30,17 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output (with per-query values)")
     p.add_argument("--per-query", action="store_true", help="also print the first metric per query")
     p.add_argument("--plot", default=None, help="write a per-query difference plot (PNG) for the first metric")
-    p.add_argument("runs", nargs="+", help="TREC run files")
+    p.add_argument("runs", nargs="*", help="TREC run files (at least one)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     """Print the metrics table (or JSON) of the runs; optionally per query and a plot."""
+    if not args.runs:
+        # --metrics takes every word after it: runs written after the list land in it
+        taken = [m for m in args.metrics or [] if Path(m).is_file()]
+        hint = f" (--metrics took {', '.join(taken)}: put the runs before --metrics, or end its list with --)"
+        raise argparse.ArgumentError(None, "evaluate needs at least one run file" + (hint if taken else ""))
     if not args.data and not args.qrels:
         raise argparse.ArgumentError(None, "evaluate needs --data or --qrels")
     from ..data import load_beir, load_qrels, load_run
