@@ -11,6 +11,7 @@ import platform
 import random
 import resource
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -380,3 +381,17 @@ class PerQueryReport(Report):
         entry[f"bm25_{MEASURE}"] = round(ev.aggregate["bm25"][MEASURE], 4)
         entry[f"p_{MEASURE}"] = p_round(ev.p_values[name][MEASURE])
         return ev
+
+
+def rerank_to(out: Path, options: list[str]) -> dict[str, Any]:
+    """``llmrerank rerank OPTIONS --out OUT`` in a child process from the repository root, unless OUT's sidecar
+    says it is complete; a run cut short (its file or its partial file is there) is resumed. Returns the sidecar."""
+    from llmrerank.outputs import partial_path
+
+    sidecar = out.with_name(out.name + ".json")
+    if (read_json(sidecar) or {}).get("status") != "complete":
+        cmd = [sys.executable, "-m", "llmrerank.cli", "rerank", *options, "--out", str(out)]
+        started = out.is_file() or partial_path(out).exists()  # a killed run leaves its partial file: resume it
+        print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run([*cmd, *(["--resume"] if started else [])], cwd=REPO, check=True)
+    return read_json(sidecar) or {}

@@ -42,7 +42,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import DATA, REPO, RESULTS, Report, header, load_dataset, markdown_table, p_round, read_json, rel
+from _common import (
+    DATA,
+    REPO,
+    RESULTS,
+    Report,
+    header,
+    load_dataset,
+    markdown_table,
+    p_round,
+    read_json,
+    rel,
+    rerank_to,
+)
 
 STAGES = ("generate", "teacher", "filter", "students", "select", "evaluate", "timing", "ship")
 PRESET = "smollm2-135m-distilled"
@@ -151,11 +163,9 @@ def seed_member(args: argparse.Namespace, model: str, method: str) -> bool:
 def rerank_member(args: argparse.Namespace, model: str, method: str) -> dict[str, Any]:
     """One teacher's ``llmrerank rerank`` of every generated query's BM25 top 20 (resumed when cut short)."""
     from llmrerank.data import load_run
-    from llmrerank.outputs import partial_path
 
     out = member_path(args, model, method)
-    cmd = [
-        "rerank",
+    options = [
         "--data",
         str(args.synthetic),
         "--split",
@@ -170,21 +180,15 @@ def rerank_member(args: argparse.Namespace, model: str, method: str) -> dict[str
         method,
         "--dtype",
         args.teacher_dtype,
-        "--out",
-        str(out),
         "--quiet",
     ]
     seeded = seed_member(args, model, method)
-    sidecar = read_json(out.with_name(out.name + ".json")) or {}
-    if sidecar.get("status") != "complete":
-        started = out.is_file() or partial_path(out).exists()  # a killed run leaves its partial file: resume it
-        run(llmrerank(*cmd, *(["--resume"] if started else [])))
-        sidecar = read_json(out.with_name(out.name + ".json")) or {}
+    sidecar = rerank_to(out, options)
     report = sidecar.get("report", {})
     last = report.get("queries")  # the queries the last invocation scored (a resumed run scored the rest before)
     return {
         "run": rel(str(out)),
-        "command": "llmrerank " + " ".join(cmd),
+        "command": "llmrerank rerank " + " ".join([*options, "--out", str(out)]),
         "copied_from": rel(str(args.start_from)) if seeded else None,
         "split": sidecar.get("split"),  # "train" holds every generated query until the filter rewrites it
         "queries": len(load_run(out)),
@@ -541,6 +545,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--out", type=Path, default=None, help="the JSON (default results/distill-dl21[-TAG].json)")
     args = parser.parse_args(argv)
+    members(args)  # a --fuse-teacher that is not MODEL:METHOD is refused before any stage runs
     if args.out is None:
         args.out = RESULTS / f"distill-dl21{'-' + args.tag if args.tag else ''}.json"
     args.data, args.synthetic = args.data.resolve(), args.synthetic.resolve()

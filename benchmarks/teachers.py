@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from _common import DATA, DL_RUN, MEASURE, REPO, RESULTS, Report, header, markdown_table, p_round, read_json, rel
+from _common import DATA, DL_RUN, MEASURE, REPO, RESULTS, Report, header, markdown_table, p_round, rel, rerank_to
 
 SPLITS = ("train", "dev")
 TOP_K = 20
@@ -34,21 +32,15 @@ def run_path(args: argparse.Namespace, split: str, candidate: str) -> Path:
 
 def rerank(args: argparse.Namespace, split: str, candidate: str) -> dict[str, Any]:
     """The candidate's run of one split (made or resumed unless complete) and its seconds per query."""
-    from llmrerank.outputs import partial_path
-
     model, method = candidate.rsplit(":", 1)
     out = run_path(args, split, candidate)
-    sidecar = read_json(out.with_name(out.name + ".json")) or {}
-    if sidecar.get("status") != "complete":
-        cmd = [
-            sys.executable, "-m", "llmrerank.cli", "rerank", "--data", str(args.data / "dl21"), "--split", split,
-            "--run", str(args.data / "dl21" / DL_RUN), "--top-k", str(TOP_K), "--model", model, "--method", method,
-            "--dtype", "bfloat16", "--out", str(out), "--quiet",
-        ]  # fmt: skip
-        started = out.is_file() or partial_path(out).exists()
-        print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-        subprocess.run([*cmd, *(["--resume"] if started else [])], cwd=REPO, check=True)
-        sidecar = read_json(out.with_name(out.name + ".json")) or {}
+    sidecar = rerank_to(
+        out,
+        [
+            "--data", str(args.data / "dl21"), "--split", split, "--run", str(args.data / "dl21" / DL_RUN),
+            "--top-k", str(TOP_K), "--model", model, "--method", method, "--dtype", "bfloat16", "--quiet",
+        ],
+    )  # fmt: skip
     report = sidecar.get("report", {})
     done = report.get("queries")
     return {"run": rel(str(out)), "seconds_per_query": round(report["seconds"] / done, 2) if done else None}

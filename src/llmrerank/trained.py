@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DataFormatError, read_text
+from .models import ALIASES, PRESETS
 
 # Trained folders shipped inside the package (``llmrerank/presets/NAME/``), loaded by name like the other presets:
 # an adapter over a base preset, its record naming the method, so ``Reranker(model=NAME)`` needs nothing else.
@@ -111,8 +112,6 @@ def write(
     table = {k: v for k, v in options.items() if k != "head_weights"}  # the head's file is in the folder
     if head is not None:
         head.save(root / HEAD)
-    from .models import ALIASES, PRESETS
-
     # a preset's name stays a name, as the loader reads it first; any other existing path is made absolute
     if base_model not in {**ALIASES, **PRESETS, **SHIPPED} and Path(base_model).exists():
         base_model = str(Path(base_model).resolve())
