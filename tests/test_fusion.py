@@ -62,8 +62,9 @@ def test_runs_that_cannot_be_fused_are_refused_naming_what_is_missing():
     assert fuse_runs([first, {"q": [("a", 1.0), ("b", 0.0)]}], top_k=2)["q"][0] == ("a", 1.0)  # c is not needed
     with pytest.raises(ValueError, match="no runs to fuse"):
         fuse_runs([])
-    with pytest.raises(ValueError, match="top_k must be at least 1, got 0"):
-        fuse_runs([first], top_k=0)
+    for bad in (0, 2.5, True, "3"):
+        with pytest.raises(ValueError, match=f"top_k must be a whole number of at least 1 .*got {bad!r}"):
+            fuse_runs([first], top_k=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-finite"):
         fuse_runs([first, {"q": [("a", float("nan")), ("b", 0.0), ("c", 1.0)]}])
 

@@ -94,8 +94,8 @@ def fuse_runs(
     first run's order. A query or one of those documents that another run lacks is a ValueError naming it."""
     if not runs:
         raise ValueError("fuse: no runs to fuse")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"fuse: top_k must be at least 1, got {top_k}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"fuse: top_k must be a whole number of at least 1 (or None for all), got {top_k!r}")
     fused: dict[str, list[tuple[str, float]]] = {}
     for qid, items in runs[0].items():
         docs = [d for d, _ in sorted(items, key=lambda item: -item[1])[:top_k]]
