@@ -190,7 +190,6 @@ def test_a_text_pair_template_is_checked():
     [
         ({"family": "rankllama", "head": "tokens"}, "family 'rankllama' fixes head"),
         ({"adapter": "/x"}, "adapter"),  # the tokens head reads no adapter
-        ({"family": "rankllama", "adapter": "/x", "head_weights": "/y"}, "head_weights or the adapter's score"),
     ],
 )
 def test_options_that_disagree_are_refused(given, message):
@@ -244,3 +243,44 @@ def test_an_adapter_that_does_not_fit_is_a_clear_error(folders, tmp_path, case, 
     error = FileNotFoundError if case == "missing" else ModelLoadError
     with pytest.raises(error, match=message):
         ours(base, tokenizer, family="rankllama", adapter=str(adapter))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_a_model_trained_from_the_adapter_reloads_as_trained(folders, tmp_path, monkeypatch, lora):
+    """Fine-tuning RankLLaMA on one's own data: the published adapter is merged before the trained LoRA wraps the
+    model, the head starts from its score layer, and the trained folder restores the trained scores (under LoRA:
+    the base, the trained LoRA and the adapter's, merged in any order, as the sums commute; full weights: the
+    adapter is inside them and is not merged twice)."""
+    needs("peft", "training")
+    from conftest import TINY
+    from llmrerank import Reranker
+    from llmrerank.train.config import TrainConfig
+    from llmrerank.train.trainer import Trainer
+
+    base, adapter = folders
+    monkeypatch.chdir(adapter.parent)  # the adapter given by a relative path: the record makes it absolute
+    options = {"family": "rankllama", "adapter": adapter.name, "max_length": 96}
+    config = TrainConfig.from_dict(
+        dict(
+            model=str(base), data=str(TINY), split="test", run=str(TINY / "run.trec"), group_size=3, top_k=4,
+            groups_per_batch=1, grad_accum=1, max_steps=2, save_every=2, learning_rate=5e-3, lora=lora,
+            output_dir=str(tmp_path / "run"), seed=0, method="pointwise", options=options, loss="ranknet",
+        )
+    )  # fmt: skip
+    trainer = Trainer(config)
+    result = trainer.train(progress=False)
+    trainer.backend.model.eval()
+    docs = [Document(id=str(i), text=p, title=t) for i, (_, t, p) in enumerate(DOCS[:2])]
+    trained = trainer.ranker.score(DOCS[0][0], docs)
+    untrained = ours(base, smollm2_tokenizer(llama_pair=False), **options).score(DOCS[0][0], docs)
+    assert max(abs(a - b) for a, b in zip(trained, untrained)) > 1e-2  # training moved the scores
+    record = json.loads((result.model_dir / "llmrerank.json").read_text())
+    if lora:
+        assert record["options"]["adapter"] == str(adapter.resolve())
+    else:
+        assert "adapter" not in record["options"]
+    monkeypatch.chdir(tmp_path)
+    restored = Reranker(model=str(result.model_dir), dtype="float32")
+    assert restored.options.head_weights is not None
+    assert restored.score(DOCS[0][0], docs) == pytest.approx(trained, abs=1e-4)

@@ -158,7 +158,8 @@ class PointwiseOptions(Options):
     )
     adapter: str | None = option(
         None,
-        "a published peft adapter folder (RankLLaMA's): its LoRA merged into the model, its score layer the dense head",
+        "a published peft adapter folder (RankLLaMA's): its LoRA merged into the model, its score layer the dense "
+        "head unless head_weights are given (a folder trained from the adapter)",
         types=(str, Path),
         convert=str,
         when=("head", ("dense",)),
@@ -175,8 +176,6 @@ class PointwiseOptions(Options):
     def check(self) -> None:
         if self.head_weights is not None and self.head != "dense":
             raise ValueError("head_weights only apply to head='dense'")
-        if self.head_weights is not None and self.adapter is not None:
-            raise ValueError("give the dense head's weights once: head_weights or the adapter's score layer, not both")
         template = self.template
         if template is None:
             template = TRUE_FALSE if self.tokens == "true_false" else YES_NO
@@ -235,7 +234,8 @@ class PointwiseRanker(PointScorer):
         head: ``"tokens"`` (default) or ``"dense"``; head_weights: the dense head's trained weights.
         adapter: a published peft adapter folder trained on a sequence-classification model (RankLLaMA's):
             its LoRA is merged into the backend's model (which is then that model for every ranker sharing the
-            backend) and its ``score`` layer becomes the dense head.
+            backend) and its ``score`` layer becomes the dense head, unless ``head_weights`` are given too: then
+            those are the head (a model trained from the adapter records both).
         family: a trained reranker family (:mod:`llmrerank.prompts.families`); instruction: its instruction.
     """
 
@@ -263,10 +263,10 @@ class PointwiseRanker(PointScorer):
                 raise ValueError("head='dense' appends the EOS token, but this tokenizer has none")
             self.eos_id = int(eos)
             self.dense = DenseHead(_hidden_size(backend)).to(getattr(backend, "device", "cpu"))
-            if o.head_weights is not None:
-                self.dense.load(o.head_weights)
             if o.adapter is not None:
                 self._merge_adapter(o.adapter)
+            if o.head_weights is not None:  # after the adapter: a head trained from its score layer replaces it
+                self.dense.load(o.head_weights)
 
     def _merge_adapter(self, folder: str) -> None:
         """Merge a published adapter's LoRA into the backend's model (once per backend) and read its score layer

@@ -29,7 +29,13 @@ def save_model(
     if run_steps is not None and run_steps != steps:
         trained_with.update(run_steps=run_steps, selected_by="best dev nDCG@10")
     weights = "lora" if c.lora else "full"
-    root = trained.write(folder, c.method, ranker.options.to_dict(), c.model, weights, trained_with, head_of(ranker))
+    options = ranker.options.to_dict()
+    if options.get("adapter") is not None:
+        if weights == "full":  # the published adapter's LoRA is inside the weights written: merging it again is wrong
+            options.pop("adapter")
+        else:  # the trained LoRA adds to the base with the adapter merged in: the reload merges both (sums commute)
+            options["adapter"] = str(Path(options["adapter"]).expanduser().resolve())
+    root = trained.write(folder, c.method, options, c.model, weights, trained_with, head_of(ranker))
     name_base_model(root)
     return root
 

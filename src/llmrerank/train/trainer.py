@@ -83,8 +83,9 @@ class Trainer:
 
             backend = HFBackend.load(c.model, dtype=c.dtype, threads=c.threads)
         self.backend = backend
-        setup.prepare_model(self.backend, c)
+        # the ranker first: a published adapter it names (RankLLaMA's) is merged into the model before LoRA wraps it
         self.ranker = setup.build_ranker(self.backend, c)
+        setup.prepare_model(self.backend, c)
         if groups is None:
             groups, stats = load_groups(c)
             print(f"training groups: {stats}", file=sys.stderr)
