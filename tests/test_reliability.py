@@ -427,6 +427,13 @@ ROWS = [
         ),
     ),
     Row(
+        "serve-config-ranker-without-method",
+        ["serve", "--config", "{root}/serve.toml"],
+        2,
+        match=r"rankers\[0\] needs a method: its model 'default' is not a trained folder that records one",
+        prepare=lambda ws: ws.write("serve.toml", '[[rankers]]\nname = "a"\n'),
+    ),
+    Row(
         "serve-option-of-another-method",
         ["serve", "--method", "likelihood", "--tokens", "yes_no"],
         2,

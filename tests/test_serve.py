@@ -424,6 +424,24 @@ backend = {{ dtype = "bfloat16" }}
         load_rankers([{"method": "pointwise", "tokens": "yes_no"}])
 
 
+def test_a_trained_folder_is_served_with_the_method_it_records(tiny_model_dir, tmp_path):
+    import shutil
+
+    from llmrerank import Reranker, trained
+    from llmrerank.serve.service import check_specs, load_rankers
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "trained")  # whole weights: the record is all it needs
+    trained.write(folder, "likelihood", {"max_length": 80}, str(tiny_model_dir), "full", {"loss": "grouped_ce"})
+    rankers = load_rankers([{"name": "mine", "model": str(folder)}])  # no method: the folder's own
+    assert rankers["mine"].method == "likelihood" and rankers["mine"].options.max_length == 80
+    offline = Reranker("likelihood", model=str(tiny_model_dir), max_length=80, dtype="float32")
+    assert rankers["mine"].score(QUERY, DOCS) == pytest.approx(offline.score(QUERY, DOCS), abs=1e-4)
+    with pytest.raises(ValueError, match=r"rankers\[0\] needs a method: its model 'default' is not a trained folder"):
+        check_specs([{"name": "x"}])
+    with pytest.raises(ValueError, match="trained for method 'likelihood', not 'pointwise'"):
+        load_rankers([{"model": str(folder), "method": "pointwise"}])
+
+
 @pytest.mark.model
 def test_the_135m_preset_served_equals_the_offline_ranker():
     require_preset("smollm2-135m")

@@ -41,7 +41,8 @@ class Settings:
 
 
 def check_specs(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The ranker descriptions, checked before any model loads: known keys, a method, unique names."""
+    """The ranker descriptions, checked before any model loads: known keys, a method (left out: the one a trained
+    folder records), unique names."""
     if not specs:
         raise ValueError("serve needs at least one ranker: --model and --method, or a --config with [[rankers]]")
     out, names = [], set()
@@ -51,9 +52,16 @@ def check_specs(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         unknown = sorted(set(spec) - set(SPEC_KEYS))
         if unknown:
             raise ValueError(f"rankers[{i}]: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(SPEC_KEYS)}")
-        if "method" not in spec:
-            raise ValueError(f"rankers[{i}] needs a method")
         model = spec.get("model") or "default"
+        method = spec.get("method")
+        if method is None:  # a folder written by `llmrerank train` (or a shipped one) records its method
+            from ..registry import trained_method
+
+            method = trained_method(model) if isinstance(model, str) else None
+            if method is None:
+                raise ValueError(
+                    f"rankers[{i}] needs a method: its model {model!r} is not a trained folder that records one"
+                )
         name = spec.get("name") or model
         if not isinstance(name, str):
             raise ValueError(f"rankers[{i}]: name must be a string, got {type(name).__name__}")
@@ -63,7 +71,7 @@ def check_specs(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for key in ("backend", "options"):
             if spec.get(key) is not None and not isinstance(spec[key], Mapping):
                 raise ValueError(f"rankers[{i}].{key} must be a table of names to values")
-        out.append({**spec, "name": name, "model": model})
+        out.append({**spec, "name": name, "model": model, "method": method})
     return out
 
 
