@@ -203,14 +203,20 @@ def test_list_methods_get_a_permutation_check():
     tok = make_tokenizer(extra=["[", "]", ">", *(str(i) for i in range(1, 21)), *string.ascii_uppercase])
     backend = HFBackend(make_model(len(tok)), tok, batch_size=4, name="tiny-lists")
     for method, options in [("pairwise", {}), ("setwise", {}), ("listwise", {"decoding": "first"})]:
-        checks = _by_name(check_model(Reranker(method, backend=backend, max_length=256, **options)))
+        ranker = Reranker(method, backend=backend, max_length=256, **options)
+        checks = _by_name(check_model(ranker))
         assert checks["permutation"].status == "pass", method
         orders = checks["permutation"].values["orders"]
         assert all(sorted(o) == list(range(len(PAIRS) + 1)) for o in orders)
         assert checks["relevant_first"].values["wins"] == [o.index(len(PAIRS)) < o.index(0) for o in orders]
         assert checks["prompt_fits"].status == checks["finite"].status == "pass"
         assert checks["batch_invariance"].status == checks["suffix"].status == "skip"
-        assert "checked to be single and distinct when the ranker is built" in checks["answer_tokens"].detail
+        # the labels (identifiers for FIRST) the ranker reads: a build check with the ids it found
+        labels = checks["answer_tokens"]
+        assert labels.status == "pass" and labels in ranker.build_checks, method
+        assert labels.values["ids"] == ranker.label_token_ids and labels.values["words"] == ranker.labels
+        assert labels.values["tokens"] == tok.convert_ids_to_tokens(ranker.label_token_ids)
+        assert checks["answer_mass"].status == "skip"
     tight = Reranker("setwise", backend=backend, max_length=60)
     assert _by_name(check_model(tight))["prompt_fits"].status == "fail"
 
@@ -280,6 +286,17 @@ def test_a_failed_build_check_is_reported_with_the_rest(tiny_model_dir, capsys):
         "detail": "not run: the ranker could not be built",
         "values": {},
     }
+
+
+@pytest.mark.parametrize(("method", "flags"), [("setwise", []), ("listwise", ["--decoding", "first"])])
+def test_labels_a_list_method_cannot_read_are_a_failed_check_not_a_usage_error(tiny_model_dir, capsys, method, flags):
+    # the tiny model's word-level vocabulary has no "A"/"B" or "[1]" tokens: the labels are unknown tokens
+    argv = ["check-model", "--model", str(tiny_model_dir), "--method", method, *flags, "--json"]
+    assert main(argv) == 1
+    by_name = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert by_name["answer_tokens"]["status"] == "fail"
+    assert "single, distinct token" in by_name["answer_tokens"]["detail"]
+    assert by_name["permutation"]["detail"] == "not run: the ranker could not be built"
 
 
 def test_the_exit_status_in_a_fresh_process(tiny_model_dir, capsys):

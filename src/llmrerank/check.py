@@ -158,6 +158,26 @@ def answer_tokens_check(tokenizer: Any, words: Sequence[str], find: Callable[[],
     )
 
 
+def label_tokens_check(tokenizer: Any, labels: Sequence[str], opener: str, ids: Sequence[int]) -> Check:
+    """The passage labels (pairwise/setwise) or identifiers (listwise FIRST) a ranker reads, found as single,
+    distinct tokens after ``opener``: the ``answer_tokens`` line of a list method (its failure is the ranker's
+    own ValueError, recorded as a failed check by :func:`label_tokens_failed`)."""
+    ids = [int(i) for i in ids]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    shown = ", ".join(f"{opener + w!r} -> {i} ({t!r})" for w, i, t in zip(labels, ids, tokens))
+    return Check(
+        "answer_tokens",
+        "pass",
+        f"{shown}: single, distinct tokens",
+        {"words": list(labels), "opener": opener, "ids": ids, "tokens": list(tokens)},
+    )
+
+
+def label_tokens_failed(labels: Sequence[str], error: ValueError) -> Check:
+    """A list method's labels that are not single, distinct tokens (see :func:`label_tokens_check`)."""
+    return Check("answer_tokens", "fail", str(error), {"words": list(labels)})
+
+
 def long_document(max_length: int) -> Document:
     """A document longer than ``max_length`` tokens."""
     return Document(" ".join([LONG_WORD] * (max_length + 1)))
@@ -401,11 +421,11 @@ def _no_answer_tokens(ranker: Any) -> str:
     if ranker.method == "likelihood":
         return "query likelihood scores the query's own tokens, not answer tokens"
     if ranker.method == "listwise" and getattr(o, "decoding", None) == "first":
-        return "FIRST reads identifier tokens, checked to be single and distinct when the ranker is built"
+        return "FIRST reads the first identifier's logits: no probability mass on two answer tokens to check"
     if ranker.method == "listwise":
         return "listwise generation writes a permutation, not an answer token"
     if ranker.method in ("pairwise", "setwise"):
-        return f"{ranker.method} reads passage label tokens, checked to be single and distinct when the ranker is built"
+        return f"{ranker.method} compares its label tokens' logits: no yes/no mass to check"
     return f"{ranker.method} reads no answer tokens"
 
 
@@ -444,7 +464,9 @@ def check_model(
         checks.append(_answer_mass(ranker, pairs, min_mass))
     else:
         reason = _no_answer_tokens(ranker)
-        checks += [Check("answer_tokens", "skip", reason), Check("answer_mass", "skip", reason)]
+        if not any(c.name == "answer_tokens" for c in checks):  # a list method's labels are a build check
+            checks.append(Check("answer_tokens", "skip", reason))
+        checks.append(Check("answer_mass", "skip", reason))
     if ranker.method != "likelihood":
         checks.append(Check("target_tokens", "skip", "only query likelihood scores target tokens"))
     if _scores_alone(ranker):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
+from ..check import label_tokens_check, label_tokens_failed, raise_failures
 from ..options import Options, option, template_option
 from ..prompts import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, continuation_ids, word_openers
 from ..types import DocLike, Document, Ranking, make_ranking
@@ -73,7 +74,13 @@ class ComparisonRanker(ListRanker):
         o = self.options
         self.renderer = ComparisonRenderer(o.template, backend.tokenizer, o.passage_tokens, o.max_length)
         self.labels = list(LABELS[: self._label_count()])
-        self.opener, self.label_token_ids = self._label_token_ids()
+        try:
+            self.opener, self.label_token_ids = self._label_token_ids()
+        except ValueError as e:
+            self.build_checks.append(label_tokens_failed(self.labels, e))
+            raise_failures(self.build_checks)
+        tokenizer = backend.tokenizer
+        self.build_checks.append(label_tokens_check(tokenizer, self.labels, self.opener, self.label_token_ids))
 
     # -- start-up checks -------------------------------------------------------------------------------------
 

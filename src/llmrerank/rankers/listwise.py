@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
+from ..check import label_tokens_check, label_tokens_failed, raise_failures
 from ..options import Options, option, template_option
 from ..prompts import RANKZEPHYR_PARAPHRASE, ListwiseRenderer, continuation_ids, encode
 from ..prompts.families import family_names, get_family
@@ -174,7 +175,13 @@ class ListwiseRanker(ListRanker):
         self.opener = ""
         self.label_token_ids: list[int] = []
         if o.decoding == "first":
-            self.opener, self.label_token_ids = self._first_token_ids()
+            try:
+                self.opener, self.label_token_ids = self._first_token_ids()
+            except ValueError as e:
+                self.build_checks.append(label_tokens_failed(self.labels, e))
+                raise_failures(self.build_checks)
+            tokenizer = backend.tokenizer
+            self.build_checks.append(label_tokens_check(tokenizer, self.labels, self.opener, self.label_token_ids))
 
     # -- start-up checks -------------------------------------------------------------------------------------
 
