@@ -125,6 +125,28 @@ def test_the_run_writer_fuses_the_head_keeps_the_tail_and_records_it(tmp_path, q
     assert report.queries_skipped_resume == len(run) and report.queries == 0
 
 
+def test_the_in_memory_iterator_fuses_as_the_run_writer_does(tmp_path, qwen_backend):
+    from llmrerank.pipeline import rerank
+
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    ranker = LikelihoodRanker(qwen_backend)
+    out = tmp_path / "fused.trec"
+    rerank_run(ranker, ds.queries, ds.corpus, run, out, top_k=3, progress=False, fuse=Fusion(0.4))
+    written = load_run(out)
+    plain = dict(rerank(ranker, ds.queries, ds.corpus, run, top_k=3))
+    fused = dict(rerank(ranker, ds.queries, ds.corpus, run, top_k=3, fuse=Fusion(0.4)))
+    assert set(fused) == set(run)
+    for qid, ranking in fused.items():
+        assert list(ranking.ids) == [d for d, _ in written[qid][:3]]
+        assert list(ranking.scores) == pytest.approx([s for _, s in written[qid][:3]], abs=1e-5)  # the file rounds
+        assert ranking.metadata["fused"] == {"stage": "bm25", "weight": 0.4}
+        assert ranking == fuse_ranking(plain[qid], dict(run[qid][:3]), Fusion(0.4))
+    assert any(fused[q].ids != plain[q].ids for q in run)  # the fusion reorders some query here
+    with pytest.raises(TypeError, match="fuse must be a Fusion"):
+        rerank(ranker, ds.queries, ds.corpus, run, top_k=3, fuse=0.4)  # type: ignore[arg-type]
+
+
 def test_a_sidecar_from_before_fusion_resumes_unfused_only(tmp_path, qwen_backend):
     ds = load_beir(TINY)
     run = load_run(TINY / "run.trec")

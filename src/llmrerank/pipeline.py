@@ -36,6 +36,7 @@ def rerank(
     top_k: int = 100,
     skip: Collection[str] = (),
     queries_per_batch: int = 4,
+    fuse: Fusion | None = None,
 ) -> Iterator[tuple[str, Ranking]]:
     """Rerank the top ``top_k`` candidates of each query of ``run``: ``(query id, Ranking)`` in run order.
 
@@ -50,7 +51,28 @@ def rerank(
     :class:`~llmrerank.distributed.RayRanker`) is given the batches ``(query ids, texts, candidates)`` and
     yields each batch's queries as that batch finishes: in run order within a batch, the batches in the order
     they finish.
+
+    With ``fuse`` (a :class:`~llmrerank.fusion.Fusion`), each Ranking is reordered by the fused score of the
+    reranker's and the run's scores (:func:`~llmrerank.fusion.fuse_ranking`), as ``rerank --fuse`` writes it.
     """
+    if fuse is not None and not isinstance(fuse, Fusion):
+        raise TypeError(f"fuse must be a Fusion (llmrerank.fusion.Fusion), got {type(fuse).__name__}")
+    rankings = _rerank(ranker, queries, corpus, run, top_k, skip, queries_per_batch)
+    if fuse is None:
+        return rankings
+    return ((qid, fuse_ranking(r, dict(list(run[qid])[:top_k]), fuse)) for qid, r in rankings)
+
+
+def _rerank(
+    ranker: Ranker,
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Document],
+    run: Run,
+    top_k: int,
+    skip: Collection[str],
+    queries_per_batch: int,
+) -> Iterator[tuple[str, Ranking]]:
+    """:func:`rerank` without the fusion."""
     groups = check_inputs(ranker, queries, corpus, run, top_k, skip, queries_per_batch)
     heads: dict[int, tuple[list[str], list[list[str]]]] = {}  # each batch's query ids and candidate ids
 
@@ -481,7 +503,7 @@ def rerank_run(
         old_per_query = old_report.get("per_query") if isinstance(old_report, dict) else None
         old_per_query = old_per_query if isinstance(old_per_query, dict) else {}
         report.per_query.update({q: old_per_query[q] for q in done if q in old_per_query})
-        rankings = rerank(ranker, queries, corpus, run, top_k, skip=done, queries_per_batch=queries_per_batch)
+        rankings = rerank(ranker, queries, corpus, run, top_k, done, queries_per_batch, fuse)
         todo = [q for q in qids if q not in done]
         # the engine is not a setting: either engine resumes the other's output
         base = {"run": str(out), **settings, "engine": getattr(ranker, "engine_info", {"name": "local"})}
@@ -499,8 +521,6 @@ def rerank_run(
         with _open_for_append(partial) as f, bar:  # the bar ends its line however the loop ends
             for qid, ranking in rankings:
                 written.append(qid)
-                if fuse is not None:
-                    ranking = fuse_ranking(ranking, dict(list(run[qid])[:top_k]), fuse)
                 tail = list(run[qid])[top_k:]
                 order = [*ranking.ids, *(d for d, _ in tail)]
                 _append(f, format_run_lines(qid, list(zip(order, chain_scores(ranking.scores, len(tail)))), tag))
