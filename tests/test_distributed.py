@@ -415,6 +415,33 @@ def test_workers_beyond_the_cluster_or_any_node_or_another_address_are_refused(c
     assert ray.is_initialized()  # the refusals leave the joined cluster as it was
 
 
+@pytest.mark.parametrize(
+    ("asked", "joined", "same"),
+    [
+        ("auto", "10.1.2.3:6379", True),  # whichever cluster is joined
+        ("10.1.2.3:6379", "10.1.2.3:6379", True),
+        ("10.1.2.4:6379", "10.1.2.3:6379", False),
+        ("10.1.2.3:6380", "10.1.2.3:6379", False),
+        ("localhost:6379", "127.0.0.1:6379", True),  # a name and its address
+        ("[::1]:6379", "127.0.0.1:6379", True),
+        ("127.0.0.1:6379", "10.0.0.5:6379", True),  # ray start reports this machine's address (patched below)
+        ("ray://localhost:10001", "10.0.0.5:6379", True),  # a client address: the head's host, another port
+        ("ray://10.9.9.9:10001", "10.0.0.5:6379", False),
+        ("head-node:6379", "10.0.0.5:6379", False),  # a name that does not resolve here is compared as written
+    ],
+)
+def test_an_address_names_the_joined_cluster_however_it_is_spelled(monkeypatch, asked, joined, same):
+    import socket
+
+    from llmrerank.distributed import _same_cluster
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "this-machine")
+    monkeypatch.setattr(socket, "gethostbyname_ex", lambda name: (name, [], ["10.0.0.5"]))
+    real = socket.gethostbyname
+    monkeypatch.setattr(socket, "gethostbyname", lambda h: "127.0.0.1" if h == "localhost" else real(h))
+    assert _same_cluster(asked, joined) is same
+
+
 def test_workers_that_cannot_start_end_the_run_at_their_deadline(cluster, tiny_model_dir):
     holder = _hold_a_cpu()  # a busy cluster: one CPU left
     try:

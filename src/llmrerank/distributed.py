@@ -214,7 +214,7 @@ class RayRanker:
         if ray.is_initialized():  # this process already joined a cluster: use it, and leave it running
             joined = ray.get_runtime_context().gcs_address
             asked = self.engine.address
-            if asked is not None and asked.strip().removeprefix("ray://") != joined:
+            if asked is not None and not _same_cluster(asked, joined):
                 raise ValueError(
                     f"this process has already joined the Ray cluster at {joined}, not {asked!r}: leave address "
                     "out to use the joined cluster, or call ray.shutdown() first to join the other"
@@ -592,6 +592,51 @@ def _restore(handlers: Mapping[int, Any]) -> None:
     for sig, handler in handlers.items():
         if handler is not None:
             signal.signal(sig, handler)
+
+
+def _split_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host:port`` (an IPv6 host in brackets), or None for another form."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _host_ip(host: str) -> str:
+    """The IP address ``host`` names (itself when it is one, or when it cannot be resolved), loopback for this
+    machine's own addresses: ``ray start`` reports the node's address where a user may write localhost."""
+    import ipaddress
+    import socket
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.gethostbyname(host))
+        except (OSError, UnicodeError):
+            return host
+    if ip.is_loopback:
+        return "loopback"
+    try:
+        own = socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        own = []
+    return "loopback" if str(ip) in own else str(ip)
+
+
+def _same_cluster(asked: str, joined: str) -> bool:
+    """Whether an engine's ``address`` names the cluster this process has joined (``joined``: its GCS
+    ``host:port``). ``auto`` names whichever cluster is joined; a host name and its IP address are one host, as
+    are localhost and this machine's own address; a ``ray://`` client address names the head's host (its port
+    is the client server's, not the GCS's)."""
+    asked = asked.strip()
+    if asked == "auto":
+        return True
+    client = asked.startswith("ray://")
+    mine, theirs = _split_address(asked.removeprefix("ray://")), _split_address(joined)
+    if mine is None or theirs is None:
+        return asked.removeprefix("ray://") == joined
+    return _host_ip(mine[0]) == _host_ip(theirs[0]) and (client or mine[1] == theirs[1])
 
 
 def _reachable(address: str) -> None:
