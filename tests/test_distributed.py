@@ -179,7 +179,10 @@ def test_a_replacement_with_no_room_gives_up_its_slot_and_the_others_finish_the_
     local = _pairs(rerank(Reranker.from_config(_config(tiny_model_dir)), queries, corpus, run, queries_per_batch=1))
     held = []
     try:
-        with within(300), RayEngine(num_workers=2, start_timeout=20).start(_config(tiny_model_dir)) as remote:
+        # the first workers may be slow to start on a loaded machine; a replacement gets 20 s
+        engine = RayEngine(num_workers=2, start_timeout=120, replace_timeout=20)
+        assert engine.replacement_timeout == 20 and RayEngine(start_timeout=120).replacement_timeout == 120
+        with within(300), engine.start(_config(tiny_model_dir)) as remote:
             before = remote.worker_pids()
             results = rerank(remote, queries, corpus, run, queries_per_batch=1)
             first = [next(results)]
@@ -188,6 +191,7 @@ def test_a_replacement_with_no_room_gives_up_its_slot_and_the_others_finish_the_
             got = _pairs([*first, *results])
             assert remote.worker_pids() == [before[1]]  # the slot given up at its deadline
             assert remote.engine_info["workers_replaced"] == 1 and remote.engine_info["workers_dropped"] == 1
+            assert remote.engine_info["replace_timeout"] == 20
             # a worker dead when the queries are checked is replaced (on the CPU it left) and the check answered
             os.kill(before[1], signal.SIGKILL)
             assert list(remote.check_queries({"q3": "", "q4": "bees"})) == ["q3"]

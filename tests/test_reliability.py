@@ -589,6 +589,18 @@ ROWS += [
         match="argument --start-timeout: must be positive, got 0",
     ),
     Row(
+        "rerank-ray-replace-timeout-negative",
+        [*RERANK, "--engine", "ray", "--replace-timeout", "-5", *OUT],
+        2,
+        match="argument --replace-timeout: must be positive, got -5",
+    ),
+    Row(
+        "rerank-local-replace-timeout",
+        [*RERANK, "--replace-timeout", "30", *OUT],
+        2,
+        match="--replace-timeout applies to --engine ray only",
+    ),
+    Row(
         "rerank-ray-empty-address",
         [*RERANK, "--engine", "ray", "--address", "", *OUT],
         2,
@@ -605,6 +617,12 @@ ROWS += [
         call=lambda ws: __import__("llmrerank.distributed").distributed.RayEngine(start_timeout=float("inf")),
         raises=TypeError,
         match="start_timeout must be a number, got inf",
+    ),
+    Row(
+        "api-ray-engine-bad-replace-timeout",
+        call=lambda ws: __import__("llmrerank.distributed").distributed.RayEngine(replace_timeout=0),
+        raises=ValueError,
+        match="replace_timeout must be above 0 seconds, got 0",
     ),
     Row(
         "api-ray-config-without-engine",

@@ -73,8 +73,10 @@ class RayEngine:
             (a death counts against the batch the worker was ranking, not those queued behind it).
         inflight: batches queued on each worker at once (the next is ready when one finishes).
         start_timeout: seconds a worker may take to be placed on the cluster and build its ranker. The first
-            workers not started by then end the run (an :class:`EngineError`); a replacement not started by then
-            gives up its slot, and the run goes on with the others (or ends, if no worker is left).
+            workers not started by then end the run (an :class:`EngineError`).
+        replace_timeout: seconds a replacement (for a worker that died) may take to start; none: ``start_timeout``.
+            A replacement not started by then gives up its slot, and the run goes on with the others (or ends, if
+            no worker is left). Shorter than ``start_timeout`` where a lost machine should not stall the run.
     """
 
     num_workers: int | None = None
@@ -84,6 +86,7 @@ class RayEngine:
     max_retries: int = 3
     inflight: int = 2
     start_timeout: float = 600.0
+    replace_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _count("num_workers", self.num_workers, allow_none=True)
@@ -99,8 +102,19 @@ class RayEngine:
             raise ValueError(f"cpus_per_worker must be above 0, got {self.cpus_per_worker}")
         if self.start_timeout <= 0:
             raise ValueError(f"start_timeout must be above 0 seconds, got {self.start_timeout}")
+        if self.replace_timeout is not None:
+            value = self.replace_timeout
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TypeError(f"replace_timeout must be a number, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"replace_timeout must be above 0 seconds, got {value}")
         if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
             raise ValueError(f"address must name a Ray cluster (host:port, auto or ray://...), got {self.address!r}")
+
+    @property
+    def replacement_timeout(self) -> float:
+        """Seconds a replacement worker may take to start: ``replace_timeout``, else ``start_timeout``."""
+        return self.start_timeout if self.replace_timeout is None else self.replace_timeout
 
     def start(self, ranker: Any) -> RayRanker:
         """The workers for ``ranker`` (a Ranker, whose ``config()`` they rebuild, or a config mapping), started:
@@ -149,7 +163,7 @@ class RayRanker:
     end of a ``with`` block) ends the workers, and the local cluster if it started one.
 
     Each worker has a slot. A worker whose process dies is replaced in its slot; a replacement that does not
-    start within the engine's ``start_timeout`` gives the slot up, and the others go on.
+    start within the engine's ``replacement_timeout`` gives the slot up, and the others go on.
     """
 
     def __init__(self, engine: RayEngine, config: dict[str, Any]):
@@ -202,6 +216,7 @@ class RayRanker:
             "address": e.address,
             "cpus_per_worker": e.cpus_per_worker,
             "gpus_per_worker": e.gpus_per_worker,
+            "replace_timeout": e.replacement_timeout,
             "workers_replaced": self.replaced,
             "workers_dropped": self.dropped,
             "batches_redone": self.redone,
@@ -286,7 +301,8 @@ class RayRanker:
         worker = self._actor.remote(self._worker_config, self._board)
         self._workers[slot] = worker
         self._pids[slot] = None
-        self._starting[slot] = (worker.info.remote(), time.monotonic() + self.engine.start_timeout)
+        # the deadline of a replacement (the first workers share start_timeout's, in _start_all)
+        self._starting[slot] = (worker.info.remote(), time.monotonic() + self.engine.replacement_timeout)
 
     def _start_all(self) -> list[dict[str, Any]]:
         """Wait for the first workers, each within ``start_timeout``: their ``info``. One that cannot build the
@@ -340,7 +356,8 @@ class RayRanker:
                 self._pids[slot] = self._checked(info)["pid"]
                 live.append(slot)
             elif now >= deadline:
-                self._drop(slot, f"it did not start within {self.engine.start_timeout:g} s (no node has room for it)")
+                took = self.engine.replacement_timeout
+                self._drop(slot, f"it did not start within {took:g} s (no node has room for it)")
         return live
 
     def _wait_started(self) -> None:
@@ -369,8 +386,8 @@ class RayRanker:
     def _none_left(self) -> str:
         return (
             f"no Ray worker is left to rank the remaining queries: the workers died and their replacements did not "
-            f"start within {self.engine.start_timeout:g} s (no node has room for them: a machine lost, or the cluster "
-            "busy)"
+            f"start within {self.engine.replacement_timeout:g} s (no node has room for them: a machine lost, or the "
+            "cluster busy; --replace-timeout)"
         )
 
     def _kill(self, worker: Any) -> None:

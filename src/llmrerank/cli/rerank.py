@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-ENGINE_FLAGS = ("num_workers", "address", "gpus_per_worker", "cpus_per_worker", "start_timeout")
+ENGINE_FLAGS = ("num_workers", "address", "gpus_per_worker", "cpus_per_worker", "start_timeout", "replace_timeout")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +56,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         "--start-timeout",
         type=positive_float,
         help="ray: seconds a worker may take to be placed and load the model before the run ends (600)",
+    )
+    g.add_argument(
+        "--replace-timeout",
+        type=positive_float,
+        help="ray: seconds a replacement for a dead worker may take to start before its slot is given up "
+        "(default: --start-timeout)",
     )
 
 
