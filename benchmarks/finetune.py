@@ -189,6 +189,12 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
         settings["max_positives"] = args.max_positives or None  # 0: every positive of a query
     if args.keep_best:
         settings["keep_best"] = True
+    if args.learning_rate is not None:
+        settings["learning_rate"] = args.learning_rate
+    if args.lora_r is not None:
+        settings.update(lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+    if args.loss_options:
+        settings["loss_options"] = dict(args.loss_options)
     if args.variant == "scifact":
         method, loss = args.method, args.loss
         settings.update(
@@ -718,6 +724,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-positives", type=int, default=None, help="positives a query at most (default 3 as in BASE; 0: all)"
     )
     parser.add_argument("--keep-best", action="store_true", help="model/ holds the best dev evaluation's weights")
+    parser.add_argument("--learning-rate", type=float, default=None, help="of the adapter (default 3e-4 as in BASE)")
+    parser.add_argument("--lora-r", type=int, default=None, help="the adapter's rank (default 16; alpha is 2r)")
+    parser.add_argument(
+        "--loss-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the loss, a number (e.g. sigma=5 for ranknet, temperature=0.5 for kl); repeatable",
+    )
     parser.add_argument(
         "--tag", default=None, help="a name for a run that departs from its variant's settings: files get -TAG"
     )
@@ -755,8 +770,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.departs.append("every positive" if args.max_positives == 0 else f"at most {args.max_positives} positives")
     if args.keep_best:
         args.departs.append("model/ = the best dev evaluation")
+    if args.learning_rate is not None:
+        if args.learning_rate <= 0:
+            parser.error("--learning-rate must be positive")
+        args.departs.append(f"learning rate {args.learning_rate:g}")
+    if args.lora_r is not None:
+        if args.lora_r <= 0:
+            parser.error("--lora-r must be positive")
+        args.departs.append(f"LoRA r{args.lora_r}/alpha{2 * args.lora_r}")
+    args.loss_options = {}
+    for item in args.loss_option:
+        key, eq, value = item.partition("=")
+        try:
+            if not eq or not key.strip():
+                raise ValueError(item)
+            args.loss_options[key.strip()] = float(value)
+        except ValueError:
+            parser.error(f"--loss-option {item!r}: KEY=NUMBER, e.g. sigma=5")
+    if args.loss_options:
+        args.departs.append("loss options " + ", ".join(f"{k}={v:g}" for k, v in args.loss_options.items()))
     if args.departs and args.tag is None:
-        parser.error("--max-positives and --keep-best depart from the variant's settings: name the run with --tag")
+        parser.error(
+            "--max-positives, --keep-best, --learning-rate, --lora-r and --loss-option depart from the variant's "
+            "settings: name the run with --tag"
+        )
     base = args.variant + (f"-{args.method}-{args.loss}".replace("_", "-") if args.variant == "distill" else "")
     args.name = base + (f"-{args.tag}" if args.tag else "")
     args.data = args.data.resolve()
