@@ -284,3 +284,31 @@ def test_a_model_trained_from_the_adapter_reloads_as_trained(folders, tmp_path, 
     restored = Reranker(model=str(result.model_dir), dtype="float32")
     assert restored.options.head_weights is not None
     assert restored.score(DOCS[0][0], docs) == pytest.approx(trained, abs=1e-4)
+
+
+@pytest.mark.model
+def test_served_rankers_with_and_without_an_adapter_do_not_share_merged_weights(folders):
+    """The adapter's LoRA is merged into its backend's weights: a served ranker without it (or with another) on
+    the same model gets its own copy, so its scores are the plain model's."""
+    from llmrerank.serve.service import load_rankers
+
+    base, adapter = folders
+    rankers = load_rankers(
+        [
+            {"name": "rankllama", "method": "pointwise", "model": str(base),
+             "options": {"family": "rankllama", "adapter": str(adapter)}},
+            {"name": "ql", "method": "likelihood", "model": str(base), "options": {"max_length": 96}},
+            {"name": "rankllama-again", "method": "pointwise", "model": str(base),
+             "options": {"family": "rankllama", "adapter": str(adapter.parent / ".." / adapter.parent.name / "adapter")}},
+        ]
+    )  # fmt: skip
+    assert rankers["ql"].backend is not rankers["rankllama"].backend
+    assert rankers["rankllama-again"].backend is rankers["rankllama"].backend  # the same adapter, however spelled
+    docs = [Document(id=str(i), text=p, title=t) for i, (_, t, p) in enumerate(DOCS[:2])]
+    plain = ours(base, smollm2_tokenizer(llama_pair=False))
+    from llmrerank.rankers import LikelihoodRanker
+
+    want = LikelihoodRanker(plain.backend, max_length=96).score(DOCS[0][0], docs)
+    assert rankers["ql"].score(DOCS[0][0], docs) == pytest.approx(want, abs=1e-4)
+    _, card = card_scores(adapter, smollm2_tokenizer(llama_pair=False), DOCS[:2])
+    assert rankers["rankllama"].score(DOCS[0][0], docs) == pytest.approx(card, abs=1e-4)

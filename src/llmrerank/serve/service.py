@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..rankers.base import PointScorer
@@ -88,14 +89,18 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         backend_table = BackendOptions.build(dict(spec.get("backend") or {})).to_dict()
         options = dict(spec.get("options") or {})
         options_class(spec["method"]).build(options)  # checked before its model loads
-        key = json.dumps([spec["model"], backend_table], sort_keys=True)
-        if key not in backends:
-            backends[key] = HFBackend.load(spec["model"], **backend_table)
         folder = trained.read(spec["model"])
         if folder is not None:  # a trained folder: its method and options, as Reranker(model=folder) restores them
             if folder.method != spec["method"]:
                 raise ValueError(f"{spec['model']} was trained for method {folder.method!r}, not {spec['method']!r}")
             options = {**folder.ranker_options(), **options}
+        # a published adapter (RankLLaMA's) is merged into its backend's weights: a ranker with another adapter,
+        # or none, must not share them
+        adapter = options.get("adapter")
+        adapter = str(Path(adapter).expanduser().resolve()) if adapter is not None else None
+        key = json.dumps([spec["model"], backend_table, adapter], sort_keys=True)
+        if key not in backends:
+            backends[key] = HFBackend.load(spec["model"], **backend_table)
         rankers[spec["name"]] = Reranker(spec["method"], backend=backends[key], **options)
     return rankers
 
