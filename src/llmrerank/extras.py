@@ -11,6 +11,9 @@ when peft is not installed.
 from __future__ import annotations
 
 import importlib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 # For each optional top-level module: the distribution that provides it, and the extra that installs it.
@@ -40,3 +43,13 @@ def require(module: str, feature: str, extra: str | None = None) -> ModuleType:
         if extra is None:
             raise MissingExtraError(f"{feature} needs {dist}: pip install {dist}") from e
         raise MissingExtraError(f'{feature} needs {dist}: pip install "llmrerank[{extra}]"') from e
+
+
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Wrap a model with peft without transformers' FutureWarning that ``is_gradient_checkpointing`` is
+    deprecated: peft reads that attribute itself (peft 0.21 with transformers 5), nothing the user did or can
+    change. Other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -408,10 +408,10 @@ def load_causal_lm(model: str, dtype: object, device: object) -> tuple[object, o
         fix = REINSTALL if isinstance(model, str) and model in trained.SHIPPED else RETRAIN
         check_adapter_folder(root, fix)
         lm, tokenizer, _ = load_causal_lm(folder.base_model, dtype, device)
-        from .extras import require
+        from .extras import peft_quietly, require
 
         peft = require("peft", f"loading the LoRA adapters in {model}")
-        with _loading(root, "the LoRA adapters", fix):
+        with _loading(root, "the LoRA adapters", fix), peft_quietly():
             adapted = peft.PeftModel.from_pretrained(lm, str(root))
         _check_adapter_keys(root, adapted, peft, fix)
         lm = adapted.merge_and_unload()
@@ -515,7 +515,7 @@ def merge_score_adapter(model: Any, adapter: ScoreAdapter) -> Any:
             the model expects that the file lacks, shapes that differ) or its score layer does not fit the
             model's hidden size.
     """
-    from .extras import require
+    from .extras import peft_quietly, require
 
     peft = require("peft", f"loading the adapter {adapter.path}")
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
@@ -530,7 +530,8 @@ def merge_score_adapter(model: Any, adapter: ScoreAdapter) -> Any:
     config.task_type, config.modules_to_save, config.inference_mode = None, None, True
     fix = "give the base model it was trained on as --model"
     try:
-        adapted = peft.get_peft_model(model, config)
+        with peft_quietly():
+            adapted = peft.get_peft_model(model, config)
     except ValueError as e:  # target modules the model does not have
         raise ModelLoadError(f"{adapter.path}: the adapter does not fit the base model ({_short(e)}); {fix}") from None
     try:

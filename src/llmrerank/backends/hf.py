@@ -183,7 +183,7 @@ class HFBackend:
     def add_lora(self, r: int, alpha: int, dropout: float, targets: str | Sequence[str]) -> None:
         """Freeze the model and wrap it with trainable LoRA adapters (peft) of rank ``r`` on the ``targets``
         modules (a module-name list, or peft's ``"all-linear"``)."""
-        from ..extras import require
+        from ..extras import peft_quietly, require
 
         if self.has_lora:
             raise ValueError("the model already has LoRA adapters")
@@ -191,7 +191,8 @@ class HFBackend:
         for p in self.model.parameters():
             p.requires_grad_(False)
         lora = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
-        self.model = peft.get_peft_model(self.model, lora)
+        with peft_quietly():
+            self.model = peft.get_peft_model(self.model, lora)
 
     def unfreeze(self) -> None:
         """Make every weight of the model trainable (full fine-tuning)."""
