@@ -731,7 +731,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an option of the loss, a number (e.g. sigma=5 for ranknet, temperature=0.5 for kl); repeatable",
+        help="a numeric option of the loss (e.g. sigma=5 for ranknet, temperature=0.5 for kl); repeatable",
     )
     parser.add_argument(
         "--tag", default=None, help="a name for a run that departs from its variant's settings: files get -TAG"
@@ -789,6 +789,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--loss-option {item!r}: KEY=NUMBER, e.g. sigma=5")
     if args.loss_options:
         args.departs.append("loss options " + ", ".join(f"{k}={v:g}" for k, v in args.loss_options.items()))
+    training = (args.learning_rate, args.lora_r, args.loss_options or None)
+    if args.variant == "zero-shot" and any(v is not None for v in training):
+        parser.error("--learning-rate, --lora-r and --loss-option set training: --variant zero-shot trains nothing")
+    if args.loss_options:  # refused now, not after the record is started (TrainConfig checks them the same way)
+        from llmrerank.train.config import _check_loss
+
+        try:
+            _check_loss(args.loss or VARIANTS[args.variant][1], args.loss_options)
+        except (ValueError, TypeError) as e:
+            parser.error(f"--loss-option: {e}")
     if args.departs and args.tag is None:
         parser.error(
             "--max-positives, --keep-best, --learning-rate, --lora-r and --loss-option depart from the variant's "

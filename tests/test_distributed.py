@@ -441,8 +441,13 @@ def test_an_address_names_the_joined_cluster_however_it_is_spelled(monkeypatch, 
 
     monkeypatch.setattr(socket, "gethostname", lambda: "this-machine")
     monkeypatch.setattr(socket, "gethostbyname_ex", lambda name: (name, [], ["10.0.0.5"]))
-    real = socket.gethostbyname
-    monkeypatch.setattr(socket, "gethostbyname", lambda h: "127.0.0.1" if h == "localhost" else real(h))
+
+    def resolve(host):  # no name service here: localhost only
+        if host == "localhost":
+            return "127.0.0.1"
+        raise socket.gaierror(f"unknown host {host}")
+
+    monkeypatch.setattr(socket, "gethostbyname", resolve)
     assert _same_cluster(asked, joined) is same
 
 

@@ -293,13 +293,14 @@ def test_served_rankers_with_and_without_an_adapter_do_not_share_merged_weights(
     from llmrerank.serve.service import load_rankers
 
     base, adapter = folders
+    spelled = str(adapter.parent / ".." / adapter.parent.name / adapter.name)  # the same folder, another path
     rankers = load_rankers(
         [
             {"name": "rankllama", "method": "pointwise", "model": str(base),
              "options": {"family": "rankllama", "adapter": str(adapter)}},
             {"name": "ql", "method": "likelihood", "model": str(base), "options": {"max_length": 96}},
             {"name": "rankllama-again", "method": "pointwise", "model": str(base),
-             "options": {"family": "rankllama", "adapter": str(adapter.parent / ".." / adapter.parent.name / "adapter")}},
+             "options": {"family": "rankllama", "adapter": spelled}},
         ]
     )  # fmt: skip
     assert rankers["ql"].backend is not rankers["rankllama"].backend

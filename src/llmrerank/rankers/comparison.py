@@ -76,11 +76,11 @@ class ComparisonRanker(ListRanker):
         self.labels = list(LABELS[: self._label_count()])
         try:
             self.opener, self.label_token_ids = self._label_token_ids()
+            check = label_tokens_check(backend.tokenizer, self.labels, self.opener, self.label_token_ids)
         except ValueError as e:
-            self.build_checks.append(label_tokens_failed(self.labels, e))
-            raise_failures(self.build_checks)
-        tokenizer = backend.tokenizer
-        self.build_checks.append(label_tokens_check(tokenizer, self.labels, self.opener, self.label_token_ids))
+            check = label_tokens_failed(self.labels, e)
+        self.build_checks.append(check)
+        raise_failures(self.build_checks)
 
     # -- start-up checks -------------------------------------------------------------------------------------
 

@@ -177,11 +177,11 @@ class ListwiseRanker(ListRanker):
         if o.decoding == "first":
             try:
                 self.opener, self.label_token_ids = self._first_token_ids()
+                check = label_tokens_check(backend.tokenizer, self.labels, self.opener, self.label_token_ids)
             except ValueError as e:
-                self.build_checks.append(label_tokens_failed(self.labels, e))
-                raise_failures(self.build_checks)
-            tokenizer = backend.tokenizer
-            self.build_checks.append(label_tokens_check(tokenizer, self.labels, self.opener, self.label_token_ids))
+                check = label_tokens_failed(self.labels, e)
+            self.build_checks.append(check)
+            raise_failures(self.build_checks)
 
     # -- start-up checks -------------------------------------------------------------------------------------
 

@@ -83,9 +83,13 @@ class Trainer:
 
             backend = HFBackend.load(c.model, dtype=c.dtype, threads=c.threads)
         self.backend = backend
-        # the ranker first: a published adapter it names (RankLLaMA's) is merged into the model before LoRA wraps it
-        self.ranker = setup.build_ranker(self.backend, c)
-        setup.prepare_model(self.backend, c)
+        if c.options.get("adapter") is not None:
+            # a published adapter (RankLLaMA's) is merged into the model by the ranker, before LoRA wraps it
+            self.ranker = setup.build_ranker(self.backend, c)
+            setup.prepare_model(self.backend, c)
+        else:  # the LoRA initialisation draws from the RNG before a dense head's, as runs before adapters did
+            setup.prepare_model(self.backend, c)
+            self.ranker = setup.build_ranker(self.backend, c)
         if groups is None:
             groups, stats = load_groups(c)
             print(f"training groups: {stats}", file=sys.stderr)
