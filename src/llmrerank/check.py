@@ -158,11 +158,15 @@ def answer_tokens_check(tokenizer: Any, words: Sequence[str], find: Callable[[],
     )
 
 
-def label_tokens_check(tokenizer: Any, labels: Sequence[str], opener: str, ids: Sequence[int]) -> Check:
-    """The passage labels (pairwise/setwise) or identifiers (listwise FIRST) a ranker reads, found as single,
-    distinct tokens after ``opener``: the ``answer_tokens`` line of a list method (its failure is the ranker's
-    own ValueError, recorded as a failed check by :func:`label_tokens_failed`)."""
-    ids = [int(i) for i in ids]
+def label_tokens_check(tokenizer: Any, labels: Sequence[str], find: Callable[[], tuple[str, Sequence[int]]]) -> Check:
+    """The passage labels (pairwise/setwise) or identifiers (listwise FIRST) a ranker reads, as single, distinct
+    tokens: ``find`` returns the opener written before them and their ids, or raises the ValueError that says why
+    not. The ``answer_tokens`` line of a list method; its values hold ``opener`` and ``ids`` for the ranker."""
+    try:
+        opener, found = find()
+    except ValueError as e:
+        return Check("answer_tokens", "fail", str(e), {"words": list(labels)})
+    ids = [int(i) for i in found]
     tokens = tokenizer.convert_ids_to_tokens(ids)
     shown = [f"{opener + w!r} -> {i} ({t!r})" for w, i, t in zip(labels, ids, tokens)]
     if len(shown) > 4:  # a window of 20 identifiers: the first ones and the last (values hold them all)
@@ -173,11 +177,6 @@ def label_tokens_check(tokenizer: Any, labels: Sequence[str], opener: str, ids: 
         f"{', '.join(shown)}: {len(ids)} single, distinct tokens",
         {"words": list(labels), "opener": opener, "ids": ids, "tokens": list(tokens)},
     )
-
-
-def label_tokens_failed(labels: Sequence[str], error: ValueError) -> Check:
-    """A list method's labels that are not single, distinct tokens (see :func:`label_tokens_check`)."""
-    return Check("answer_tokens", "fail", str(error), {"words": list(labels)})
 
 
 def long_document(max_length: int) -> Document:

@@ -57,22 +57,6 @@ def rerank(
     """
     if fuse is not None and not isinstance(fuse, Fusion):
         raise TypeError(f"fuse must be a Fusion (llmrerank.fusion.Fusion), got {type(fuse).__name__}")
-    rankings = _rerank(ranker, queries, corpus, run, top_k, skip, queries_per_batch)
-    if fuse is None:
-        return rankings
-    return ((qid, fuse_ranking(r, dict(list(run[qid])[:top_k]), fuse)) for qid, r in rankings)
-
-
-def _rerank(
-    ranker: Ranker,
-    queries: Mapping[str, str],
-    corpus: Mapping[str, Document],
-    run: Run,
-    top_k: int,
-    skip: Collection[str],
-    queries_per_batch: int,
-) -> Iterator[tuple[str, Ranking]]:
-    """:func:`rerank` without the fusion."""
     groups = check_inputs(ranker, queries, corpus, run, top_k, skip, queries_per_batch)
     heads: dict[int, tuple[list[str], list[list[str]]]] = {}  # each batch's query ids and candidate ids
 
@@ -83,8 +67,12 @@ def _rerank(
 
     rank_batches = getattr(ranker, "rank_batches", None)
     if rank_batches is not None:
-        return _accepted(rank_batches(payloads()), heads)
-    return _accepted(((i, ranker.rank_many(texts, docs)) for i, (_, texts, docs) in enumerate(payloads())), heads)
+        rankings = _accepted(rank_batches(payloads()), heads)
+    else:
+        rankings = _accepted(((i, ranker.rank_many(t, d)) for i, (_, t, d) in enumerate(payloads())), heads)
+    if fuse is None:
+        return rankings
+    return ((qid, fuse_ranking(r, dict(list(run[qid])[:top_k]), fuse)) for qid, r in rankings)
 
 
 def check_inputs(

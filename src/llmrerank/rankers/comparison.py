@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
-from ..check import label_tokens_check, label_tokens_failed, raise_failures
+from ..check import label_tokens_check, raise_failures
 from ..options import Options, option, template_option
 from ..prompts import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, continuation_ids, word_openers
 from ..types import DocLike, Document, Ranking, make_ranking
@@ -74,13 +74,10 @@ class ComparisonRanker(ListRanker):
         o = self.options
         self.renderer = ComparisonRenderer(o.template, backend.tokenizer, o.passage_tokens, o.max_length)
         self.labels = list(LABELS[: self._label_count()])
-        try:
-            self.opener, self.label_token_ids = self._label_token_ids()
-            check = label_tokens_check(backend.tokenizer, self.labels, self.opener, self.label_token_ids)
-        except ValueError as e:
-            check = label_tokens_failed(self.labels, e)
-        self.build_checks.append(check)
+        self.build_checks.append(label_tokens_check(backend.tokenizer, self.labels, self._label_token_ids))
         raise_failures(self.build_checks)
+        found = self.build_checks[-1].values
+        self.opener, self.label_token_ids = found["opener"], found["ids"]
 
     # -- start-up checks -------------------------------------------------------------------------------------
 

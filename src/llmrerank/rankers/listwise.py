@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
-from ..check import label_tokens_check, label_tokens_failed, raise_failures
+from ..check import label_tokens_check, raise_failures
 from ..options import Options, option, template_option
 from ..prompts import RANKZEPHYR_PARAPHRASE, ListwiseRenderer, continuation_ids, encode
 from ..prompts.families import family_names, get_family
@@ -175,13 +175,10 @@ class ListwiseRanker(ListRanker):
         self.opener = ""
         self.label_token_ids: list[int] = []
         if o.decoding == "first":
-            try:
-                self.opener, self.label_token_ids = self._first_token_ids()
-                check = label_tokens_check(backend.tokenizer, self.labels, self.opener, self.label_token_ids)
-            except ValueError as e:
-                check = label_tokens_failed(self.labels, e)
-            self.build_checks.append(check)
+            self.build_checks.append(label_tokens_check(backend.tokenizer, self.labels, self._first_token_ids))
             raise_failures(self.build_checks)
+            found = self.build_checks[-1].values
+            self.opener, self.label_token_ids = found["opener"], found["ids"]
 
     # -- start-up checks -------------------------------------------------------------------------------------
 
