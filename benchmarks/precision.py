@@ -6,7 +6,10 @@ mode, the modes interleaved query by query (so they share whatever else the mach
 - ``float32``: the reference, float32 weights, shared prefixes computed once;
 - ``float32-plain``: float32 without prefix reuse (must equal the reference within 1e-4);
 - ``bfloat16``: bfloat16 weights (prefix reuse on);
-- ``int8``: dynamic int8 linear layers on float32 (prefix reuse on).
+- ``int8``: dynamic int8 linear layers on float32 (prefix reuse on);
+- ``float32-compile``, ``bfloat16-compile``: those weights with the feed-forward blocks and norms compiled
+  (``compile=True``; prefix reuse on). Their docs/s include the compiling done in the first query's passes, not
+  the warm-up at load.
 
 Reported per mode: nDCG@10 and its change against float32, the mean per-query Kendall tau-b of the scores
 against float32, the largest score difference, docs/s and the speed-up. The rule for a default (issue 14):
@@ -14,6 +17,8 @@ nDCG@10 within 0.005 of float32 and a mean tau of at least 0.95.
 
     python benchmarks/precision.py                      # both presets: writes benchmarks/results/precision.json
     python benchmarks/precision.py --models smollm2-135m --queries 5   # a quick look
+    python benchmarks/precision.py --models smollm2-135m --modes float32 bfloat16 float32-compile bfloat16-compile \
+        --out benchmarks/results/precision-compile.json
 
 Each finished (model, method) row is written at once; a rerun skips the rows the JSON already holds.
 """
@@ -33,6 +38,8 @@ MODES = {
     "float32-plain": {"dtype": "float32", "reuse_prefix": False},
     "bfloat16": {"dtype": "bfloat16"},
     "int8": {"dtype": "float32", "quantize": "int8"},
+    "float32-compile": {"dtype": "float32", "compile": True},
+    "bfloat16-compile": {"dtype": "bfloat16", "compile": True},
 }
 REFERENCE = "float32"
 MAX_DELTA = 0.005
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     add_data_option(ap, "dl19/")
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-0.5b"])
     ap.add_argument("--methods", nargs="+", default=["pointwise", "likelihood"])
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=["float32", "float32-plain", "bfloat16", "int8"], choices=list(MODES))
     ap.add_argument("--queries", type=int, default=None, help="the first N DL19 queries (default: all 43)")
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--max-length", type=int, default=256)

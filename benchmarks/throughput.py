@@ -7,7 +7,8 @@ contestant runs in its own subprocess, one after another, so each has the machin
 is its own:
 
 - llmrerank, pointwise yes/no (its default method and template), in the configurations of ``CONFIGS``: the
-  earlier defaults (float32, count batches, no prefix reuse), then one feature at a time, then the defaults;
+  earlier defaults (float32, count batches, no prefix reuse), then one feature at a time, then the defaults,
+  and with ``compile`` (its warm-up at load is reported apart, not counted in docs/s);
 - llmrerank with the peer's prompt and score (the BGE reranker prompt, the raw "Yes" logit), to check that the
   rankings agree with the peer's;
 - peers, in their own virtualenv (``benchmarks/peers/setup.sh`` builds it; ``--no-peers`` skips them):
@@ -65,6 +66,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "llmrerank bfloat16 + prefix reuse + token budget": {"dtype": "bfloat16"},
     "llmrerank defaults": {},
     "llmrerank defaults, max_length 512 (memory)": {"max_length": 512},
+    "llmrerank defaults + compile": {"compile": True},
+    "llmrerank bfloat16 + prefix reuse + token budget + compile": {"dtype": "bfloat16", "compile": True},
 }
 BGE_ROW = "llmrerank defaults, BGE prompt and Yes logit"
 FAMILY_ROW = "llmrerank defaults, family bge-reranker-v2-gemma"
@@ -90,7 +93,9 @@ def child_llmrerank(args: argparse.Namespace) -> dict[str, Any]:
     options = json.loads(args.options)
     ds = load_dataset("dl19", args.data, args.top_k, args.queries)
     options = {"max_length": args.max_length, "batch_size": args.batch_size, **options}
+    loading = time.perf_counter()
     ranker = Reranker(args.method, model=args.model, **options)
+    load_seconds = time.perf_counter() - loading
     before = ranker.backend.stats.snapshot()
     start = time.perf_counter()
     scores = {}
@@ -110,6 +115,8 @@ def child_llmrerank(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s": (used["tokens"] + used["reused_tokens"]) / seconds,
         "resolved_dtype": ranker.backend.dtype,
         "backend": ranker.config()["backend"],
+        "load_seconds": load_seconds,  # not in docs/s: loading, and with compile its warm-up passes
+        "compile_seconds": ranker.backend.compile_seconds,
         "peak_rss_mib": peak_rss_mib(),
         "scores": {q: [[d, s] for (d, _), s in zip(ds.run[q], scores[q])] for q in ds.qids},
     }
@@ -239,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-others", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="run only the contestants whose names contain these")
+    ap.add_argument("--exact", action="store_true", help="--only names whole contestant names")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--child", choices=["llmrerank", "other", "roofline"], help=argparse.SUPPRESS)
     ap.add_argument("--options", default="{}", help=argparse.SUPPRESS)
@@ -278,7 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = result["rows"]
 
     def wanted(name: str) -> bool:
-        return name not in rows and (args.only is None or any(s in name for s in args.only))
+        if name in rows:
+            return False
+        return args.only is None or any(s == name if args.exact else s in name for s in args.only)
 
     if not result.get("roofline"):
         print("roofline ...", flush=True)

@@ -213,6 +213,8 @@ def test_int8_quantisation_replaces_the_linear_layers_and_keeps_scores_close(tin
         ({"reuse_prefix": 1}, "reuse_prefix must be"),
         ({"batch_tokens": 0}, "batch_tokens must be"),
         ({"threads": 0}, "threads must be at least 1"),
+        ({"compile": True, "quantize": "int8"}, "compile does not combine with quantize='int8': choose one"),
+        ({"compile": "yes"}, "compile must be"),
     ],
 )
 def test_bad_speed_options_are_refused_before_a_model_loads(given, message):
@@ -220,3 +222,93 @@ def test_bad_speed_options_are_refused_before_a_model_loads(given, message):
 
     with pytest.raises((ValueError, TypeError), match=message):
         Reranker("likelihood", model="/nonexistent/folder", **given)
+
+
+def _compile_cases() -> tuple[list[list[int]], list[list[int]]]:
+    """Prompts of every pass shape compile meets: two queries' shared heads (a prefix pass of one row, then rows
+    after it), prompts that share nothing, a one-token prompt; and a target for each."""
+    prompts = [*_shared_prefix_prompts(), *_sequences(6), [9]]
+    return prompts, [list(range(7, 8 + i % 3)) for i in range(len(prompts))]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_compile_keeps_every_primitive_and_the_model_as_it_was(tokenizer, arch):
+    from conftest import make_model
+
+    prompts, targets = _compile_cases()
+    eager = HFBackend(make_model(len(tokenizer), arch), tokenizer, batch_size=4)
+    model = make_model(len(tokenizer), arch)  # the same weights (same seed), compiled
+    names = list(model.state_dict())
+    compiled = HFBackend(model, tokenizer, batch_size=4, compile=True)
+    # each of the 2 layers' MLP and its 2 RMS norms, and the final norm; compiled in place: the same modules,
+    # names and weights (a trained adapter or a checkpoint still loads into them)
+    assert compiled.compiled == 2 * 3 + 1 and compiled.compile_seconds > 0
+    assert list(model.state_dict()) == names
+    kinds = {type(m).__name__ for m in model.modules() if m._compiled_call_impl is not None}
+    assert kinds == {f"{'Qwen2' if arch == 'qwen2' else 'Llama'}{k}" for k in ("MLP", "RMSNorm")}
+    torch.testing.assert_close(compiled.last_logits(prompts), eager.last_logits(prompts), atol=1e-4, rtol=0)
+    torch.testing.assert_close(compiled.last_hidden(prompts), eager.last_hidden(prompts), atol=1e-4, rtol=0)
+    for a, b in zip(compiled.target_logprobs(prompts, targets), eager.target_logprobs(prompts, targets)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert compiled.generate(prompts[:5], 6) == eager.generate(prompts[:5], 6)
+    assert compiled.stats.reused_tokens == eager.stats.reused_tokens > 0  # the same passes, prefixes included
+
+
+def test_a_compiled_backend_refuses_to_train(tokenizer):
+    from conftest import make_model
+
+    backend = HFBackend(make_model(len(tokenizer), "llama"), tokenizer, compile=True)
+    for step in (lambda: backend.add_lora(4, 8, 0.0, "all-linear"), backend.unfreeze):
+        with pytest.raises(ValueError, match=r"compiled for inference \(compile=True\): load it without compile"):
+            step()
+    assert not backend.has_lora
+
+
+def test_compile_without_a_working_cxx_compiler_fails_at_load_naming_the_cause(tokenizer):
+    """A CPU without a C++ compiler: inductor cannot build the kernels. The error comes at load (two small passes
+    run there), names the cause and the way out, and leaves the model uncompiled."""
+    import torch._inductor.config as inductor
+
+    from conftest import make_model
+    from llmrerank.backends.hf import CompileError
+    from llmrerank.cli import FAILED, describe_error
+
+    model = make_model(len(tokenizer), "llama")
+    before = model(input_ids=torch.tensor([[7, 8, 9]])).logits
+    torch._dynamo.reset()  # no compiled code of an earlier test may serve the passes
+    no_compiler = {"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False, "autotune_local_cache": False}
+    with inductor.patch(no_compiler), pytest.raises(CompileError) as failed:
+        HFBackend(model, tokenizer, compile=True)
+    message = str(failed.value)
+    assert message.startswith("torch.compile could not build kernels for this model (InductorError: ")
+    assert "/nonexistent/c++" in message and "load the model without compile" in message
+    assert describe_error(failed.value) == (message, FAILED)  # the CLI prints it as one line, exit 1
+    assert all(m._compiled_call_impl is None for m in model.modules())
+    torch.testing.assert_close(model(input_ids=torch.tensor([[7, 8, 9]])).logits, before)
+
+
+def test_a_model_without_mlp_or_rms_norm_modules_cannot_compile(tokenizer):
+    class Bare(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, input_ids, **kwargs):
+            raise AssertionError("not reached")
+
+    with pytest.raises(ValueError, match="compile found no feed-forward or RMS norm modules in Bare"):
+        HFBackend(Bare(), tokenizer, compile=True)
+
+
+def test_compile_is_an_option_every_entry_point_rebuilds(tiny_model_dir):
+    from llmrerank import Reranker
+
+    docs = ["how do bees make honey", "the cat sat on the mat", "bees and honey"]
+    eager = Reranker("likelihood", model=str(tiny_model_dir), max_length=64)
+    compiled = Reranker("likelihood", model=str(tiny_model_dir), max_length=64, compile=True)
+    assert compiled.backend.compiled == 7 and eager.backend.compiled == 0
+    assert compiled.score("honey bees", docs) == pytest.approx(eager.score("honey bees", docs), abs=1e-4)
+    config = compiled.config()
+    assert config["backend"]["compile"] is True and eager.config()["backend"]["compile"] is False
+    again = Reranker.from_config(config)
+    assert again.backend.compiled == 7

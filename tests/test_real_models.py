@@ -86,3 +86,17 @@ def test_prefix_reuse_keeps_the_135m_scores_in_float32(method):
     for query, _ in CASES:
         assert reused.score(query, passages) == pytest.approx(plain.score(query, passages), abs=1e-4)
     assert reused.backend.stats.reused_tokens > 0 and plain.backend.stats.reused_tokens == 0
+
+
+def test_compile_keeps_the_135m_scores_in_float32():
+    """The 135M preset with its 30 layers' feed-forward blocks and norms compiled (and the final norm): the eager
+    scores within 1e-4, passes with a reused prefix included."""
+    require_preset("smollm2-135m")
+    threads = min(2, os.cpu_count() or 1)
+    eager = Reranker("pointwise", model="smollm2-135m", dtype="float32", threads=threads)
+    compiled = Reranker("pointwise", model="smollm2-135m", dtype="float32", threads=threads, compile=True)
+    assert compiled.backend.compiled == 30 * 3 + 1
+    passages = [p for _, p in CASES] * 2
+    for query, _ in CASES:
+        assert compiled.score(query, passages) == pytest.approx(eager.score(query, passages), abs=1e-4)
+    assert compiled.backend.stats.reused_tokens > 0

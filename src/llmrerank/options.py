@@ -246,10 +246,16 @@ class BackendOptions(Options):
         True, "compute a prefix that prompts share (instruction, query) once", parse=parse_switch, choices=(True, False)
     )
     quantize: str | None = option(None, "dynamic int8 linear layers (CPU, float32)", types=str, choices=("int8",))
+    compile: bool = option(
+        False, "fuse the feed-forward blocks and norms with torch.compile (inference; a few seconds at load)",
+        parse=parse_switch, choices=(True, False),
+    )
 
     def check(self) -> None:
         if self.quantize is not None and self.dtype not in ("auto", "float32"):
             raise ValueError(f"quantize={self.quantize!r} needs float32 weights: dtype 'float32' or 'auto'")
+        if self.compile and self.quantize is not None:
+            raise ValueError(f"compile does not combine with quantize={self.quantize!r}: choose one")
         if self.device != "auto":
             import torch
 

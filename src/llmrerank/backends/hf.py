@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,39 @@ def quantize_int8(model: Any) -> Any:
     from torch.ao.quantization import quantize_dynamic
 
     return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+# What ``compile`` fuses: each decoder layer's feed-forward block and RMS norms, and the final norm, found by class
+# name (LlamaMLP, Qwen2RMSNorm, Gemma2MLP, Qwen3RMSNorm...). They hold most of the elementwise work (SiLU times the
+# gate, the norms' square, mean and scaling) that is most of a pass's time once bfloat16 makes the matrix
+# multiplies fast. Attention stays eager: its key/value cache changes kind and shape from pass to pass.
+COMPILED_KINDS = ("MLP", "RMSNorm")
+
+
+class CompileError(RuntimeError):
+    """torch.compile could not build kernels for the model (on a CPU: no working C++ compiler, say)."""
+
+
+def compile_model(model: Any) -> list[Any]:
+    """Compile, in place, the modules of ``model`` that :data:`COMPILED_KINDS` names (``nn.Module.compile``: the
+    module tree, its names and its weights stay as they are), with dynamic shapes, so that passes of any batch
+    size and width share the compiled code; the first pass of a new kind of shape (one row, one token) compiles
+    once more. Returns the compiled modules."""
+    picked = [m for m in model.modules() if type(m).__name__.endswith(COMPILED_KINDS)]
+    if not picked:
+        raise ValueError(
+            f"compile found no feed-forward or RMS norm modules in {type(model).__name__} (it knows transformers' "
+            "decoder layers, whose classes end in MLP and RMSNorm): load it without compile"
+        )
+    for module in picked:
+        module.compile(dynamic=True)
+    return picked
+
+
+def uncompile(modules: Sequence[Any]) -> None:
+    """Undo :func:`compile_model` (``nn.Module.compile`` keeps the compiled call in ``_compiled_call_impl``)."""
+    for module in modules:
+        module._compiled_call_impl = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -105,6 +139,7 @@ class HFBackend:
         name: str = "model",
         batch_tokens: int = 8192,
         reuse_prefix: bool = True,
+        compile: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -126,6 +161,40 @@ class HFBackend:
         self.quantize: str | None = None
         # transformers 5.2x renamed `past_key_values` to `cache`; accept both.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.compiled = 0  # how many modules compile_model compiled (0: eager)
+        self.compile_seconds = 0.0  # the first passes' compile time, at load
+        if compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        """Compile the model's feed-forward blocks and norms (:func:`compile_model`) and run two small passes (two
+        rows, one row), so that the kernels are built now, not in the first request, and a failure to build them
+        is an error at load, naming its cause."""
+        import time
+
+        start = time.perf_counter()
+        modules = compile_model(self.model)
+        token = self.pad_id if self.tokenizer.eos_token_id is None else int(self.tokenizer.eos_token_id)
+        inductor = logging.getLogger("torch._inductor")
+        level = inductor.level
+        inductor.setLevel(logging.CRITICAL + 1)  # a failed build logs pages of its graph: the error below says it
+        try:
+            with torch.inference_mode():
+                for rows in (2, 1):
+                    ids = torch.full((rows, 16), token, dtype=torch.long, device=self.device)
+                    self.model(input_ids=ids, logits_to_keep=1, use_cache=False)
+        except Exception as e:
+            uncompile(modules)  # the model as it was
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CompileError(
+                f"torch.compile could not build kernels for this model ({type(e).__name__}: {first}); on a CPU it "
+                "needs a working C++ compiler (gcc or clang) and Python's headers: install them, or load the "
+                "model without compile"
+            ) from e
+        finally:
+            inductor.setLevel(level)
+        self.compiled = len(modules)
+        self.compile_seconds = time.perf_counter() - start
 
     @classmethod
     def load(
@@ -138,12 +207,15 @@ class HFBackend:
         batch_tokens: int = 8192,
         reuse_prefix: bool = True,
         quantize: str | None = None,
+        compile: bool = False,
     ) -> HFBackend:
         """Load a preset, a Hugging Face folder or a GGUF file (see :func:`llmrerank.models.resolve`).
 
         ``dtype="auto"`` loads bfloat16 weights where the device computes bfloat16 natively (a CPU with AMX or
         AVX512-BF16, a bf16-capable GPU), float32 elsewhere; the dtype it resolved to is ``backend.dtype``.
         ``quantize="int8"`` applies dynamic int8 quantisation to the linear layers (CPU, float32 weights).
+        ``compile=True`` compiles the feed-forward blocks and norms (:func:`compile_model`, inference only) and
+        builds their kernels before returning.
         The backend keeps what it was loaded with as ``options`` (a :class:`~llmrerank.options.BackendOptions`),
         so a ranker's ``config()`` can rebuild it.
         """
@@ -154,6 +226,7 @@ class HFBackend:
         options = BackendOptions(
             batch_size=batch_size, batch_tokens=batch_tokens, dtype=dtype if isinstance(dtype, str) else
             dtype_name(dtype), device=device, threads=threads, reuse_prefix=reuse_prefix, quantize=quantize,
+            compile=compile,
         )
         if threads is not None:
             torch.set_num_threads(threads)
@@ -167,7 +240,7 @@ class HFBackend:
             lm = quantize_int8(lm)
         backend = cls(
             lm, tokenizer, batch_size=batch_size, device=dev, name=name, batch_tokens=batch_tokens,
-            reuse_prefix=reuse_prefix,
+            reuse_prefix=reuse_prefix, compile=compile,
         )
         backend.quantize = quantize
         backend.options = options
@@ -185,6 +258,7 @@ class HFBackend:
         modules (a module-name list, or peft's ``"all-linear"``)."""
         from ..extras import peft_quietly, require
 
+        self._refuse_training_when_compiled()
         if self.has_lora:
             raise ValueError("the model already has LoRA adapters")
         peft = require("peft", "LoRA training")
@@ -194,8 +268,14 @@ class HFBackend:
         with peft_quietly():
             self.model = peft.get_peft_model(self.model, lora)
 
+    def _refuse_training_when_compiled(self) -> None:
+        if self.compiled:
+            raise ValueError("this backend's model is compiled for inference (compile=True): load it without "
+                             "compile to train it")
+
     def unfreeze(self) -> None:
         """Make every weight of the model trainable (full fine-tuning)."""
+        self._refuse_training_when_compiled()
         for p in self.model.parameters():
             p.requires_grad_(True)
 

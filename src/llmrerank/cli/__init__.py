@@ -85,6 +85,9 @@ def describe_error(e: BaseException) -> tuple[str, int]:
         return "out of GPU memory; lower --batch-size (or --queries-per-batch, --max-length)", FAILED
     if isinstance(e, FloatingPointError):
         return str(e), FAILED
+    hf = sys.modules.get("llmrerank.backends.hf")  # loaded whenever a model was: only then can compiling fail
+    if hf is not None and isinstance(e, hf.CompileError):
+        return str(e), FAILED
     return (
         f"unexpected {type(e).__name__}: {e}. This is a bug in llmrerank: rerun with --debug for the traceback "
         "and report it",

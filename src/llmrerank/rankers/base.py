@@ -80,6 +80,8 @@ def backend_options(backend: Any) -> dict[str, Any]:
         out["dtype"] = backend.dtype
     if getattr(backend, "device", None) is not None:
         out["device"] = str(backend.device)
+    if getattr(backend, "compiled", 0):
+        out["compile"] = True
     return out
 
 
