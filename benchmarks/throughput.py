@@ -66,7 +66,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "llmrerank bfloat16 + prefix reuse + token budget": {"dtype": "bfloat16"},
     "llmrerank defaults": {},
     "llmrerank defaults, max_length 512 (memory)": {"max_length": 512},
+    "llmrerank defaults, passes filled (no pass cost)": {"pass_cost": 10**9},
     "llmrerank defaults + compile": {"compile": True},
+    "llmrerank bfloat16 + prefix reuse + token budget, passes filled": {"dtype": "bfloat16", "pass_cost": 10**9},
     "llmrerank bfloat16 + prefix reuse + token budget + compile": {"dtype": "bfloat16", "compile": True},
 }
 BGE_ROW = "llmrerank defaults, BGE prompt and Yes logit"

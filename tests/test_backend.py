@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from llmrerank.backends.hf import HFBackend, parse_dtype
+from llmrerank.backends.planner import plan_batches
+
+FILL = 10**9  # a pass cost that makes the planner fill every pass
 
 
 def _sequences(n: int = 16) -> list[list[int]]:
@@ -160,8 +163,9 @@ def test_token_budget_passes_give_the_same_scores_and_count_padding(tokenizer):
 
     model = make_model(len(tokenizer))
     seqs = _sequences(16)
-    by_count = HFBackend(model, tokenizer, batch_size=16, reuse_prefix=False)
-    by_tokens = HFBackend(model, tokenizer, batch_size=16, batch_tokens=64, reuse_prefix=False)
+    # a pass cost this large fills every pass (the fewest passes), as a GPU's default does
+    by_count = HFBackend(model, tokenizer, batch_size=16, reuse_prefix=False, pass_cost=FILL)
+    by_tokens = HFBackend(model, tokenizer, batch_size=16, batch_tokens=64, reuse_prefix=False, pass_cost=FILL)
     torch.testing.assert_close(by_tokens.last_logits(seqs), by_count.last_logits(seqs), atol=1e-4, rtol=1e-4)
     assert by_count.stats.forward_calls == 1 and by_tokens.stats.forward_calls > 1
     assert by_tokens.stats.tokens == by_count.stats.tokens == sum(len(s) for s in seqs)
@@ -312,3 +316,24 @@ def test_compile_is_an_option_every_entry_point_rebuilds(tiny_model_dir):
     assert config["backend"]["compile"] is True and eager.config()["backend"]["compile"] is False
     again = Reranker.from_config(config)
     assert again.backend.compiled == 7
+
+
+def test_the_pass_cost_defaults_to_the_devices_and_cuts_padding_without_changing_scores(tokenizer):
+    from conftest import make_model
+    from llmrerank.backends.hf import PASS_COST
+
+    model = make_model(len(tokenizer))
+    seqs = _sequences(16)
+    cut = HFBackend(model, tokenizer, batch_size=16, reuse_prefix=False)  # CPU float32: its measured pass cost
+    filled = HFBackend(model, tokenizer, batch_size=16, reuse_prefix=False, pass_cost=FILL)
+    assert cut.pass_cost == PASS_COST[("cpu", "float32")] == 40
+    torch.testing.assert_close(cut.last_logits(seqs), filled.last_logits(seqs), atol=1e-4, rtol=1e-4)
+    # lengths 3 to 39: one pass of 16 rows pads every row to the longest; at 40 tokens a pass, the planner cuts
+    # the sorted lengths where that padding costs more
+    assert filled.stats.forward_calls == 1 and cut.stats.forward_calls > 1
+    assert cut.stats.padded_tokens < filled.stats.padded_tokens
+    expected = [len(p) for p in plan_batches([len(s) for s in seqs], 8192, 16, pass_cost=40)]
+    assert [len(p.rows) for p in cut.plan(seqs, reuse=False)] == expected
+    assert HFBackend(model.to(torch.bfloat16), tokenizer).pass_cost == 250  # bfloat16 passes cost more tokens
+    with pytest.raises(ValueError, match="pass_cost must be at least 0"):
+        HFBackend(model, tokenizer, pass_cost=-1)

@@ -159,7 +159,7 @@ def test_from_config_loads_the_model_and_the_backend_options(tiny_model_dir):
     config = ranker.config()
     assert config["backend"] == {
         "batch_size": 3, "batch_tokens": 8192, "dtype": "float32", "device": "auto", "threads": None,
-        "reuse_prefix": True, "quantize": None, "compile": False,
+        "reuse_prefix": True, "quantize": None, "pass_cost": None, "compile": False,
     }
     assert config["model"] == str(tiny_model_dir)
     rebuilt = Reranker.from_config(json.loads(json.dumps(config)))

@@ -128,3 +128,66 @@ def test_plan_runs_groups_first_then_the_rest_and_covers_every_sequence_once():
         assert len(p.rows) * max(len(seqs[i]) - 50 for i in p.rows) <= 32 and len(p.rows) <= 4
     assert sorted(i for p in passes for i in p.rows) == list(range(12))
     assert [p.prefix for p in plan(seqs, 32, 4, reuse_prefix=False)] == [0] * len(plan(seqs, 32, 4, False))
+
+
+def _cost(passes: list[list[int]], lengths: list[int], pass_cost: int) -> int:
+    return sum(pass_cost + len(p) * max(lengths[i] for i in p) for p in passes)
+
+
+def test_a_pass_cost_cuts_a_short_prompt_away_from_a_long_one():
+    # one pass of four: 4 × 100 = 400 tokens, 262 of them padding; two passes: 2 × 100 + 2 × 20 = 240 plus a
+    # second pass's cost. At 32 a pass two passes are cheaper (304 against 432); at 200 one is (600 against 640).
+    lengths = [20, 100, 18, 90]
+    assert plan_batches(lengths, max_tokens=10**6, max_rows=16) == [[1, 3, 0, 2]]  # no pass cost: fill the pass
+    assert plan_batches(lengths, max_tokens=10**6, max_rows=16, pass_cost=32) == [[1, 3], [0, 2]]
+    assert plan_batches(lengths, max_tokens=10**6, max_rows=16, pass_cost=200) == [[1, 3, 0, 2]]
+    assert plan_batches(lengths, max_tokens=10**6, max_rows=16, pass_cost=0) == [[1], [3], [0], [2]]
+    assert plan_batches([7, 7, 7], max_tokens=10**6, max_rows=16, pass_cost=0) == [[0, 1, 2]]  # no padding to save
+
+
+def test_the_least_cost_plan_is_the_best_of_every_plan_within_the_budgets():
+    """Brute force over every partition of a few sequences (any grouping, not only runs of the sorted order)."""
+
+    def partitions(items: list[int]):
+        if not items:
+            yield []
+            return
+        first, rest = items[0], items[1:]
+        for part in partitions(rest):
+            yield [[first], *part]
+            for k in range(len(part)):
+                yield [*part[:k], [first, *part[k]], *part[k + 1 :]]
+
+    rng = random.Random(3)
+    for _ in range(40):
+        lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 7))]
+        max_tokens, max_rows, pass_cost = rng.randint(40, 200), rng.randint(1, 4), rng.choice([0, 5, 30, 100])
+        got = plan_batches(lengths, max_tokens, max_rows, pass_cost)
+        assert sorted(i for p in got for i in p) == list(range(len(lengths)))
+        fits = [
+            part for part in partitions(list(range(len(lengths))))
+            if all(len(p) <= max_rows and (len(p) == 1 or len(p) * max(lengths[i] for i in p) <= max_tokens)
+                   for p in part)
+        ]
+        assert all(len(p) <= max_rows for p in got)
+        assert all(len(p) == 1 or len(p) * max(lengths[i] for i in p) <= max_tokens for p in got)
+        assert _cost(got, lengths, pass_cost) == min(_cost(part, lengths, pass_cost) for part in fits)
+
+
+def test_a_large_pass_cost_gives_as_few_passes_as_filling_them():
+    rng = random.Random(4)
+    lengths = [rng.randint(1, 300) for _ in range(60)]
+    filled = plan_batches(lengths, max_tokens=2048, max_rows=16)
+    costly = plan_batches(lengths, max_tokens=2048, max_rows=16, pass_cost=10**6)
+    assert len(costly) == len(filled)
+    assert _cost(costly, lengths, 0) <= _cost(filled, lengths, 0)  # and no more padding
+    with pytest.raises(ValueError, match="pass_cost must be at least 0"):
+        plan_batches(lengths, 2048, 16, pass_cost=-1)
+
+
+def test_plan_passes_the_pass_cost_to_groups_and_the_rest():
+    head = list(range(100, 140))
+    seqs = [*_query_prompts(head, [[1] * 60, [2] * 2, [3] * 58, [4]], [9]), [5] * 70, [6] * 3]
+    passes = plan(seqs, max_tokens=10**6, max_rows=16, pass_cost=16)
+    assert [(p.rows, p.prefix) for p in passes] == [((0, 2), 40), ((1, 3), 40), ((4,), 0), ((5,), 0)]
+    assert [(p.rows, p.prefix) for p in plan(seqs, 10**6, 16)] == [((0, 2, 1, 3), 40), ((4, 5), 0)]

@@ -246,6 +246,10 @@ class BackendOptions(Options):
         True, "compute a prefix that prompts share (instruction, query) once", parse=parse_switch, choices=(True, False)
     )
     quantize: str | None = option(None, "dynamic int8 linear layers (CPU, float32)", types=str, choices=("int8",))
+    pass_cost: int | None = option(
+        None, "what one more forward pass costs, in padded tokens: passes are cut where padding costs more "
+        "(default: the device's; 0 pads nothing)", types=int, minimum=0,
+    )
     compile: bool = option(
         False, "fuse the feed-forward blocks and norms with torch.compile (inference; a few seconds at load)",
         parse=parse_switch, choices=(True, False),

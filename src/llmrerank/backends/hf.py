@@ -53,6 +53,13 @@ def quantize_int8(model: Any) -> Any:
     return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+# What one more forward pass costs, in padded tokens, by device type and dtype, for the planner (plan_batches'
+# pass_cost): a pass is cut where its padding would cost more. Measured on this project's CPU (2 Xeon cores, AMX)
+# with benchmarks/pass_cost.py on the 135M preset: 38-55 tokens in float32, 200-360 in bfloat16, whose per-token
+# time falls 2-4x from one row to sixteen (docs/benchmarks.md, "Speed"). Elsewhere (a GPU: not measured here, its
+# fixed cost a pass is large) passes are filled (None).
+PASS_COST = {("cpu", "float32"): 40, ("cpu", "bfloat16"): 250}
+
 # What ``compile`` fuses: each decoder layer's feed-forward block and RMS norms, and the final norm, found by class
 # name (LlamaMLP, Qwen2RMSNorm, Gemma2MLP, Qwen3RMSNorm...). They hold most of the elementwise work (SiLU times the
 # gate, the norms' square, mean and scaling) that is most of a pass's time once bfloat16 makes the matrix
@@ -117,12 +124,13 @@ class HFBackend:
     """A causal LM from transformers behind the Backend protocol.
 
     Each call's sequences are cut into forward passes by :func:`~llmrerank.backends.planner.plan`: longest first,
-    at most ``batch_size`` rows and ``batch_tokens`` padded tokens a pass. With ``reuse_prefix`` (the default),
-    sequences that share a long prefix (one query's prompts share the instruction and the query) have it
-    computed once: its key/value cache is copied to every row of their passes, and only each row's own tokens
-    run. Each pass is left-padded (between the shared prefix and the rows' tokens when there is one), with
-    position ids taken from the attention mask, so a sequence gets the same scores alone, in any pass, with or
-    without a reused prefix (up to float rounding). Only the logits that are needed are computed
+    at most ``batch_size`` rows and ``batch_tokens`` padded tokens a pass, cut where padding a pass further would
+    cost more than another pass (``pass_cost`` tokens; default the device's, :data:`PASS_COST`). With
+    ``reuse_prefix`` (the default), sequences that share a long prefix (one query's prompts share the instruction
+    and the query) have it computed once: its key/value cache is copied to every row of their passes, and only
+    each row's own tokens run. Each pass is left-padded (between the shared prefix and the rows' tokens when
+    there is one), with position ids taken from the attention mask, so a sequence gets the same scores alone, in
+    any pass, with or without a reused prefix (up to float rounding). Only the logits that are needed are computed
     (``logits_to_keep``), never the full ``[batch, length, vocab]`` tensor.
 
     Beyond the inference primitives it has the few that fine-tuning needs (:meth:`add_lora`, :meth:`unfreeze`,
@@ -140,6 +148,7 @@ class HFBackend:
         batch_tokens: int = 8192,
         reuse_prefix: bool = True,
         compile: bool = False,
+        pass_cost: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -152,12 +161,16 @@ class HFBackend:
         self.reuse_prefix = bool(reuse_prefix)
         self.name = name
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if pass_cost is not None and pass_cost < 0:
+            raise ValueError(f"pass_cost must be at least 0, got {pass_cost}")
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.pad_id = int(pad)
         self.stats = BackendStats()
         self.dtype = dtype_name(next(model.parameters()).dtype)  # what it runs in ("auto" resolved)
+        # None: the device's own (PASS_COST); a GPU fills its passes
+        self.pass_cost = pass_cost if pass_cost is not None else PASS_COST.get((self.device.type, self.dtype))
         self.quantize: str | None = None
         # transformers 5.2x renamed `past_key_values` to `cache`; accept both.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -208,6 +221,7 @@ class HFBackend:
         reuse_prefix: bool = True,
         quantize: str | None = None,
         compile: bool = False,
+        pass_cost: int | None = None,
     ) -> HFBackend:
         """Load a preset, a Hugging Face folder or a GGUF file (see :func:`llmrerank.models.resolve`).
 
@@ -226,7 +240,7 @@ class HFBackend:
         options = BackendOptions(
             batch_size=batch_size, batch_tokens=batch_tokens, dtype=dtype if isinstance(dtype, str) else
             dtype_name(dtype), device=device, threads=threads, reuse_prefix=reuse_prefix, quantize=quantize,
-            compile=compile,
+            compile=compile, pass_cost=pass_cost,
         )
         if threads is not None:
             torch.set_num_threads(threads)
@@ -240,7 +254,7 @@ class HFBackend:
             lm = quantize_int8(lm)
         backend = cls(
             lm, tokenizer, batch_size=batch_size, device=dev, name=name, batch_tokens=batch_tokens,
-            reuse_prefix=reuse_prefix, compile=compile,
+            reuse_prefix=reuse_prefix, compile=compile, pass_cost=pass_cost,
         )
         backend.quantize = quantize
         backend.options = options
@@ -350,7 +364,7 @@ class HFBackend:
         self, sequences: Sequence[Sequence[int]], limits: Sequence[int] | None = None, reuse: bool = True
     ) -> list[Pass]:
         """The forward passes this backend runs ``sequences`` in (see :func:`~llmrerank.backends.planner.plan`)."""
-        return plan(sequences, self.batch_tokens, self.batch_size, reuse and self.reuse_prefix, limits)
+        return plan(sequences, self.batch_tokens, self.batch_size, reuse and self.reuse_prefix, limits, self.pass_cost)
 
     def _run(
         self,

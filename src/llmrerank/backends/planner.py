@@ -5,7 +5,10 @@ Two plans, both deterministic and independent of the model:
 - :func:`plan_batches` groups sequences by a **token budget** rather than a count: sorted longest first, a pass
   takes sequences while its padded size (rows × its longest row) stays within ``max_tokens`` and its rows
   within ``max_rows``. Short prompts then share large passes and long ones small passes, so the memory of a pass
-  is bounded whatever the lengths, and padding stays small.
+  is bounded whatever the lengths, and padding stays small. Given ``pass_cost`` (what one more pass costs, in
+  tokens), it cuts the sorted order where the padded tokens plus the passes' cost are the least instead: on a
+  device where a pass of one row already keeps it busy (a CPU), padding a short prompt to a long one's width
+  costs more than running it in a pass of its own.
 - :func:`prefix_groups` finds the **shared prefixes** worth computing once: the prompts of one query share the
   instruction and the query (the document comes after), and every prompt of a run may share a fixed
   instruction. Sequences are grouped so that the tokens saved, (rows - 1) × prefix length per group less a
@@ -35,12 +38,23 @@ class Pass:
     group: int = -1  # which prefix group the rows come from (-1: none); passes of a group are consecutive
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], max_tokens: int, max_rows: int, pass_cost: int | None = None
+) -> list[list[int]]:
     """Indices of ``lengths`` cut into passes, longest first, each within ``max_tokens`` padded tokens and
-    ``max_rows`` rows. A sequence longer than the budget gets a pass of its own. Ties keep input order."""
+    ``max_rows`` rows. A sequence longer than the budget gets a pass of its own. Ties keep input order.
+
+    ``pass_cost=None`` fills each pass as far as the budget allows (the fewest passes). A number is the cost of
+    a pass beyond its padded tokens, in tokens: the passes are then the cut of the sorted order with the least
+    total ``pass_cost + rows × width`` (found exactly, by dynamic programming over where each pass ends; with
+    widths set by each pass's first row, the best plan cuts the sorted order into runs, so this is the best plan).
+    0 pads nothing; a large cost gives the fewest passes, as None does.
+    """
     if max_tokens < 1 or max_rows < 1:
         raise ValueError(f"max_tokens and max_rows must be at least 1, got {max_tokens} and {max_rows}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if pass_cost is not None:
+        return _least_cost_passes(lengths, order, max_tokens, max_rows, pass_cost)
     passes: list[list[int]] = []
     for i in order:
         current = passes[-1] if passes else None
@@ -50,6 +64,30 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list
         else:
             passes.append([i])
     return passes
+
+
+def _least_cost_passes(
+    lengths: Sequence[int], order: list[int], max_tokens: int, max_rows: int, pass_cost: int
+) -> list[list[int]]:
+    if pass_cost < 0:
+        raise ValueError(f"pass_cost must be at least 0, got {pass_cost}")
+    n = len(order)
+    best = [0] + [float("inf")] * n  # best[i]: the least cost of the first i sequences of the order
+    start = [0] * (n + 1)  # where the last pass of that best plan starts
+    for i in range(1, n + 1):
+        for j in range(i - 1, max(i - max_rows, 0) - 1, -1):  # the last pass is order[j:i]
+            rows, width = i - j, lengths[order[j]]
+            if rows > 1 and rows * width > max_tokens:
+                break  # an earlier start only adds rows and widens the pass
+            cost = best[j] + pass_cost + rows * width
+            if cost <= best[i]:  # a tie goes to the longer pass: fewer passes for the same cost
+                best[i], start[i] = cost, j
+    passes: list[list[int]] = []
+    end = n
+    while end:
+        passes.append(order[start[end] : end])
+        end = start[end]
+    return passes[::-1]
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
@@ -142,19 +180,20 @@ def plan(
     max_rows: int,
     reuse_prefix: bool = True,
     limits: Sequence[int] | None = None,
+    pass_cost: int | None = None,
 ) -> list[Pass]:
     """The passes of one call: first each prefix group's passes (budgeted on the rows' own tokens after the
-    prefix), then the rest by :func:`plan_batches`. ``limits`` caps each sequence's shared prefix (see
-    :func:`prefix_groups`)."""
+    prefix), then the rest by :func:`plan_batches` (with ``pass_cost``). ``limits`` caps each sequence's shared
+    prefix (see :func:`prefix_groups`)."""
     passes: list[Pass] = []
     grouped: set[int] = set()
     if reuse_prefix:
         for g, (prefix, members) in enumerate(prefix_groups(sequences, limits)):
             grouped.update(members)
             rest = [len(sequences[i]) - prefix for i in members]
-            for chunk in plan_batches(rest, max_tokens, max_rows):
+            for chunk in plan_batches(rest, max_tokens, max_rows, pass_cost):
                 passes.append(Pass(tuple(members[j] for j in chunk), prefix, g))
     others = [i for i in range(len(sequences)) if i not in grouped]
-    for chunk in plan_batches([len(sequences[i]) for i in others], max_tokens, max_rows):
+    for chunk in plan_batches([len(sequences[i]) for i in others], max_tokens, max_rows, pass_cost):
         passes.append(Pass(tuple(others[j] for j in chunk)))
     return passes
