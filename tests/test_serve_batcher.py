@@ -181,6 +181,31 @@ def test_wait_ms_bounds_the_wait_and_zero_takes_only_what_is_queued():
     assert eager_model.batches == [["e0", "e1", "e2"], ["e3"]]
 
 
+def test_a_batch_queued_behind_a_call_waits_from_the_calls_end_for_the_clients_it_answered():
+    """A closed loop of clients: while a call runs, the others queue; when it ends, the clients it answered send
+    their next requests at once. The next batch waits wait_ms from the call's end (not from its first request's
+    submit, long past), so those requests join it: under steady load every call holds every client's request."""
+
+    async def main():
+        model = FakeModel()
+        batcher = Batcher(model, cost=n_docs, max_batch_tokens=100, wait_ms=300)
+        hold = await hold_worker(batcher, model)
+        queued = asyncio.create_task(batcher.submit("queued", docs_of(1)))
+        await asyncio.sleep(0.4)  # longer than wait_ms: counted from its own submit, its wait would be over
+        model.release.set()
+        await hold  # the call ended; its client sends its next request
+        ended = time.monotonic()
+        results = await asyncio.gather(queued, batcher.submit("next", docs_of(1)))
+        waited = time.monotonic() - ended
+        await batcher.close()
+        return model, results, waited
+
+    model, results, waited = asyncio.run(main())
+    assert results == ["queued:1", "next:1"]
+    assert model.batches == [["hold"], ["queued", "next"]]
+    assert 0.2 <= waited < 1.0  # the batch waited about wait_ms after the call, no longer
+
+
 @pytest.mark.parametrize("off", [{"enabled": False}, {"max_batch_tokens": 0}])
 def test_batching_off_gives_one_call_per_request(off):
     async def main():

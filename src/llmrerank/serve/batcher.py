@@ -2,7 +2,8 @@
 
 A :class:`Batcher` owns one worker task on the event loop and one model thread. Requests wait in a bounded FIFO
 queue; the worker takes the first, adds the following ones while their summed cost stays within
-``max_batch_tokens`` (waiting up to ``wait_ms`` for more to arrive), and runs ``rank_many`` on the model
+``max_batch_tokens`` (waiting up to ``wait_ms`` for more to arrive, from its first request or from the end of
+the call it queued behind), and runs ``rank_many`` on the model
 thread, so the loop keeps serving and the model, which is not thread-safe, never runs two calls at once.
 
 Lifecycle: create and use a Batcher inside one running event loop. The worker starts on the first
@@ -54,9 +55,11 @@ class Batcher:
         cost: ``cost(query, docs)``, a request's size in tokens (an int >= 0), computed once at submit.
         max_batch_tokens: the most summed cost one merged call may hold; a request that alone costs more
             still runs, alone. 0 turns micro-batching off.
-        wait_ms: how long a batch waits for more requests, counted from its first request's submit (a
-            request that already waited behind a running batch is not delayed further); 0 takes only what is
-            already queued. A batch that is full goes at once.
+        wait_ms: how long a batch waits for more requests, counted from its first request's submit or, when
+            that request queued behind a running call, from that call's end: the clients that call answered
+            can then send their next requests into this batch (under steady load from N clients, calls of N
+            requests rather than two alternating halves). 0 takes only what is already queued. A batch that is
+            full goes at once.
         max_queue: the most requests waiting (not yet in a running batch); one more raises QueueFullError.
         name: names the batcher in error messages and its thread.
         on_batch: ``on_batch(n_requests, n_documents, total_cost)``, called on the event loop after each
@@ -119,6 +122,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()  # bound to the loop on first use (Python >= 3.10)
         self._worker: asyncio.Task[None] | None = None
+        self._free_since = -math.inf  # the loop time the last model call ended
 
     @property
     def queue_depth(self) -> int:
@@ -195,6 +199,7 @@ class Batcher:
                 running = batch
                 await self._run(batch)
                 running = []
+                self._free_since = asyncio.get_running_loop().time()
         finally:
             # Reached with requests left only if the worker itself was cancelled (the loop shutting down).
             for request in [*running, *self._queue]:
@@ -215,7 +220,7 @@ class Batcher:
                 await self._wake.wait()
                 continue
             size, full = self._fitting()
-            remaining = self._queue[0].arrived + self._wait_s - loop.time()
+            remaining = max(self._queue[0].arrived, self._free_since) + self._wait_s - loop.time()
             if full or self._closing or remaining <= 0:
                 return [self._queue.popleft() for _ in range(size)]
             self._wake.clear()
