@@ -328,6 +328,11 @@ def test_good_arguments_still_work():
         ),
         (["rerank", "--quantize", "int4"], "argument --quantize: invalid choice: 'int4'"),
         (["rerank", "--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
+        (["rerank", "--pass-cost", "-1"], "argument --pass-cost: must be at least 0, got -1"),
+        (
+            ["rerank", "--compile", "perhaps"],
+            "argument --compile: 'perhaps' is not one of true/false, on/off, yes/no, 1/0",
+        ),
     ],
 )
 def test_a_bad_number_on_the_command_line_is_a_parse_error(argv, message, capsys):
