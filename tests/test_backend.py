@@ -334,6 +334,9 @@ def test_the_pass_cost_defaults_to_the_devices_and_cuts_padding_without_changing
     assert cut.stats.padded_tokens < filled.stats.padded_tokens
     expected = [len(p) for p in plan_batches([len(s) for s in seqs], 8192, 16, pass_cost=40)]
     assert [len(p.rows) for p in cut.plan(seqs, reuse=False)] == expected
+    # generation steps through every pass once per new token: it fills its passes whatever the pass cost
+    cut.stats.forward_calls = 0
+    assert cut.generate(seqs, 2) == filled.generate(seqs, 2) and cut.stats.forward_calls == 2
     assert HFBackend(model.to(torch.bfloat16), tokenizer).pass_cost == 250  # bfloat16 passes cost more tokens
     with pytest.raises(ValueError, match="pass_cost must be at least 0"):
         HFBackend(model, tokenizer, pass_cost=-1)

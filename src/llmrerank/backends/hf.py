@@ -361,10 +361,16 @@ class HFBackend:
         return _cache_of(out)
 
     def plan(
-        self, sequences: Sequence[Sequence[int]], limits: Sequence[int] | None = None, reuse: bool = True
+        self,
+        sequences: Sequence[Sequence[int]],
+        limits: Sequence[int] | None = None,
+        reuse: bool = True,
+        fill: bool = False,
     ) -> list[Pass]:
-        """The forward passes this backend runs ``sequences`` in (see :func:`~llmrerank.backends.planner.plan`)."""
-        return plan(sequences, self.batch_tokens, self.batch_size, reuse and self.reuse_prefix, limits, self.pass_cost)
+        """The forward passes this backend runs ``sequences`` in (see :func:`~llmrerank.backends.planner.plan`);
+        ``fill`` fills each pass (no pass cost)."""
+        pass_cost = None if fill else self.pass_cost
+        return plan(sequences, self.batch_tokens, self.batch_size, reuse and self.reuse_prefix, limits, pass_cost)
 
     def _run(
         self,
@@ -373,6 +379,7 @@ class HFBackend:
         grad: bool,
         limits: Sequence[int] | None = None,
         reuse: bool = True,
+        fill: bool = False,
     ) -> list[Any]:
         """Apply ``fn(rows, prefix)`` to each planned pass and return its results per sequence index; with
         ``grad``, one pass of every sequence in order, autograd on and no prefix reuse."""
@@ -381,7 +388,7 @@ class HFBackend:
         out: list[Any] = [None] * len(sequences)
         with torch.inference_mode():
             group, cache = None, None
-            for p in self.plan(sequences, limits, reuse):
+            for p in self.plan(sequences, limits, reuse, fill):
                 prefix = None
                 if p.prefix:
                     if p.group != group:
@@ -516,7 +523,9 @@ class HFBackend:
             self.stats.generated_tokens += sum(len(r) for r in rows)
             return rows
 
-        return self._run(sequences, fn, grad=False, reuse=False)
+        # A generation pass runs one forward step per new token, so its fixed cost is that many times a prompt
+        # pass's: generation fills its passes rather than cut them by the prompt pass cost.
+        return self._run(sequences, fn, grad=False, reuse=False, fill=True)
 
 
 def _cache_of(out: Any) -> Any:
