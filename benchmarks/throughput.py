@@ -56,7 +56,8 @@ PEERS_SCRIPT = REPO / "benchmarks" / "peers" / "peers.py"
 BGE_TEMPLATE = REPO / "benchmarks" / "peers" / "bge_prompt.toml"
 
 # name -> backend options of llmrerank's pointwise ranker (its default method); "defaults" is what Reranker() does
-PLAIN = {"dtype": "float32", "reuse_prefix": False, "batch_tokens": 10**9}
+# the earlier defaults fill every pass (a pass cost this large), so that each row adds one feature at a time
+PLAIN = {"dtype": "float32", "reuse_prefix": False, "batch_tokens": 10**9, "pass_cost": 10**9}
 CONFIGS: dict[str, dict[str, Any]] = {
     "llmrerank float32 (earlier defaults)": PLAIN,
     "llmrerank float32 + token budget": {**PLAIN, "batch_tokens": 8192},

@@ -258,6 +258,23 @@ def test_compile_keeps_every_primitive_and_the_model_as_it_was(tokenizer, arch):
     assert compiled.stats.reused_tokens == eager.stats.reused_tokens > 0  # the same passes, prefixes included
 
 
+def test_compile_builds_every_shape_kind_at_load(tokenizer):
+    """Dynamic shapes still treat a size of one apart: the warm-up at load covers one row and one token too, so
+    decoding steps compile nothing more."""
+    from torch._dynamo.utils import counters
+
+    from conftest import make_model
+
+    torch._dynamo.reset()
+    counters.clear()
+    backend = HFBackend(make_model(len(tokenizer), "llama"), tokenizer, compile=True)
+    built = counters["stats"]["unique_graphs"]
+    assert built > 0
+    backend.generate([[7, 8, 9], [10, 11, 12, 13, 14]], 4)  # passes of 2 rows × 5, then 2 × 1 decoding steps
+    backend.generate([[7, 8, 9]], 3)  # 1 × 3, then 1 × 1
+    assert counters["stats"]["unique_graphs"] == built
+
+
 def test_a_compiled_backend_refuses_to_train(tokenizer):
     from conftest import make_model
 
@@ -285,7 +302,8 @@ def test_compile_without_a_working_cxx_compiler_fails_at_load_naming_the_cause(t
         HFBackend(model, tokenizer, compile=True)
     message = str(failed.value)
     assert message.startswith("torch.compile could not build kernels for this model (InductorError: ")
-    assert "/nonexistent/c++" in message and "load the model without compile" in message
+    assert "/nonexistent/c++" in message and "on cpu it needs a working C++ compiler" in message
+    assert message.endswith("install them, or load the model without compile")
     assert describe_error(failed.value) == (message, FAILED)  # the CLI prints it as one line, exit 1
     assert all(m._compiled_call_impl is None for m in model.modules())
     torch.testing.assert_close(model(input_ids=torch.tensor([[7, 8, 9]])).logits, before)
@@ -340,3 +358,9 @@ def test_the_pass_cost_defaults_to_the_devices_and_cuts_padding_without_changing
     assert HFBackend(model.to(torch.bfloat16), tokenizer).pass_cost == 250  # bfloat16 passes cost more tokens
     with pytest.raises(ValueError, match="pass_cost must be at least 0"):
         HFBackend(model, tokenizer, pass_cost=-1)
+    with pytest.raises(TypeError, match=r"pass_cost must be an int or None \(the device's\), got 2.5"):
+        HFBackend(model, tokenizer, pass_cost=2.5)
+    # a backend built by hand keeps the pass cost it was given in its ranker's config (None: the device's)
+    from llmrerank.rankers.base import backend_options
+
+    assert backend_options(filled)["pass_cost"] == FILL and "pass_cost" not in backend_options(cut)

@@ -161,8 +161,11 @@ class HFBackend:
         self.reuse_prefix = bool(reuse_prefix)
         self.name = name
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if pass_cost is not None and (isinstance(pass_cost, bool) or not isinstance(pass_cost, int)):
+            raise TypeError(f"pass_cost must be an int or None (the device's), got {pass_cost!r}")
         if pass_cost is not None and pass_cost < 0:
             raise ValueError(f"pass_cost must be at least 0, got {pass_cost}")
+        self.pass_cost_option = pass_cost  # as given (None: the device's), so that a config rebuilds it anywhere
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -180,9 +183,10 @@ class HFBackend:
             self._compile()
 
     def _compile(self) -> None:
-        """Compile the model's feed-forward blocks and norms (:func:`compile_model`) and run two small passes (two
-        rows, one row), so that the kernels are built now, not in the first request, and a failure to build them
-        is an error at load, naming its cause."""
+        """Compile the model's feed-forward blocks and norms (:func:`compile_model`) and run four small passes
+        (two rows and one, of 16 tokens and of one: dynamic shapes still treat a size of one apart, and decoding
+        steps and rows after a shared prefix have one token), so that the kernels are built now, not in the first
+        request, and a failure to build them is an error at load, naming its cause."""
         import time
 
         start = time.perf_counter()
@@ -193,16 +197,19 @@ class HFBackend:
         inductor.setLevel(logging.CRITICAL + 1)  # a failed build logs pages of its graph: the error below says it
         try:
             with torch.inference_mode():
-                for rows in (2, 1):
-                    ids = torch.full((rows, 16), token, dtype=torch.long, device=self.device)
+                for rows, width in ((2, 16), (1, 16), (2, 1), (1, 1)):
+                    ids = torch.full((rows, width), token, dtype=torch.long, device=self.device)
                     self.model(input_ids=ids, logits_to_keep=1, use_cache=False)
         except Exception as e:
             uncompile(modules)  # the model as it was
+            if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+                raise  # not a build failure: the CLI names it as what it is
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            needs = ("a working C++ compiler (gcc or clang) and Python's headers" if self.device.type == "cpu"
+                     else "Triton and a GPU that torch.compile supports")
             raise CompileError(
-                f"torch.compile could not build kernels for this model ({type(e).__name__}: {first}); on a CPU it "
-                "needs a working C++ compiler (gcc or clang) and Python's headers: install them, or load the "
-                "model without compile"
+                f"torch.compile could not build kernels for this model ({type(e).__name__}: {first}); on "
+                f"{self.device.type} it needs {needs}: install them, or load the model without compile"
             ) from e
         finally:
             inductor.setLevel(level)

@@ -82,6 +82,8 @@ def backend_options(backend: Any) -> dict[str, Any]:
         out["device"] = str(backend.device)
     if getattr(backend, "compiled", 0):
         out["compile"] = True
+    if getattr(backend, "pass_cost_option", None) is not None:
+        out["pass_cost"] = backend.pass_cost_option
     return out
 
 
