@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from ..backends.base import Backend
-from ..check import Check, chat_template_check, raise_failures, suffix_check
+from ..check import Check, chat_template_check, label_tokens_check, raise_failures, suffix_check
 from ..options import BackendOptions, Options
 from ..prompts import PromptRenderer
 from ..types import DocLike, Document, Ranking, as_documents, is_sequence, ranking_from_scores
@@ -168,6 +168,15 @@ class ListRanker(RankerBase):
 
     def rank_many(self, queries: Sequence[str], docs: Sequence[Sequence[DocLike]]) -> list[Ranking]:
         raise NotImplementedError
+
+    def _label_ids(self, labels: Sequence[str], find: Any) -> tuple[str, list[int]]:
+        """The opener and token ids of the passage labels or identifiers ``find`` reads (see
+        :func:`~llmrerank.check.label_tokens_check`), kept as the ranker's ``answer_tokens`` build check; labels
+        that are not single, distinct tokens raise it."""
+        self.build_checks.append(label_tokens_check(self.backend.tokenizer, labels, find))
+        raise_failures(self.build_checks)
+        found = self.build_checks[-1].values
+        return found["opener"], found["ids"]
 
     def rank(self, query: str, docs: Sequence[DocLike]) -> Ranking:
         """The documents best first."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
-from ..check import label_tokens_check, raise_failures
 from ..options import Options, option, template_option
 from ..prompts import LABELS, PRP, ComparisonRenderer, ComparisonTemplate, continuation_ids, word_openers
 from ..types import DocLike, Document, Ranking, make_ranking
@@ -74,10 +73,7 @@ class ComparisonRanker(ListRanker):
         o = self.options
         self.renderer = ComparisonRenderer(o.template, backend.tokenizer, o.passage_tokens, o.max_length)
         self.labels = list(LABELS[: self._label_count()])
-        self.build_checks.append(label_tokens_check(backend.tokenizer, self.labels, self._label_token_ids))
-        raise_failures(self.build_checks)
-        found = self.build_checks[-1].values
-        self.opener, self.label_token_ids = found["opener"], found["ids"]
+        self.opener, self.label_token_ids = self._label_ids(self.labels, self._label_token_ids)
 
     # -- start-up checks -------------------------------------------------------------------------------------
 

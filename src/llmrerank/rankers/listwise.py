@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..backends.base import Backend
-from ..check import label_tokens_check, raise_failures
 from ..options import Options, option, template_option
 from ..prompts import RANKZEPHYR_PARAPHRASE, ListwiseRenderer, continuation_ids, encode
 from ..prompts.families import family_names, get_family
@@ -175,10 +174,7 @@ class ListwiseRanker(ListRanker):
         self.opener = ""
         self.label_token_ids: list[int] = []
         if o.decoding == "first":
-            self.build_checks.append(label_tokens_check(backend.tokenizer, self.labels, self._first_token_ids))
-            raise_failures(self.build_checks)
-            found = self.build_checks[-1].values
-            self.opener, self.label_token_ids = found["opener"], found["ids"]
+            self.opener, self.label_token_ids = self._label_ids(self.labels, self._first_token_ids)
 
     # -- start-up checks -------------------------------------------------------------------------------------
 
