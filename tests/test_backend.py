@@ -364,3 +364,31 @@ def test_the_pass_cost_defaults_to_the_devices_and_cuts_padding_without_changing
     from llmrerank.rankers.base import backend_options
 
     assert backend_options(filled)["pass_cost"] == FILL and "pass_cost" not in backend_options(cut)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_head_gets_a_contiguous_slice_so_a_frozen_model_scores_as_a_trainable_one(tokenizer, dtype):
+    # A model whose weights need no gradient (a merged adapter, a frozen LoRA base) used to get its head's input as
+    # a strided slice, which torch multiplies by copying the head's weight for every row (seconds a pass): the
+    # backend makes the slice contiguous, and the scores are those of the same model with trainable weights.
+    from conftest import make_model
+
+    frozen = make_model(len(tokenizer)).to(dtype)
+    trainable = make_model(len(tokenizer)).to(dtype)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    seen: list[bool] = []
+    backend = HFBackend(frozen, tokenizer)
+    frozen.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    HFBackend(frozen, tokenizer)  # a second backend on the same model adds no second hook
+    assert len(frozen.get_output_embeddings()._forward_pre_hooks) == 2
+    prompts = _sequences(6)
+    targets = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19], [20, 21], [22]]
+    atol = 1e-4 if dtype == torch.float32 else 2e-2
+    for a, b in zip(backend.target_logprobs(prompts, targets), HFBackend(trainable, tokenizer).target_logprobs(
+        prompts, targets
+    )):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+    torch.testing.assert_close(backend.last_logits(prompts), HFBackend(trainable, tokenizer).last_logits(prompts),
+                               atol=atol, rtol=0)
+    assert seen and all(seen)

@@ -120,6 +120,28 @@ def set_checkpointing(model: Any, on: bool) -> None:
         base.gradient_checkpointing_disable()
 
 
+def contiguous_head_input(model: Any) -> None:
+    """Make the output embedding (``lm_head``) take a contiguous input, once per model.
+
+    transformers hands it a slice of the hidden states (``logits_to_keep``). With a weight that needs no gradient
+    (a merged adapter, a LoRA model's frozen head, a model that is not trained), torch's matmul does not fold such
+    a slice into one matrix product but expands the weight to every row of the batch and copies it: on this
+    project's CPU, 1 s a pass instead of 2-10 ms in bfloat16, and 4x slower in float32 (``smollm2-135m-distilled``
+    scored at a third of its base model's speed in bfloat16). A contiguous slice always folds; the values are the
+    same product."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_llmrerank_contiguous", False):
+        return
+
+    def hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+            return (args[0].contiguous(), *args[1:])
+        return None
+
+    head.register_forward_pre_hook(hook)
+    head._llmrerank_contiguous = True
+
+
 class HFBackend:
     """A causal LM from transformers behind the Backend protocol.
 
@@ -155,6 +177,7 @@ class HFBackend:
         if batch_tokens < 1:
             raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}")
         self.model = model
+        contiguous_head_input(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
