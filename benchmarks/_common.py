@@ -94,12 +94,17 @@ def add_data_option(parser: argparse.ArgumentParser, holding: str) -> None:
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     """``--batch-size``, ``--dtype``, ``--device`` and ``--threads`` as the library declares them
-    (``llmrerank.options.BackendOptions``: the same help, choices and defaults as ``llmrerank rerank``)."""
+    (``llmrerank.options.BackendOptions``: the same help, choices and defaults as ``llmrerank rerank``), except
+    ``--dtype``: float32 here, one dtype for every method a benchmark compares on one model (the library's default
+    is each method's own: auto for likelihood), as the recorded figures were measured."""
     from llmrerank.options import BackendOptions
 
     for name, (spec, default) in BackendOptions.specs().items():
         kind = int if int in spec.types else str
-        parser.add_argument(spec.cli_flag(name), type=kind, default=default, choices=spec.choices, help=spec.help)
+        help_ = spec.help
+        if name == "dtype":
+            default, help_ = "float32", f"{spec.help.split(' (default')[0]} (default here: float32)"
+        parser.add_argument(spec.cli_flag(name), type=kind, default=default, choices=spec.choices, help=help_)
 
 
 def plot_options(description: str, png: str, argv: list[str] | None) -> argparse.Namespace:

@@ -404,10 +404,11 @@ def stage_timing(args: argparse.Namespace, bench: Report) -> None:
     data = load_dataset("dl19", args.data, TOP_K, args.timing_queries)
     rows = {}
     first = " (the fused teacher's first member)" if args.fuse_teacher else ""
-    teacher = f"teacher: {args.teacher} {args.teacher_method}, float32{first}"
+    teacher = f"teacher: {args.teacher} {args.teacher_method}, {args.timing_dtype}{first}"
+    dtype = args.timing_dtype
     for name, make in (
-        (teacher, lambda: Reranker(args.teacher_method, model=args.teacher, max_length=256)),
-        ("student: " + chosen, lambda: Reranker(model=str(model_dir))),
+        (teacher, lambda: Reranker(args.teacher_method, model=args.teacher, max_length=256, dtype=dtype)),
+        ("student: " + chosen, lambda: Reranker(model=str(model_dir), dtype=dtype)),
     ):
         ranker = make()
         ranker.rank(
@@ -430,6 +431,7 @@ def stage_timing(args: argparse.Namespace, bench: Report) -> None:
         "top_k": TOP_K,
         "runs": rows,
         "student_cost_share": round(student_s / teacher_s, 3),
+        "dtype": args.timing_dtype,
     }
 
 
@@ -467,7 +469,8 @@ def stage_ship(args: argparse.Namespace, bench: Report) -> None:
     bench.write()
     data = load_dataset("dl19", args.data, TOP_K)
     out = args.synthetic.parent / f"dl19-{PRESET}.trec"
-    report = rerank_run(Reranker(model=PRESET), data.queries, data.corpus, data.run, out, top_k=TOP_K, tag=PRESET)
+    shipped = Reranker(model=PRESET, dtype="float32")  # as the student was evaluated
+    report = rerank_run(shipped, data.queries, data.corpus, data.run, out, top_k=TOP_K, tag=PRESET)
     student_run = load_run(REPO / bench.result["stages"]["evaluate"]["datasets_files"]["dl19"])
     shipped_run = load_run(out)
     diffs = [abs(s - dict(student_run[q])[d]) for q in data.queries for d, s in shipped_run[q][:TOP_K]]
@@ -540,6 +543,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=2, help="at most this many epochs a student (default 2)")
     parser.add_argument("--max-minutes", type=float, default=12.0, help="training budget a student (default 12)")
     parser.add_argument("--timing-queries", type=int, default=8)
+    parser.add_argument("--timing-dtype", default="float32", choices=("float32", "bfloat16", "auto"),
+                        help="of both rankers in the timing stage (default float32, as recorded)")
     parser.add_argument(
         "--tag", default=None, help="names the students of another run of the chain (their files get -TAG)"
     )

@@ -120,6 +120,8 @@ BASE: dict[str, Any] = {
     "groups_per_batch": 2,
     "grad_accum": 2,
     "bf16_autocast": "auto",
+    # the dev evaluation on the model being trained (under its autocast), as the recorded runs chose their steps
+    "eval_dtype": "float32",
     "seed": 0,
     "save_every": 5,
 }
@@ -538,7 +540,8 @@ class ZeroShot:
         from llmrerank import Reranker
 
         if self.backend is None:
-            r = Reranker("likelihood", model=self.model, max_length=max_length)
+            # float32, as every evaluation here (the trainer's dev evaluation included: eval_dtype)
+            r = Reranker("likelihood", model=self.model, max_length=max_length, dtype="float32")
             self.backend = r.backend
             return r
         return Reranker("likelihood", backend=self.backend, max_length=max_length)
@@ -594,7 +597,7 @@ def evaluate_dataset(
 
     if model_dir is not None:
         print(f"{name}: fine-tuned {cfg.method}, max_length {max_length}", file=sys.stderr, flush=True)
-        ranker = Reranker(cfg.method, model=str(model_dir), max_length=max_length)
+        ranker = Reranker(cfg.method, model=str(model_dir), max_length=max_length, dtype="float32")
         out = Path(cfg.output_dir) / f"{name}.trec"
         report = rerank(ranker, data, out, not new_model, f"ft-{args.name}", {**sidecar, "variant": args.name})
         del ranker

@@ -111,10 +111,12 @@ def one_run(name: str, args: argparse.Namespace, data, out: Path) -> dict:
     from llmrerank.distributed import RayEngine
     from llmrerank.pipeline import rerank_run
 
-    config = {"method": args.method, "model": args.model, "backend": {}, "options": {}}
+    # float32, as recorded (likelihood's own default is auto)
+    config = {"method": args.method, "model": args.model, "backend": {"dtype": "float32"}, "options": {}}
     start = time.perf_counter()
     if name == "local":
-        ranker, engine = Reranker.from_config({**config, "backend": {"threads": args.threads}}), None
+        local = {**config, "backend": {**config["backend"], "threads": args.threads}}
+        ranker, engine = Reranker.from_config(local), None
     else:
         workers = int(name.split("-")[1])
         ranker = config

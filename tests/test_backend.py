@@ -326,8 +326,8 @@ def test_compile_is_an_option_every_entry_point_rebuilds(tiny_model_dir):
     from llmrerank import Reranker
 
     docs = ["how do bees make honey", "the cat sat on the mat", "bees and honey"]
-    eager = Reranker("likelihood", model=str(tiny_model_dir), max_length=64)
-    compiled = Reranker("likelihood", model=str(tiny_model_dir), max_length=64, compile=True)
+    eager = Reranker("likelihood", model=str(tiny_model_dir), max_length=64, dtype="float32")
+    compiled = Reranker("likelihood", model=str(tiny_model_dir), max_length=64, dtype="float32", compile=True)
     assert compiled.backend.compiled == 7 and eager.backend.compiled == 0
     assert compiled.score("honey bees", docs) == pytest.approx(eager.score("honey bees", docs), abs=1e-4)
     config = compiled.config()

@@ -31,6 +31,11 @@ def test_retrieve_rerank_evaluate(tmp_path, tiny_model_dir, capsys):
     assert "docs/s" in capsys.readouterr().err
     meta = json.loads((tmp_path / "ql.trec.json").read_text())
     assert meta["ranker"]["max_length"] == 128 and meta["input_run"] == str(bm25)
+    # no --dtype: likelihood's own default, and what it became on this machine
+    from llmrerank.backends.hf import native_bf16
+
+    assert meta["backend"]["dtype"] == "auto"
+    assert meta["backend"]["resolved_dtype"] == ("bfloat16" if native_bf16("cpu") else "float32")
 
     assert main(["evaluate", "--data", str(TINY), "--json", str(bm25), str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -60,6 +65,7 @@ def test_pointwise_options_and_errors(tmp_path, tiny_model_dir, capsys):
     assert main([*base, "--normalisation", "yes_logit", "--tokens", "true_false", "--out", str(out), "--quiet"]) == 0
     meta = json.loads((tmp_path / "pw.trec.json").read_text())
     assert meta["ranker"]["normalisation"] == "yes_logit" and meta["ranker"]["tokens"] == ["true", "false"]
+    assert meta["backend"]["dtype"] == meta["backend"]["resolved_dtype"] == "float32"  # the yes/no score's default
 
     capsys.readouterr()
     assert main([*base, "--reduction", "sum", "--out", str(out)]) == 2

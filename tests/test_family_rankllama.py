@@ -298,7 +298,8 @@ def test_served_rankers_with_and_without_an_adapter_do_not_share_merged_weights(
         [
             {"name": "rankllama", "method": "pointwise", "model": str(base),
              "options": {"family": "rankllama", "adapter": str(adapter)}},
-            {"name": "ql", "method": "likelihood", "model": str(base), "options": {"max_length": 96}},
+            {"name": "ql", "method": "likelihood", "model": str(base), "options": {"max_length": 96},
+             "backend": {"dtype": "float32"}},
             {"name": "rankllama-again", "method": "pointwise", "model": str(base),
              "options": {"family": "rankllama", "adapter": spelled}},
         ]

@@ -155,12 +155,15 @@ def test_config_rebuilds_an_equal_ranker_from_its_dict(tiny, method):
 
 
 def test_from_config_loads_the_model_and_the_backend_options(tiny_model_dir):
+    from llmrerank.backends.hf import native_bf16
+
     ranker = Reranker("likelihood", model=str(tiny_model_dir), batch_size=3, max_length=64)
     config = ranker.config()
-    assert config["backend"] == {
-        "batch_size": 3, "batch_tokens": 8192, "dtype": "float32", "device": "auto", "threads": None,
+    assert config["backend"] == {  # no dtype given: likelihood's own default, auto
+        "batch_size": 3, "batch_tokens": 8192, "dtype": "auto", "device": "auto", "threads": None,
         "reuse_prefix": True, "quantize": None, "pass_cost": None, "compile": False,
     }
+    assert ranker.backend.dtype == ("bfloat16" if native_bf16("cpu") else "float32")
     assert config["model"] == str(tiny_model_dir)
     rebuilt = Reranker.from_config(json.loads(json.dumps(config)))
     assert rebuilt.backend is not ranker.backend and rebuilt.backend.batch_size == 3
@@ -260,3 +263,22 @@ def test_a_ranker_takes_an_options_object_or_keywords_not_both(tiny):
         PointwiseRanker(tiny, PointwiseOptions(), tokens="true_false")
     with pytest.raises(TypeError, match="takes PointwiseOptions, got ListwiseOptions"):
         PointwiseRanker(tiny, ListwiseOptions())
+
+
+def test_the_dtype_default_is_the_methods_own():
+    from llmrerank.options import BackendOptions
+    from llmrerank.registry import METHODS, backend_options_for
+
+    # likelihood's bfloat16 ranking passed the agreement rule on DL19; the others stay float32
+    assert {m: backend_options_for(m, {}).dtype for m in METHODS} == {
+        "likelihood": "auto", "listwise": "float32", "pairwise": "float32", "pointwise": "float32",
+        "setwise": "float32",
+    }
+    assert backend_options_for("likelihood", {"dtype": "float32", "batch_size": 4}) == BackendOptions(
+        dtype="float32", batch_size=4
+    )
+    assert BackendOptions().dtype is None  # the table's own default: "the method's"
+    with pytest.raises(TypeError, match="unknown backend option|unknown option"):
+        backend_options_for("likelihood", {"dtyp": "float32"})
+    with pytest.raises(ValueError, match="unknown method"):
+        backend_options_for("nope", {})

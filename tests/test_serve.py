@@ -404,19 +404,29 @@ options = {{ max_length = 96 }}
 name = "ql"
 method = "likelihood"
 model = "{tiny_model_dir}"
+backend = {{ dtype = "float32" }}
 
 [[rankers]]
 name = "ql-bf16"
 method = "likelihood"
 model = "{tiny_model_dir}"
 backend = {{ dtype = "bfloat16" }}
+
+[[rankers]]
+name = "ql-default"
+method = "likelihood"
+model = "{tiny_model_dir}"
 """
     )
     specs = specs_from_args(build_parser().parse_args(["serve", "--config", str(config)]))
     rankers = load_rankers(specs)
-    assert list(rankers) == ["yes-no", "ql", "ql-bf16"]
-    assert rankers["yes-no"].backend is rankers["ql"].backend  # the same weights, loaded once
+    assert list(rankers) == ["yes-no", "ql", "ql-bf16", "ql-default"]
+    assert rankers["yes-no"].backend is rankers["ql"].backend  # the same weights and dtype, loaded once
     assert rankers["ql-bf16"].backend is not rankers["ql"].backend
+    # no dtype given: each method's own (float32 for yes/no, auto for likelihood), so these two do not share
+    assert rankers["yes-no"].backend.options.dtype == "float32"
+    assert rankers["ql-default"].backend.options.dtype == "auto"
+    assert rankers["ql-default"].backend not in (rankers["yes-no"].backend, rankers["ql-bf16"].backend)
     assert rankers["yes-no"].options.max_length == 96 and rankers["ql"].method == "likelihood"
     with pytest.raises(ValueError, match="two rankers are named 'ql'"):
         load_rankers([*specs, {"name": "ql", "method": "pointwise"}])
@@ -434,7 +444,9 @@ def test_a_trained_folder_is_served_with_the_method_it_records(tiny_model_dir, t
     trained.write(folder, "likelihood", {"max_length": 80}, str(tiny_model_dir), "full", {"loss": "grouped_ce"})
     rankers = load_rankers([{"name": "mine", "model": str(folder)}])  # no method: the folder's own
     assert rankers["mine"].method == "likelihood" and rankers["mine"].options.max_length == 80
-    offline = Reranker("likelihood", model=str(tiny_model_dir), max_length=80, dtype="float32")
+    # the method's default dtype, as offline (auto for likelihood)
+    offline = Reranker("likelihood", model=str(tiny_model_dir), max_length=80)
+    assert rankers["mine"].backend.options.dtype == offline.backend.options.dtype == "auto"
     assert rankers["mine"].score(QUERY, DOCS) == pytest.approx(offline.score(QUERY, DOCS), abs=1e-4)
     with pytest.raises(ValueError, match=r"rankers\[0\] needs a method: its model 'default' is not a trained folder"):
         check_specs([{"name": "x"}])

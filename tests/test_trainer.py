@@ -420,3 +420,34 @@ def test_bad_targets_are_refused(tmp_path, given, error, message):
 def test_a_teacher_target_needs_a_teacher_run(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="learns from a teacher here: set teacher_run"):
         Trainer(_config(tiny_model_dir, tmp_path / "run", loss="ranknet", target="teacher"))
+
+
+def test_the_dev_evaluation_runs_in_the_methods_default_dtype(tiny_model_dir, tmp_path):
+    from llmrerank.backends.hf import native_bf16
+
+    native = "bfloat16" if native_bf16("cpu") else "float32"
+    dev = dict(dev_split="test", max_steps=2)
+    # likelihood's default is auto (bfloat16 where the CPU computes it natively), as Reranker() loads it;
+    # pointwise stays float32; the config's eval_dtype wins
+    assert Trainer(_config(tiny_model_dir, tmp_path / "a", method="likelihood", **dev)).eval_dtype == native
+    assert Trainer(_config(tiny_model_dir, tmp_path / "b", **dev)).eval_dtype == "float32"
+    pinned = _config(tiny_model_dir, tmp_path / "c", method="likelihood", eval_dtype="float32", **dev)
+    assert Trainer(pinned).eval_dtype == "float32"
+    with pytest.raises(ValueError, match="eval_dtype"):
+        _config(tiny_model_dir, tmp_path / "d", eval_dtype="int8")
+    # bfloat16 asked for on any CPU: the evaluation scores a bfloat16 copy with the adapters merged, and the
+    # training model is left as it was
+    trainer = Trainer(_config(tiny_model_dir, tmp_path / "run", method="likelihood", eval_dtype="bfloat16", **dev))
+    result = trainer.train(progress=False)
+    training = trainer.ranker.backend
+    with trainer._evaluation_backend():
+        evaluator = trainer.ranker.backend
+        assert evaluator is not training and evaluator.dtype == "bfloat16" and not evaluator.has_lora
+        in_bf16 = trainer.ranker.score(QUERY, DOCS)
+    assert trainer.ranker.backend is training and training.dtype == "float32" and training.has_lora
+    in_fp32 = trainer.ranker.score(QUERY, DOCS)
+    assert in_bf16 != in_fp32 and in_bf16 == pytest.approx(in_fp32, abs=0.1)
+    # what the trained folder gives when loaded in bfloat16 (adapters merged after the cast: rounding apart)
+    restored = Reranker("likelihood", model=str(result.model_dir), dtype="bfloat16").score(QUERY, DOCS)
+    assert in_bf16 == pytest.approx(restored, abs=0.05)
+    assert len(result.dev) == 1 and 0 <= result.dev[0]["dev_nDCG@10"] <= 1

@@ -234,10 +234,14 @@ class BackendOptions(Options):
 
     batch_size: int = option(16, "most sequences in one forward pass", minimum=1)
     batch_tokens: int = option(8192, "most padded tokens in one forward pass", minimum=1)
-    # float32 stays the default: bfloat16 failed the ranking-agreement rule on DL19 (docs/benchmarks.md, "Speed")
-    dtype: str = option(
-        "float32",
-        "weights and activations (auto: bfloat16 where the device computes it natively, else float32)",
+    # None: the method's own default (its ranker's ``default_dtype``): auto for likelihood, whose bfloat16 ranking
+    # passed the agreement rule on DL19 with every preset; float32 for the others, whose bfloat16 ranking did not
+    # or was not measured (docs/benchmarks.md, "Speed")
+    dtype: str | None = option(
+        None,
+        "weights and activations: auto (bfloat16 where the device computes it natively, else float32), float32, "
+        "bfloat16 or float16 (default: the method's: auto for likelihood, float32 for the others)",
+        types=str,
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     device: str = option("auto", "cpu, cuda, cuda:1, or auto")
@@ -256,7 +260,7 @@ class BackendOptions(Options):
     )
 
     def check(self) -> None:
-        if self.quantize is not None and self.dtype not in ("auto", "float32"):
+        if self.quantize is not None and self.dtype not in (None, "auto", "float32"):
             raise ValueError(f"quantize={self.quantize!r} needs float32 weights: dtype 'float32' or 'auto'")
         if self.compile and self.quantize is not None:
             raise ValueError(f"compile does not combine with quantize={self.quantize!r}: choose one")

@@ -85,7 +85,7 @@ class RerankerFactory:
         if backend is None:
             from .backends.hf import HFBackend
 
-            backend = HFBackend.load(model, **BackendOptions.build(backend_given).to_dict())
+            backend = HFBackend.load(model, **backend_options_for(method, backend_given).to_dict())
         elif backend_given:
             raise TypeError(f"backend options {sorted(backend_given)} cannot be given with an existing backend")
         return cls(backend, ranker_options)
@@ -155,12 +155,21 @@ def restored_options(method: str, model: str, options: Mapping[str, Any]) -> dic
     return {**folder.ranker_options(), **options}
 
 
+def backend_options_for(method: str, given: Mapping[str, Any]) -> BackendOptions:
+    """The backend options a ranker of ``method`` loads its model with: ``given`` (checked; an unknown name is a
+    TypeError), and the method's own dtype (its ranker's ``default_dtype``) where no dtype is given."""
+    options = BackendOptions.build(given)
+    if options.dtype is None:
+        options = BackendOptions.build({**options.to_dict(), "dtype": method_class(method).default_dtype})
+    return options
+
+
 def check_options(config: Mapping[str, Any]) -> None:
     """Check the option values of a :func:`check_config`-ed config as building its ranker would, without loading
     its model."""
     options = restored_options(config["method"], config["model"], config["options"])
     options_class(config["method"]).build(options, also=BACKEND_OPTIONS)
-    BackendOptions.build(config["backend"])
+    backend_options_for(config["method"], config["backend"])
 
 
 Reranker = RerankerFactory()

@@ -138,8 +138,7 @@ def contiguous_head_input(model: Any) -> None:
             return (args[0].contiguous(), *args[1:])
         return None
 
-    head.register_forward_pre_hook(hook)
-    head._llmrerank_contiguous = True
+    head._llmrerank_contiguous = head.register_forward_pre_hook(hook)  # its handle (benchmarks remove it)
 
 
 class HFBackend:
@@ -243,7 +242,7 @@ class HFBackend:
     def load(
         cls,
         model: str = "default",
-        dtype: str | torch.dtype = "float32",
+        dtype: str | torch.dtype | None = "float32",
         device: str = "auto",
         threads: int | None = None,
         batch_size: int = 16,
@@ -257,6 +256,8 @@ class HFBackend:
 
         ``dtype="auto"`` loads bfloat16 weights where the device computes bfloat16 natively (a CPU with AMX or
         AVX512-BF16, a bf16-capable GPU), float32 elsewhere; the dtype it resolved to is ``backend.dtype``.
+        ``dtype=None`` is float32 here; ``Reranker`` gives each method's own default instead (``auto`` for
+        likelihood).
         ``quantize="int8"`` applies dynamic int8 quantisation to the linear layers (CPU, float32 weights).
         ``compile=True`` compiles the feed-forward blocks and norms (:func:`compile_model`, inference only) and
         builds their kernels before returning.
@@ -266,6 +267,8 @@ class HFBackend:
         from ..models import load_causal_lm
         from ..options import BackendOptions
 
+        if dtype is None:  # a backend alone has no method to take a dtype from (Reranker gives the method's)
+            dtype = "float32"
         # One check of every value, by the options table the CLI, configs and the server use too.
         options = BackendOptions(
             batch_size=batch_size, batch_tokens=batch_tokens, dtype=dtype if isinstance(dtype, str) else

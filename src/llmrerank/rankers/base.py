@@ -98,6 +98,9 @@ class RankerBase:
 
     method: ClassVar[str] = "ranker"
     Options: ClassVar[type[Options]] = Options
+    # The backend's dtype when none is given (the ``dtype`` backend option's default, per method): float32 unless
+    # a faster one passed the ranking-agreement rule for this method (issue 14; docs/benchmarks.md, "Speed").
+    default_dtype: ClassVar[str] = "float32"
 
     def __init__(self, backend: Backend, options: Options | None = None, **given: Any):
         if options is None:

@@ -80,13 +80,13 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Build the rankers of ``specs`` (see :func:`check_specs`), loading each distinct (model, backend) once."""
     from .. import trained
     from ..backends.hf import HFBackend
-    from ..options import BackendOptions
-    from ..registry import Reranker, options_class
+    from ..registry import Reranker, backend_options_for, options_class
 
     backends: dict[str, Any] = {}
     rankers: dict[str, Any] = {}
     for spec in check_specs(specs):
-        backend_table = BackendOptions.build(dict(spec.get("backend") or {})).to_dict()
+        # the method's own dtype where none is given: a likelihood and a yes/no ranker on one model may not share it
+        backend_table = backend_options_for(spec["method"], dict(spec.get("backend") or {})).to_dict()
         options = dict(spec.get("options") or {})
         options_class(spec["method"]).build(options)  # checked before its model loads
         folder = trained.read(spec["model"])

@@ -116,6 +116,7 @@ CHECKS: dict[str, Spec] = {
     "dev_run": _rule(str, _NONE),
     "dev_top_k": _rule(int, minimum=1),
     "eval_every": _rule(int, minimum=0),
+    "eval_dtype": _rule(str, _NONE, choices=("auto", "float32", "bfloat16")),
     "keep_best": _rule(bool),
     "loss": _rule(str),
     "loss_options": _rule(Mapping),
@@ -257,6 +258,11 @@ class TrainConfig:
     dev_run: str | None = None
     dev_top_k: int = 20
     eval_every: int = 0  # optimiser steps; 0 = only at the end
+    # what the dev evaluation computes in: auto (bfloat16 where the device computes it natively), float32 or
+    # bfloat16; None = the method's default, as Reranker() and the CLI load it (auto for likelihood, float32 for
+    # pointwise). Training keeps float32 weights: a bfloat16 evaluation scores a bfloat16 copy (adapters merged);
+    # float32 scores the model being trained as it is (under bf16_autocast when training uses it)
+    eval_dtype: str | None = None
     # the trained folder holds the weights of the best dev evaluation (nDCG@10; the earliest of equals) instead
     # of the last step's, as transformers' load_best_model_at_end
     keep_best: bool = False

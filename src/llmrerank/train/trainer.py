@@ -17,7 +17,9 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -145,8 +147,45 @@ class Trainer:
         labels = torch.tensor(target, dtype=scores.dtype)
         return self.loss_fn(scores, labels)
 
+    @property
+    def eval_dtype(self) -> str:
+        """What the dev evaluation computes in, resolved on this device: the config's ``eval_dtype``, else the
+        method's default dtype (as ``Reranker()`` loads it); ``"float32"`` or ``"bfloat16"``."""
+        from ..backends.hf import native_bf16
+        from ..registry import method_class
+
+        setting = self.config.eval_dtype or method_class(self.config.method).default_dtype
+        if setting == "auto":
+            setting = "bfloat16" if native_bf16(getattr(self.backend, "device", "cpu")) else "float32"
+        return setting
+
+    @contextmanager
+    def _evaluation_backend(self) -> Iterator[None]:
+        """The ranker scores with a backend in ``eval_dtype`` while inside: the training backend itself when its
+        weights are in that dtype already (or float32 is asked for), else a bfloat16 copy of its model (LoRA
+        adapters merged into it, as a trained folder loads), dropped on the way out."""
+        model = getattr(self.backend, "model", None)
+        if self.eval_dtype != "bfloat16" or model is None or next(model.parameters()).dtype == torch.bfloat16:
+            yield
+            return
+        from ..backends.hf import HFBackend
+
+        b = self.backend
+        copy = deepcopy(model)  # not under inference mode: a conversion made there runs many times slower
+        if b.has_lora:
+            copy = copy.merge_and_unload()
+        copy = copy.to(torch.bfloat16).eval()
+        evaluator = HFBackend(copy, b.tokenizer, batch_size=b.batch_size, device=b.device, name=b.name,
+                              batch_tokens=b.batch_tokens, reuse_prefix=b.reuse_prefix, pass_cost=b.pass_cost_option)
+        self.ranker.backend = evaluator
+        try:
+            yield
+        finally:
+            self.ranker.backend = b
+
     def evaluate_dev(self) -> dict[str, float]:
-        """nDCG@10 of the ranker being trained on the dev set (its top ``top_k`` reranked), or {} without one."""
+        """nDCG@10 of the ranker being trained on the dev set (its top ``top_k`` reranked), or {} without one; in
+        :attr:`eval_dtype`."""
         from ..evaluate import evaluate_runs
         from ..pipeline import rerank
 
@@ -155,7 +194,7 @@ class Trainer:
         d = self.dev
         self.backend.train_mode(False)
         run = {}
-        with self._autocast():
+        with self._evaluation_backend(), self._autocast():
             for qid, r in rerank(self.ranker, d.queries, d.corpus, d.run, top_k=d.top_k, queries_per_batch=4):
                 run[qid] = list(zip(r.ids, r.scores))
         ev = evaluate_runs({q: d.qrels[q] for q in run}, {"model": run}, measures=["nDCG@10"])
