@@ -503,3 +503,13 @@ def test_sigterm_ends_the_workers_and_the_run_resumes(tiny_model_dir, tmp_path):
     argv[-1] = str(reference)
     assert main(argv) == 0
     assert_parity(_rankings(reference, 30), _rankings(tmp_path / "out.trec", 30))
+
+
+def test_workers_that_resolve_auto_to_different_dtypes_are_refused():
+    # "auto" (likelihood's default dtype) resolves per device: a cluster of unlike machines would score one run in
+    # two precisions; the engine refuses that at start, and a replacement in another dtype gives up its slot
+    from llmrerank.distributed import one_dtype
+
+    one_dtype(["bfloat16", "bfloat16"])
+    with pytest.raises(EngineError, match=r"different dtypes \(bfloat16, float32\).*give the ranker one dtype"):
+        one_dtype(["bfloat16", "float32", "bfloat16"])

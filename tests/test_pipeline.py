@@ -193,3 +193,29 @@ def test_the_iterator_gives_every_ranking_the_runs_ids_and_refuses_an_incomplete
     }
     with pytest.raises(ValueError, match="does not order each of the 3 candidates once"):
         list(rerank(BareRanker(drop=True), ds.queries, ds.corpus, run, top_k=3))
+
+
+def test_a_resume_compares_the_dtype_a_run_ran_in_not_the_option_that_chose_it(tmp_path, tiny_model_dir):
+    from llmrerank import Reranker
+    from llmrerank.backends.hf import native_bf16
+
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    out = tmp_path / "out.trec"
+    fp32 = Reranker("likelihood", model=str(tiny_model_dir), max_length=64, dtype="float32")
+    rerank_run(fp32, ds.queries, ds.corpus, run, out, top_k=3, progress=False)
+    written = out.read_text()
+    # a sidecar whose "auto" became float32 (a machine without native bfloat16): float32 resumes it
+    meta = json.loads(sidecar_path(out).read_text())
+    meta["backend"]["dtype"] = "auto"
+    sidecar_path(out).write_text(json.dumps(meta))
+    report = rerank_run(fp32, ds.queries, ds.corpus, run, out, top_k=3, resume=True, progress=False)
+    assert report.queries_skipped_resume == len(run) and out.read_text() == written
+    if not native_bf16("cpu"):
+        return
+    # a run written in float32 (likelihood's default before it became auto) and resumed under today's default:
+    # refused, naming both dtypes and the flag that continues it
+    default = Reranker("likelihood", model=str(tiny_model_dir), max_length=64)
+    with pytest.raises(ValueError, match=r"other backend \(.*resolved_dtype: 'float32' then, 'bfloat16' now\).*"
+                                         r"\(it ran in float32: dtype float32, --dtype float32, continues it\)"):
+        rerank_run(default, ds.queries, ds.corpus, run, out, top_k=3, resume=True, progress=False)

@@ -191,8 +191,17 @@ def test_the_command_with_a_teacher(labelled, tmp_path, tiny_model_dir, capsys):
         in_top = source in [d for d, _ in teacher_run[qid][:2]]
         assert (qid in kept) == in_top  # the filter, checked against the teacher's run file
     assert report["consistency"]["kept"] == len(kept)
+    # the teacher ran in its method's dtype (likelihood: auto), as llmrerank rerank would
+    side = json.loads((out / "teacher-likelihood.trec.json").read_text())
+    assert side["backend"]["dtype"] == "auto"
     # run again: nothing is generated or reranked anew, the same folder results
     before = (out / synthetic.GENERATED).read_text()
     assert main([*args, *teacher]) == 0 and (out / synthetic.GENERATED).read_text() == before
+    # a teacher in another dtype cannot continue that teacher run (where auto is bfloat16); --teacher-dtype is kept
+    from llmrerank.backends.hf import native_bf16
+
+    if native_bf16("cpu"):
+        assert main([*args, *teacher, "--teacher-dtype", "float32"]) != 0
+        assert "it ran in bfloat16: dtype bfloat16" in capsys.readouterr().err
     assert main([*args, "--examples-split", "test"]) == 2
     assert "never a test split" in capsys.readouterr().err

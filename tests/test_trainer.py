@@ -443,6 +443,9 @@ def test_the_dev_evaluation_runs_in_the_methods_default_dtype(tiny_model_dir, tm
     with trainer._evaluation_backend():
         evaluator = trainer.ranker.backend
         assert evaluator is not training and evaluator.dtype == "bfloat16" and not evaluator.has_lora
+        # its weights in bfloat16, its buffers (the rotary frequencies) kept in float32 as a bfloat16 load keeps them
+        assert {p.dtype for p in evaluator.model.parameters()} == {torch.bfloat16}
+        assert {b.dtype for b in evaluator.model.buffers() if b.is_floating_point()} == {torch.float32}
         in_bf16 = trainer.ranker.score(QUERY, DOCS)
     assert trainer.ranker.backend is training and training.dtype == "float32" and training.has_lora
     in_fp32 = trainer.ranker.score(QUERY, DOCS)

@@ -196,6 +196,7 @@ class RayRanker:
             for slot in range(self.num_workers):
                 self._spawn(slot)
             infos = self._start_all()
+            one_dtype([info.get("dtype") for info in infos])
         except BaseException:
             self.close()
             raise
@@ -354,6 +355,9 @@ class RayRanker:
                     self._drop(slot, "it died while building the ranker")
                     continue
                 self._pids[slot] = self._checked(info)["pid"]
+                if info.get("dtype") != self.backend.dtype:  # its device resolved "auto" otherwise
+                    self._drop(slot, f"it computes in {info.get('dtype')}, the run in {self.backend.dtype}")
+                    continue
                 live.append(slot)
             elif now >= deadline:
                 took = self.engine.replacement_timeout
@@ -586,6 +590,18 @@ class RayRanker:
         if "error" in answer:
             raise _raised(answer["error"])
         return answer
+
+
+def one_dtype(dtypes: Sequence[Any]) -> None:
+    """Refuse workers that compute in different dtypes (``dtype="auto"`` resolved on unlike devices: a GPU and a
+    CPU, a CPU with AMX and one without): one run's scores must come from one precision. An EngineError naming them
+    and the fix."""
+    seen = sorted({str(d) for d in dtypes})
+    if len(seen) > 1:
+        raise EngineError(
+            f"the Ray workers compute in different dtypes ({', '.join(seen)}): 'auto' resolved differently on their "
+            "devices; give the ranker one dtype (e.g. backend dtype 'float32' or 'bfloat16')"
+        )
 
 
 def _fits(has: float, takes: float) -> int:

@@ -348,20 +348,43 @@ def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[st
     previous = _read_sidecar(path, out)
     # a setting an older sidecar lacks is compared only where absence has a meaning (no fusion)
     differ = [
-        k
+        _differing(k, previous.get(k), v)
         for k, v in settings.items()
-        if (k in previous or k in OPTIONAL_SETTINGS) and not _same(previous.get(k), v)
+        if (k in previous or k in OPTIONAL_SETTINGS) and not _same(_comparable(k, previous.get(k)), _comparable(k, v))
     ]
+    then = (previous.get("backend") or {}).get("resolved_dtype") if isinstance(previous.get("backend"), dict) else None
+    hint = ""
+    if then and then != (settings.get("backend") or {}).get("resolved_dtype"):
+        hint = f" (it ran in {then}: dtype {then}, --dtype {then}, continues it)"
     if differ and path != out:
         raise ValueError(
             f"cannot resume {out}: its unfinished run {path} was written with other {', '.join(differ)}; rerun with "
-            "those settings, or drop --resume to start over"
+            f"those settings{hint}, or drop --resume to start over"
         )
     if differ:
         raise ValueError(
-            f"cannot resume {out}: it was written with other {', '.join(differ)}; use another --out or drop --resume"
+            f"cannot resume {out}: it was written with other {', '.join(differ)}; use another --out or drop "
+            f"--resume{hint}"
         )
     return previous
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A setting as a resume compares it: the backend by the dtype it ran in (``resolved_dtype``) where the sidecar
+    records one, not by the option that chose it (``"auto"`` that became float32 is float32; a run written when
+    likelihood's default was float32 resumes under its default ``auto`` on a machine where that is float32)."""
+    if key == "backend" and isinstance(value, dict) and "resolved_dtype" in value:
+        return {k: v for k, v in value.items() if k != "dtype"}
+    return value
+
+
+def _differing(key: str, before: Any, now: Any) -> str:
+    """A differing setting named for the refusal; a table's differing entries with their two values."""
+    if not (isinstance(before, dict) and isinstance(now, dict)):
+        return key
+    keys = sorted(k for k in set(before) | set(now) if not _same(before.get(k), now.get(k)))
+    detail = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in keys)
+    return f"{key} ({detail})" if detail else key
 
 
 def _same(a: Any, b: Any) -> bool:

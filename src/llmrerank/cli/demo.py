@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> None:
         check_writable(args.out_dir, "demo output", folder=True)  # before the model loads
     ranker = ranker_from_args(args)
     asked = getattr(getattr(ranker.backend, "options", None), "dtype", None)  # "auto" became bfloat16 or float32
-    print(f"computing in {ranker.backend.dtype}" + (f" (--dtype {asked})" if asked else ""), file=sys.stderr)
+    given = getattr(args, "dtype", None)
+    how = f"--dtype {given}" if given else f"{args.method}'s default dtype, {asked}"
+    print(f"computing in {ranker.backend.dtype} ({how})", file=sys.stderr)
     out_dir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="llmrerank-demo-"))
     out = out_dir / f"{args.method}.trec"
     report = rerank_run(ranker, ds.queries, ds.corpus, run, out, top_k=args.top_k, progress=not args.quiet)

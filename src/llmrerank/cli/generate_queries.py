@@ -41,6 +41,10 @@ def add_parser(subparsers: Any) -> None:
     g.add_argument("--teacher-method", default="likelihood", help="the teacher's method (likelihood)")
     g.add_argument("--teacher-max-length", type=positive_int, default=256)
     g.add_argument("--teacher-top-k", type=positive_int, default=20, help="candidates the teacher reranks (20)")
+    g.add_argument(
+        "--teacher-dtype", choices=["auto", "float32", "bfloat16"], default=None,
+        help="the teacher's dtype (default: its method's, as llmrerank rerank: auto for likelihood)",
+    )
     g.add_argument("--consistency-k", type=positive_int, default=3, help="the source must be in the top k (3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -126,8 +130,10 @@ def _teacher(args: argparse.Namespace, out: Path, teacher_run: Path) -> None:
     from ..train.synthetic import RUN
 
     ds = load_beir(out, split="generated")
+    dtype = {"dtype": args.teacher_dtype} if args.teacher_dtype else {}  # none: the method's own
     ranker = Reranker(
-        args.teacher_method, model=args.teacher_model, max_length=args.teacher_max_length, threads=args.threads
+        args.teacher_method, model=args.teacher_model, max_length=args.teacher_max_length, threads=args.threads,
+        **dtype,
     )
     rerank_run(
         ranker,

@@ -85,8 +85,10 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     backends: dict[str, Any] = {}
     rankers: dict[str, Any] = {}
     for spec in check_specs(specs):
-        # the method's own dtype where none is given: a likelihood and a yes/no ranker on one model may not share it
+        # the method's own dtype where none is given: a likelihood and a yes/no ranker on one model share it only
+        # where likelihood's "auto" is float32 on this device (the key holds the dtype the weights load in)
         backend_table = backend_options_for(spec["method"], dict(spec.get("backend") or {})).to_dict()
+        loads_in = {**backend_table, "dtype": weights_dtype(backend_table)}
         options = dict(spec.get("options") or {})
         options_class(spec["method"]).build(options)  # checked before its model loads
         folder = trained.read(spec["model"])
@@ -98,11 +100,21 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         # or none, must not share them
         adapter = options.get("adapter")
         adapter = str(Path(adapter).expanduser().resolve()) if adapter is not None else None
-        key = json.dumps([spec["model"], backend_table, adapter], sort_keys=True)
+        key = json.dumps([spec["model"], loads_in, adapter], sort_keys=True)
         if key not in backends:
             backends[key] = HFBackend.load(spec["model"], **backend_table)
         rankers[spec["name"]] = Reranker(spec["method"], backend=backends[key], **options)
     return rankers
+
+
+def weights_dtype(backend_table: Mapping[str, Any]) -> str:
+    """The dtype a backend loaded with these options holds its weights in on this machine: ``auto`` resolved for
+    its device (int8 quantisation runs on float32 weights)."""
+    from ..backends.hf import dtype_name, parse_dtype, resolve_device
+
+    if backend_table.get("quantize") is not None:
+        return "float32"
+    return dtype_name(parse_dtype(backend_table.get("dtype") or "float32", resolve_device(backend_table["device"])))
 
 
 class ScoreCache:

@@ -261,7 +261,7 @@ class TrainConfig:
     # what the dev evaluation computes in: auto (bfloat16 where the device computes it natively), float32 or
     # bfloat16; None = the method's default, as Reranker() and the CLI load it (auto for likelihood, float32 for
     # pointwise). Training keeps float32 weights: a bfloat16 evaluation scores a bfloat16 copy (adapters merged);
-    # float32 scores the model being trained as it is (under bf16_autocast when training uses it)
+    # float32 scores the model being trained as it is (in its own dtype; under bf16_autocast when training uses it)
     eval_dtype: str | None = None
     # the trained folder holds the weights of the best dev evaluation (nDCG@10; the earliest of equals) instead
     # of the last step's, as transformers' load_best_model_at_end

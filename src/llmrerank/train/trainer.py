@@ -171,10 +171,16 @@ class Trainer:
         from ..backends.hf import HFBackend
 
         b = self.backend
-        copy = deepcopy(model)  # not under inference mode: a conversion made there runs many times slower
+        # Each weight copied straight into bfloat16 (never a second float32 copy), the buffers as they are (the
+        # rotary frequencies stay float32, as a bfloat16 load keeps them); then the adapters merged into it. Not
+        # under inference mode: a conversion made there runs many times slower.
+        memo = {
+            id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in model.parameters()
+        }
+        copy = deepcopy(model, memo)
         if b.has_lora:
             copy = copy.merge_and_unload()
-        copy = copy.to(torch.bfloat16).eval()
+        copy.eval()
         evaluator = HFBackend(copy, b.tokenizer, batch_size=b.batch_size, device=b.device, name=b.name,
                               batch_tokens=b.batch_tokens, reuse_prefix=b.reuse_prefix, pass_cost=b.pass_cost_option)
         self.ranker.backend = evaluator
