@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--modes", nargs="+", default=["float32", "float32-plain", "bfloat16", "int8"], choices=list(MODES))
     ap.add_argument("--queries", type=int, default=None, help="the first N DL19 queries (default: all 43)")
     ap.add_argument("--top-k", type=int, default=20)
-    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--max-length", type=int, default=256, help="0: each method's own (listwise: a whole window)")
     ap.add_argument("--out", type=Path, default=RESULTS / "precision.json")
     args = ap.parse_args(argv)
     if REFERENCE not in args.modes:
@@ -101,9 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         for method in args.methods:
             if (model, method) in done:
                 continue
-            rankers = {
-                m: Reranker(method, model=model, max_length=args.max_length, **MODES[m]) for m in args.modes
-            }
+            length = {"max_length": args.max_length} if args.max_length else {}
+            rankers = {m: Reranker(method, model=model, **length, **MODES[m]) for m in args.modes}
             scores: dict[str, dict[str, list[float]]] = {m: {} for m in args.modes}
             seconds = dict.fromkeys(args.modes, 0.0)
             for q in tqdm(ds.qids, desc=f"{model} {method}", unit="query"):
