@@ -21,7 +21,8 @@ wall time (``benchmarks/results/distill-dl21.json``):
    (``benchmarks/results/zero_shot-{dl19,scifact}-*.json``, ``max_length`` 256): paired t-tests on the same
    queries.
 7. ``timing``: seconds per query of the teacher (0.5B likelihood, float32 as in its DL19 figure) and the student,
-   side by side in this process, on the first ``--timing-queries`` DL19 queries.
+   side by side in this process, on the first ``--timing-queries`` DL19 queries (``--timing-dtype float32 auto``:
+   in each dtype in turn; ``auto`` is likelihood's default).
 8. ``ship``: the chosen student's adapter folder copied to ``src/llmrerank/presets/smollm2-135m-distilled``.
 
 Usage (from the repository root)::
@@ -396,43 +397,55 @@ def stage_evaluate(args: argparse.Namespace, bench: Report) -> None:
 
 
 def stage_timing(args: argparse.Namespace, bench: Report) -> None:
+    """Seconds per query of the teacher and the student, side by side, in each of ``--timing-dtype``: the entry
+    ``timing`` holds float32's (as recorded first), ``timing-DTYPE`` another dtype's."""
     from llmrerank import Reranker
     from llmrerank.pipeline import rerank
 
     chosen = bench.result["stages"]["select"]["chosen"]
-    model_dir = REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"]
+    student = args.timing_student or str(REPO / bench.result["stages"]["students"]["runs"][chosen]["model_dir"])
+    if args.timing_student is None and not Path(student).is_dir():
+        raise SystemExit(f"the chosen student's folder {student} is gone: give --timing-student (the shipped preset "
+                         "smollm2-135m-distilled holds its adapter)")
     data = load_dataset("dl19", args.data, TOP_K, args.timing_queries)
-    rows = {}
     first = " (the fused teacher's first member)" if args.fuse_teacher else ""
-    teacher = f"teacher: {args.teacher} {args.teacher_method}, {args.timing_dtype}{first}"
-    dtype = args.timing_dtype
-    for name, make in (
-        (teacher, lambda: Reranker(args.teacher_method, model=args.teacher, max_length=256, dtype=dtype)),
-        ("student: " + chosen, lambda: Reranker(model=str(model_dir), dtype=dtype)),
-    ):
-        ranker = make()
-        ranker.rank(
-            data.queries[next(iter(data.queries))], [data.corpus[d] for d, _ in data.run[next(iter(data.run))][:2]]
+    makers = {
+        dtype: (
+            (f"teacher: {args.teacher} {args.teacher_method}, {dtype}{first}",
+             lambda d=dtype: Reranker(args.teacher_method, model=args.teacher, max_length=256, dtype=d)),
+            (f"student: {chosen}, {dtype}", lambda d=dtype: Reranker(model=student, dtype=d)),
         )
-        t = time.perf_counter()
-        for _ in rerank(ranker, data.queries, data.corpus, data.run, top_k=TOP_K, queries_per_batch=4):
-            pass
-        seconds = time.perf_counter() - t
-        rows[name] = {
-            "queries": len(data.queries),
-            "seconds": round(seconds, 1),
-            "seconds_per_query": round(seconds / len(data.queries), 2),
+        for dtype in args.timing_dtype
+    }  # fmt: skip
+    rows: dict[str, dict[str, dict[str, Any]]] = {dtype: {} for dtype in makers}
+    for dtype, pair in makers.items():  # one dtype after the other, the teacher then the student, in this process
+        for name, make in pair:
+            ranker = make()
+            ranker.rank(
+                data.queries[next(iter(data.queries))], [data.corpus[d] for d, _ in data.run[next(iter(data.run))][:2]]
+            )
+            t = time.perf_counter()
+            for _ in rerank(ranker, data.queries, data.corpus, data.run, top_k=TOP_K, queries_per_batch=4):
+                pass
+            seconds = time.perf_counter() - t
+            rows[dtype][name] = {
+                "queries": len(data.queries),
+                "seconds": round(seconds, 1),
+                "seconds_per_query": round(seconds / len(data.queries), 2),
+                "resolved_dtype": ranker.backend.dtype,
+            }
+            print(f"timing: {name}: {rows[dtype][name]}", file=sys.stderr, flush=True)
+            del ranker
+    for dtype, runs in rows.items():
+        teacher_s, student_s = (r["seconds_per_query"] for r in runs.values())
+        bench.result["stages"]["timing" if dtype == "float32" else f"timing-{dtype}"] = {
+            "dataset": "dl19",
+            "top_k": TOP_K,
+            "student": rel(student) if Path(student).is_dir() else student,
+            "runs": runs,
+            "student_cost_share": round(student_s / teacher_s, 3),
+            "dtype": dtype,
         }
-        print(f"timing: {name}: {rows[name]}", file=sys.stderr, flush=True)
-        del ranker
-    teacher_s, student_s = (r["seconds_per_query"] for r in rows.values())
-    bench.result["stages"]["timing"] = {
-        "dataset": "dl19",
-        "top_k": TOP_K,
-        "runs": rows,
-        "student_cost_share": round(student_s / teacher_s, 3),
-        "dtype": args.timing_dtype,
-    }
 
 
 def stage_ship(args: argparse.Namespace, bench: Report) -> None:
@@ -543,8 +556,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=2, help="at most this many epochs a student (default 2)")
     parser.add_argument("--max-minutes", type=float, default=12.0, help="training budget a student (default 12)")
     parser.add_argument("--timing-queries", type=int, default=8)
-    parser.add_argument("--timing-dtype", default="float32", choices=("float32", "bfloat16", "auto"),
-                        help="of both rankers in the timing stage (default float32, as recorded)")
+    parser.add_argument("--timing-dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16", "auto"),
+                        help="of both rankers in the timing stage, each in turn (default float32, as recorded)")
+    parser.add_argument("--timing-student", default=None,
+                        help="the student the timing stage runs (default the chosen student's folder)")
     parser.add_argument(
         "--tag", default=None, help="names the students of another run of the chain (their files get -TAG)"
     )
