@@ -3,7 +3,9 @@ multiplies, attention, compiled fused kernels, other elementwise work and the re
 
 The roofline of ``throughput.py`` counts 2 × the non-embedding parameters a token, the matrix multiplies' work;
 this shows what else the CPU spends its time on, and so why the fraction of the roofline stays where it is.
-The first query warms up (and, with ``--compile on``, builds kernels); the next ``--queries`` are profiled.
+The first query warms up (and, with ``--compile on``, builds kernels); the next ``--queries`` are profiled. A
+probe then times one layer's attention at the model's head shape: torch's CPU flash kernel against its math path,
+and a mask against ``is_causal``.
 
     python benchmarks/op_profile.py                                   # 135M, pointwise, bfloat16 + compile
     python benchmarks/op_profile.py --dtype float32 --compile off --out benchmarks/results/op_profile-fp32.json
@@ -35,6 +37,43 @@ def group_of(name: str) -> str:
         if any(name.startswith(p) for p in prefixes):
             return group
     return "other (dispatch, Python, dynamo)"
+
+
+def attention_probe(dtype: str, heads: int, head_dim: int, repeats: int = 10) -> dict[str, float]:
+    """Milliseconds of one layer's attention for a pass of 16 rows (180 new tokens over 240 keys, as with a reused
+    prefix; and 240 over 240), with torch's CPU flash kernel and its plain math path, with a mask and causal."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dt = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(0)
+    rows, new, keys = 16, 180, 240
+
+    def t(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(dt)
+
+    q, k, v, square = t(rows, heads, new, head_dim), t(rows, heads, keys, head_dim), t(rows, heads, keys, head_dim), \
+        t(rows, heads, keys, head_dim)
+    mask = torch.ones(rows, 1, new, keys, dtype=torch.bool).tril(diagonal=keys - new)
+    full = torch.ones(rows, 1, keys, keys, dtype=torch.bool).tril()
+    cases = {
+        "flash_mask": (SDPBackend.FLASH_ATTENTION, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)),
+        "math_mask": (SDPBackend.MATH, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)),
+        "flash_square_mask": (SDPBackend.FLASH_ATTENTION,
+                              lambda: F.scaled_dot_product_attention(square, k, v, attn_mask=full)),
+        "flash_square_causal": (SDPBackend.FLASH_ATTENTION,
+                                lambda: F.scaled_dot_product_attention(square, k, v, is_causal=True)),
+    }  # fmt: skip
+    out = {}
+    for name, (backend, run) in cases.items():
+        with torch.inference_mode(), sdpa_kernel(backend):
+            run()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                run()
+            out[name + "_ms"] = round((time.perf_counter() - start) / repeats * 1000, 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -84,10 +123,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {"op": e.key[:80], "share": round(e.self_cpu_time_total / total, 4), "calls": e.count} for e in top
         ],
     }
+    config = ranker.backend.model.config
+    result["attention_probe"] = attention_probe(
+        args.dtype, config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    )
     write_json(args.out, result)
     rows = [["group", "share of CPU time"]] + [[g, f"{100 * s:.1f}%"] for g, s in result["groups"].items()]
     print("\n".join(markdown_table(rows)))
-    print(f"\n{result['docs_per_s']} docs/s while profiled; wrote {args.out}")
+    print(f"\n{result['docs_per_s']} docs/s while profiled; attention probe (ms): {result['attention_probe']}")
+    print(f"wrote {args.out}")
     return result
 
 
