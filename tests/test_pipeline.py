@@ -217,5 +217,5 @@ def test_a_resume_compares_the_dtype_a_run_ran_in_not_the_option_that_chose_it(t
     # refused, naming both dtypes and the flag that continues it
     default = Reranker("likelihood", model=str(tiny_model_dir), max_length=64)
     with pytest.raises(ValueError, match=r"other backend \(.*resolved_dtype: 'float32' then, 'bfloat16' now\).*"
-                                         r"\(it ran in float32: dtype float32, --dtype float32, continues it\)"):
+                                         r"\(it ran in float32: the dtype option float32 continues it\)"):
         rerank_run(default, ds.queries, ds.corpus, run, out, top_k=3, resume=True, progress=False)

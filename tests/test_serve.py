@@ -431,6 +431,10 @@ model = "{tiny_model_dir}"
     assert rankers["yes-no"].backend.options.dtype == "float32"
     same = rankers["ql-bf16"] if native_bf16("cpu") else rankers["yes-no"]
     assert rankers["ql-default"].backend is same.backend
+    # each reports (and rebuilds with) its own backend options, not those its shared copy was loaded with
+    assert rankers["ql-default"].config()["backend"]["dtype"] == "auto"
+    assert rankers["ql-bf16"].config()["backend"]["dtype"] == "bfloat16"
+    assert rankers["yes-no"].config()["backend"]["dtype"] == rankers["ql"].config()["backend"]["dtype"] == "float32"
     assert rankers["yes-no"].options.max_length == 96 and rankers["ql"].method == "likelihood"
     with pytest.raises(ValueError, match="two rankers are named 'ql'"):
         load_rankers([*specs, {"name": "ql", "method": "pointwise"}])

@@ -202,6 +202,6 @@ def test_the_command_with_a_teacher(labelled, tmp_path, tiny_model_dir, capsys):
 
     if native_bf16("cpu"):
         assert main([*args, *teacher, "--teacher-dtype", "float32"]) != 0
-        assert "it ran in bfloat16: dtype bfloat16" in capsys.readouterr().err
+        assert "it ran in bfloat16: the dtype option bfloat16 continues it" in capsys.readouterr().err
     assert main([*args, "--examples-split", "test"]) == 2
     assert "never a test split" in capsys.readouterr().err

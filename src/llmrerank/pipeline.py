@@ -348,14 +348,14 @@ def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[st
     previous = _read_sidecar(path, out)
     # a setting an older sidecar lacks is compared only where absence has a meaning (no fusion)
     differ = [
-        _differing(k, previous.get(k), v)
+        _differing(k, _comparable(k, previous.get(k)), _comparable(k, v))
         for k, v in settings.items()
         if (k in previous or k in OPTIONAL_SETTINGS) and not _same(_comparable(k, previous.get(k)), _comparable(k, v))
     ]
     then = (previous.get("backend") or {}).get("resolved_dtype") if isinstance(previous.get("backend"), dict) else None
     hint = ""
     if then and then != (settings.get("backend") or {}).get("resolved_dtype"):
-        hint = f" (it ran in {then}: dtype {then}, --dtype {then}, continues it)"
+        hint = f" (it ran in {then}: the dtype option {then} continues it)"
     if differ and path != out:
         raise ValueError(
             f"cannot resume {out}: its unfinished run {path} was written with other {', '.join(differ)}; rerun with "

@@ -112,6 +112,10 @@ class RankerBase:
             raise TypeError(f"give {self.method} an options object or keyword options, not both: {sorted(given)}")
         self.backend = backend
         self.options = options
+        # How this ranker asked its model to run, where that differs from the options the shared backend was loaded
+        # with (the server shares one loaded model between rankers whose weights load in the same dtype): what
+        # config() reports, so that it rebuilds this ranker as asked. None: the backend's own.
+        self.backend_table: dict[str, Any] | None = None
         # The checks that need no forward pass, run at every build (llmrerank.check); subclasses add theirs.
         self.build_checks: list[Check] = []
         template = getattr(options, "template", None)
@@ -159,7 +163,8 @@ class RankerBase:
         return {
             "method": self.method,
             "model": getattr(self.backend, "name", None),
-            "backend": backend_options(self.backend),
+            "backend": dict(table) if (table := getattr(self, "backend_table", None)) is not None
+            else backend_options(self.backend),
             "options": self.options.to_dict(),
         }
 

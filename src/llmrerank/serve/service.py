@@ -103,7 +103,9 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         key = json.dumps([spec["model"], loads_in, adapter], sort_keys=True)
         if key not in backends:
             backends[key] = HFBackend.load(spec["model"], **backend_table)
-        rankers[spec["name"]] = Reranker(spec["method"], backend=backends[key], **options)
+        ranker = Reranker(spec["method"], backend=backends[key], **options)
+        ranker.backend_table = backend_table  # its own options (dtype "auto", say), not those the copy loaded with
+        rankers[spec["name"]] = ranker
     return rankers
 
 

@@ -171,11 +171,15 @@ class Trainer:
         from ..backends.hf import HFBackend
 
         b = self.backend
-        # Each weight copied straight into bfloat16 (never a second float32 copy), the buffers as they are (the
-        # rotary frequencies stay float32, as a bfloat16 load keeps them); then the adapters merged into it. Not
-        # under inference mode: a conversion made there runs many times slower.
+        # Each weight copied straight into bfloat16 (never a second float32 copy of the model), the LoRA adapters in
+        # float32 and the buffers as they are (the rotary frequencies stay float32): a trained folder loads so, its
+        # base in bfloat16 and peft's adapters in float32, then merged. Always a copy, never a view of a weight the
+        # merge would change. Not under inference mode: a conversion made there runs many times slower.
         memo = {
-            id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in model.parameters()
+            id(p): torch.nn.Parameter(
+                p.detach().to(torch.float32 if "lora_" in name else torch.bfloat16, copy=True), requires_grad=False
+            )
+            for name, p in model.named_parameters()
         }
         copy = deepcopy(model, memo)
         if b.has_lora:
