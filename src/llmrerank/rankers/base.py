@@ -99,8 +99,8 @@ class RankerBase:
     method: ClassVar[str] = "ranker"
     Options: ClassVar[type[Options]] = Options
     # The backend's dtype when none is given (the ``dtype`` backend option's default, per method): float32 unless
-    # a faster one passed the ranking-agreement rule for this method (issue 14; docs/benchmarks.md, "Speed": yes/no
-    # and setwise failed it in bfloat16, listwise gave no evidence, pairwise was not measured).
+    # a faster one passed the ranking-agreement rule for this method (issue 14; docs/benchmarks.md, "Speed": yes/no,
+    # setwise and pairwise failed it in bfloat16, listwise gave no evidence).
     default_dtype: ClassVar[str] = "float32"
 
     def __init__(self, backend: Backend, options: Options | None = None, **given: Any):
