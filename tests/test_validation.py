@@ -82,6 +82,8 @@ def _ranker():
         ({"dtype": "float64"}, ValueError, r'^config: dtype must be "float32", "bfloat16" or "float16", got str'),
         ({"bf16_autocast": "no"}, ValueError, r'^config: bf16_autocast must be true, false or "auto", got str \'no\'$'),
         ({"bf16_autocast": 1}, ValueError, r'^config: bf16_autocast must be true, false or "auto", got int 1$'),
+        ({"eval_dtype": "int8"}, ValueError, r'^config: eval_dtype must be "auto", "float32" or "bfloat16", got str'),
+        ({"eval_dtype": 1}, ValueError, r'^config: eval_dtype must be "auto", "float32" or "bfloat16", got int 1$'),
         ({"teacher_mode": "rank"}, ValueError, r'^config: teacher_mode must be "scores" or "order", got str \'rank\'$'),
         (
             {"loss": "nope"},
@@ -329,6 +331,11 @@ def test_good_arguments_still_work():
         (["rerank", "--quantize", "int4"], "argument --quantize: invalid choice: 'int4'"),
         (["rerank", "--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
         (["rerank", "--pass-cost", "-1"], "argument --pass-cost: must be at least 0, got -1"),
+        (
+            ["generate-queries", "--data", "d", "--model", "m", "--passages", "1", "--out", "o"]
+            + ["--teacher-dtype", "fp8"],
+            "argument --teacher-dtype: invalid choice: 'fp8'",
+        ),
         (
             ["rerank", "--compile", "perhaps"],
             "argument --compile: 'perhaps' is not one of true/false, on/off, yes/no, 1/0",

@@ -352,9 +352,10 @@ def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[st
         for k, v in settings.items()
         if (k in previous or k in OPTIONAL_SETTINGS) and not _same(_comparable(k, previous.get(k)), _comparable(k, v))
     ]
-    then = (previous.get("backend") or {}).get("resolved_dtype") if isinstance(previous.get("backend"), dict) else None
+    before, now = previous.get("backend"), settings.get("backend")
+    then = before.get("resolved_dtype") if isinstance(before, dict) else None
     hint = ""
-    if then and then != (settings.get("backend") or {}).get("resolved_dtype"):
+    if then and then != (now or {}).get("resolved_dtype"):
         hint = f" (it ran in {then}: the dtype option {then} continues it)"
     if differ and path != out:
         raise ValueError(

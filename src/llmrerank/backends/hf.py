@@ -41,6 +41,12 @@ def parse_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") ->
     return DTYPES[dtype]
 
 
+def weights_dtype(dtype: str | torch.dtype, device: torch.device | str, quantize: str | None = None) -> torch.dtype:
+    """The dtype a model's weights load in: ``dtype`` resolved for ``device`` (:func:`parse_dtype`), float32 under
+    int8 quantisation (its kernels take float32 activations, so ``"auto"`` means float32 there)."""
+    return torch.float32 if quantize is not None else parse_dtype(dtype, device)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
 
@@ -280,8 +286,7 @@ class HFBackend:
         dev = resolve_device(device)
         if quantize is not None and dev.type != "cpu":
             raise ValueError(f"quantize={quantize!r} is dynamic CPU quantisation: use device='cpu'")
-        # int8 kernels take float32 activations, so "auto" means float32 there
-        torch_dtype = torch.float32 if quantize is not None else parse_dtype(dtype, dev)
+        torch_dtype = weights_dtype(dtype, dev, quantize)
         lm, tokenizer, name = load_causal_lm(model, torch_dtype, dev)
         if quantize == "int8":
             lm = quantize_int8(lm)

@@ -163,8 +163,7 @@ class RankerBase:
         return {
             "method": self.method,
             "model": getattr(self.backend, "name", None),
-            "backend": dict(table) if (table := getattr(self, "backend_table", None)) is not None
-            else backend_options(self.backend),
+            "backend": dict(self.backend_table) if self.backend_table is not None else backend_options(self.backend),
             "options": self.options.to_dict(),
         }
 

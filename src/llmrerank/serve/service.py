@@ -79,7 +79,7 @@ def check_specs(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Build the rankers of ``specs`` (see :func:`check_specs`), loading each distinct (model, backend) once."""
     from .. import trained
-    from ..backends.hf import HFBackend
+    from ..backends.hf import HFBackend, dtype_name, resolve_device, weights_dtype
     from ..registry import Reranker, backend_options_for, options_class
 
     backends: dict[str, Any] = {}
@@ -88,7 +88,9 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         # the method's own dtype where none is given: a likelihood and a yes/no ranker on one model share it only
         # where likelihood's "auto" is float32 on this device (the key holds the dtype the weights load in)
         backend_table = backend_options_for(spec["method"], dict(spec.get("backend") or {})).to_dict()
-        loads_in = {**backend_table, "dtype": weights_dtype(backend_table)}
+        device = resolve_device(backend_table["device"])
+        loads_in = {**backend_table, "dtype": dtype_name(weights_dtype(backend_table["dtype"], device,
+                                                                       backend_table["quantize"]))}
         options = dict(spec.get("options") or {})
         options_class(spec["method"]).build(options)  # checked before its model loads
         folder = trained.read(spec["model"])
@@ -107,16 +109,6 @@ def load_rankers(specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ranker.backend_table = backend_table  # its own options (dtype "auto", say), not those the copy loaded with
         rankers[spec["name"]] = ranker
     return rankers
-
-
-def weights_dtype(backend_table: Mapping[str, Any]) -> str:
-    """The dtype a backend loaded with these options holds its weights in on this machine: ``auto`` resolved for
-    its device (int8 quantisation runs on float32 weights)."""
-    from ..backends.hf import dtype_name, parse_dtype, resolve_device
-
-    if backend_table.get("quantize") is not None:
-        return "float32"
-    return dtype_name(parse_dtype(backend_table.get("dtype") or "float32", resolve_device(backend_table["device"])))
 
 
 class ScoreCache:
