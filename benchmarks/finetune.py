@@ -15,8 +15,10 @@ dev nDCG@10 on DL21 dev every 10 steps, seed 0):
 - ``distill``: synthetic queries instead of labels (issue 17; ``benchmarks/distill.py`` runs the chain): the
   folder ``llmrerank generate-queries`` wrote (``--synthetic``; its ``train`` split, the queries the consistency
   filter kept), groups of the source passage and 7 negatives drawn from its BM25 top 20, the loss's targets the
-  teacher run's (``--teacher-run``: its scores for ``kl`` and ``margin_mse``, its order for ``ranknet``), dev
-  nDCG@10 on DL21 dev (``dev_data``); with ``--loss`` and ``--method``
+  teacher run's (``--teacher-run``: its scores for ``kl`` and ``margin_mse``, its order for ``ranknet``), or,
+  with no teacher, the source passage itself, as InPars trains (``grouped_ce``: the source against its negatives;
+  ``nll``: the likelihood of the query after its source, ``--group-size 1``); dev nDCG@10 on DL21 dev
+  (``dev_data``); with ``--loss`` and ``--method``
 - ``zero-shot``: no training; only the zero-shot likelihood runs (the cached baselines) and their evaluation
 
 Evaluation of the trained folder, loaded with ``Reranker(method, model=folder)``:
@@ -100,6 +102,10 @@ CHOICES = (*VARIANTS, "scifact", "distill", "zero-shot")
 LABEL_LOSSES = ("grouped_ce", "ranknet", "listnet", "poly1", "listmle", "lambdaloss", "bce")
 # the distillation losses of --variant distill: KL to the teacher's distribution, RankNet on its order, margin MSE
 DISTILL_LOSSES = ("kl", "ranknet", "margin_mse")
+# and the losses that need no teacher, learning each synthetic query's source passage (its qrels) as InPars does:
+# the likelihood of the query after it (nll), or the source picked out of its BM25 negatives (grouped_ce)
+SOURCE_LOSSES = ("nll", "grouped_ce")
+SYNTHETIC_LOSSES = (*DISTILL_LOSSES, *SOURCE_LOSSES)
 DISTILL_TOP_K = 20  # the teacher reranked the synthetic queries' BM25 top 20: negatives come from there
 
 # the shared base: examples/smollm2-dl21-grouped-ce.toml (the ranker's options: base_options)
@@ -195,6 +201,10 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
         settings["learning_rate"] = args.learning_rate
     if args.lora_r is not None:
         settings.update(lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+    if args.group_size is not None:
+        settings["group_size"] = args.group_size
+    if args.eval_every is not None:
+        settings["eval_every"] = args.eval_every
     if args.loss_options:
         settings["loss_options"] = dict(args.loss_options)
     if args.variant == "scifact":
@@ -216,12 +226,15 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
             top_k=DISTILL_TOP_K,
             unjudged=True,  # a synthetic query's one judged document is its source passage
             max_positives=1,
-            teacher_run=str(args.teacher_run),
-            teacher_mode="order" if loss == "ranknet" else "scores",
-            target="teacher",
             dev_data=str(args.data / "dl21"),
             dev_run=str(args.data / "dl21" / "bm25-top100.trec"),
         )
+        if loss not in SOURCE_LOSSES:  # those learn the source passage (the qrels), no teacher
+            settings.update(
+                teacher_run=str(args.teacher_run),
+                teacher_mode="order" if loss == "ranknet" else "scores",
+                target="teacher",
+            )
     else:
         method, loss, _ = VARIANTS[args.variant]
         settings.update(data=str(args.data / "dl21"), split="train", run=str(args.data / "dl21" / "bm25-top100.trec"))
@@ -629,7 +642,8 @@ class Bench(Report):
         elif args.variant == "scifact":
             description = f"{args.method}, {args.loss}, SciFact train (BM25 top-100 unjudged negatives)"
         elif args.variant == "distill":
-            description = f"{args.method}, {args.loss} on the teacher, synthetic queries ({rel(str(args.synthetic))})"
+            target = "the source passages" if args.loss in SOURCE_LOSSES else "the teacher"
+            description = f"{args.method}, {args.loss} on {target}, synthetic queries ({rel(str(args.synthetic))})"
         else:
             description = "no training: BM25 and the zero-shot likelihood baselines"
         if args.departs:
@@ -694,7 +708,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=CHOICES, required=True)
     parser.add_argument(
-        "--loss", choices=sorted({*LABEL_LOSSES, *DISTILL_LOSSES}), default=None, help="of --variant scifact, distill"
+        "--loss", choices=sorted({*LABEL_LOSSES, *SYNTHETIC_LOSSES}), default=None, help="of --variant scifact, distill"
     )
     parser.add_argument(
         "--method", choices=("pointwise", "likelihood"), default=None, help="of --variant scifact, distill"
@@ -729,6 +743,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-best", action="store_true", help="model/ holds the best dev evaluation's weights")
     parser.add_argument("--learning-rate", type=float, default=None, help="of the adapter (default 3e-4 as in BASE)")
     parser.add_argument("--lora-r", type=int, default=None, help="the adapter's rank (default 16; alpha is 2r)")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default 10)")
+    parser.add_argument(
+        "--group-size", type=int, default=None, help="documents a group (default 8 as in BASE; 1 for --loss nll)"
+    )
     parser.add_argument(
         "--loss-option",
         action="append",
@@ -750,12 +768,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--variant scifact needs --loss, one of {', '.join(LABEL_LOSSES)}")
         args.method = args.method or "pointwise"
     elif args.variant == "distill":
-        if args.loss not in DISTILL_LOSSES:
-            parser.error(f"--variant distill needs --loss, one of {', '.join(DISTILL_LOSSES)}")
-        if args.synthetic is None or args.teacher_run is None:
-            parser.error("--variant distill needs --synthetic and --teacher-run")
+        if args.loss not in SYNTHETIC_LOSSES:
+            parser.error(f"--variant distill needs --loss, one of {', '.join(SYNTHETIC_LOSSES)}")
+        if args.synthetic is None or (args.teacher_run is None and args.loss not in SOURCE_LOSSES):
+            parser.error(
+                f"--variant distill needs --synthetic, and --teacher-run for every loss but "
+                f"{' and '.join(SOURCE_LOSSES)}"
+            )
         args.method = args.method or "likelihood"
-        args.synthetic, args.teacher_run = args.synthetic.resolve(), args.teacher_run.resolve()
+        args.synthetic = args.synthetic.resolve()
+        args.teacher_run = args.teacher_run.resolve() if args.teacher_run else None
     elif args.loss is not None or args.method is not None:
         parser.error("--loss and --method are for --variant scifact and distill; variants a-e fix their own")
     if args.variant != "distill" and (args.synthetic is not None or args.teacher_run is not None):
@@ -781,6 +803,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.lora_r <= 0:
             parser.error("--lora-r must be positive")
         args.departs.append(f"LoRA r{args.lora_r}/alpha{2 * args.lora_r}")
+    if args.group_size is not None:
+        if args.group_size <= 0:
+            parser.error("--group-size must be positive")
+        args.departs.append(f"groups of {args.group_size}")
+    if args.eval_every is not None:
+        if args.eval_every < 0:
+            parser.error("--eval-every must be 0 or more")
+        args.departs.append(f"dev every {args.eval_every} steps")
     args.loss_options = {}
     for item in args.loss_option:
         key, eq, value = item.partition("=")
@@ -792,9 +822,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--loss-option {item!r}: KEY=NUMBER, e.g. sigma=5")
     if args.loss_options:
         args.departs.append("loss options " + ", ".join(f"{k}={v:g}" for k, v in args.loss_options.items()))
-    training = (args.learning_rate, args.lora_r, args.loss_options or None)
+    training = (args.learning_rate, args.lora_r, args.loss_options or None, args.group_size, args.eval_every)
     if args.variant == "zero-shot" and any(v is not None for v in training):
-        parser.error("--learning-rate, --lora-r and --loss-option set training: --variant zero-shot trains nothing")
+        parser.error(
+            "--learning-rate, --lora-r, --loss-option, --group-size and --eval-every set training: --variant "
+            "zero-shot trains nothing"
+        )
     if args.loss_options:  # refused now, not after the record is started (TrainConfig checks them the same way)
         from llmrerank.train.config import _check_loss
 
@@ -804,8 +837,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--loss-option: {e}")
     if args.departs and args.tag is None:
         parser.error(
-            "--max-positives, --keep-best, --learning-rate, --lora-r and --loss-option depart from the variant's "
-            "settings: name the run with --tag"
+            "--max-positives, --keep-best, --learning-rate, --lora-r, --group-size, --eval-every and --loss-option "
+            "depart from the variant's settings: name the run with --tag"
         )
     base = args.variant + (f"-{args.method}-{args.loss}".replace("_", "-") if args.variant == "distill" else "")
     args.name = base + (f"-{args.tag}" if args.tag else "")

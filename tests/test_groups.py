@@ -63,13 +63,22 @@ def test_threshold_and_teacher(tiny):
         build_groups(ds.queries, ds.corpus, ds.qrels, run, group_size=3, teacher_run={"q1": [("d1", 1.0)]})
 
 
+def test_a_group_of_one_is_the_positive_alone(tiny):
+    """group_size 1 (the loss nll reads the positive only): one group per positive, as with negatives."""
+    ds, run = tiny
+    groups, stats = build_groups(ds.queries, ds.corpus, ds.qrels, run, group_size=1)
+    assert [g.doc_ids for g in groups] == [("d1",), ("d4",), ("d5",), ("d6",), ("d9",)]
+    assert [g.labels for g in groups] == [(3.0,), (2.0,), (3.0,), (2.0,), (3.0,)]
+    assert stats.groups == 5 and stats.negatives_repeated == 0 and stats.negatives_unjudged == 0
+
+
 def test_same_seed_same_groups_and_bad_arguments(tiny):
     ds, run = tiny
     a, _ = build_groups(ds.queries, ds.corpus, ds.qrels, run, group_size=3, seed=7)
     b, _ = build_groups(ds.queries, ds.corpus, ds.qrels, run, group_size=3, seed=7)
     assert a == b
-    with pytest.raises(ValueError, match="group_size"):
-        build_groups(ds.queries, ds.corpus, ds.qrels, run, group_size=1)
+    with pytest.raises(ValueError, match="group_size must be at least 1"):
+        build_groups(ds.queries, ds.corpus, ds.qrels, run, group_size=0)
     with pytest.raises(ValueError, match="teacher_mode"):
         build_groups(ds.queries, ds.corpus, ds.qrels, run, teacher_mode="rank")
 

@@ -24,16 +24,18 @@ from llmrerank.train.losses import (
     listmle,
     listnet,
     margin_mse,
+    nll,
     poly1,
     ranknet,
 )
 
 F64 = torch.float64
-NAMES = ["bce", "grouped_ce", "ranknet", "listnet", "poly1", "listmle", "lambdaloss", "kl", "margin_mse"]
+NAMES = ["bce", "grouped_ce", "nll", "ranknet", "listnet", "poly1", "listmle", "lambdaloss", "kl", "margin_mse"]
 # options that move every loss off its defaults, so masking and gradients are checked with them in play
 OPTIONS = {
     "bce": {"threshold": 2.0},
     "grouped_ce": {"temperature": 0.5},
+    "nll": {},
     "ranknet": {"sigma": 1.5, "weighted": True},
     "listnet": {"temperature": 2.0},
     "poly1": {"epsilon": 0.5, "temperature": 0.7},
@@ -62,7 +64,7 @@ def example(seed: int = 0, b: int = 3, n: int = 5) -> tuple[torch.Tensor, torch.
     return scores, labels
 
 
-def test_registry_names_the_nine_losses():
+def test_registry_names_the_ten_losses():
     assert list(LOSSES) == NAMES
     assert LOSSES["lambdaloss"] is lambdaloss and LOSSES["margin_mse"] is margin_mse
     assert set(losses.__all__) == set(NAMES) | {"LOSSES"}
@@ -202,6 +204,16 @@ def test_margin_mse_value():
     assert margin_mse(scores, teacher).item() == pytest.approx((1 + 16) / 2, abs=1e-12)
 
 
+def test_nll_is_minus_the_positive_score_and_reads_nothing_else():
+    scores = t([[-1.25, 9.0, 3.0], [-0.5, -7.0, 1.0]]).requires_grad_()
+    value = nll(scores, t([[0, 5, 5], [0, 0, 0]]))  # labels are not read: a "positive" graded below the rest
+    assert value.item() == pytest.approx((1.25 + 0.5) / 2, abs=1e-12)
+    value.backward()
+    assert scores.grad.tolist() == [[-0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]
+    # a group may be the positive alone
+    assert nll(t([[-2.0], [-4.0]]), t([[1], [1]])).item() == pytest.approx(3.0, abs=1e-12)
+
+
 def test_poly1_with_zero_epsilon_is_listnet():
     scores, labels = example(1)
     assert poly1(scores, labels, epsilon=0, temperature=0.7).item() == pytest.approx(
@@ -253,7 +265,7 @@ def test_ragged_padding_matches_groups_one_by_one(name):
     assert fn(scores, labels, mask, **opts).item() == pytest.approx(sum(each) / 3, abs=1e-12)
 
 
-# a group that, for each loss, has nothing to learn from
+# a group that, for each loss, has nothing to learn from (nll has none: every group has its positive)
 DEAD = {
     "bce": (t([[0.3, -0.2]]), t([[1, 0]]), torch.tensor([[False, False]])),
     "grouped_ce": (t([[0.3, -0.2]]), t([[1, 0]]), torch.tensor([[True, False]])),
@@ -267,7 +279,7 @@ DEAD = {
 }
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(DEAD))
 def test_groups_without_anything_to_learn_are_left_out_of_the_mean(name):
     fn = LOSSES[name]
     live_scores, live_labels = t([[1.0, -0.5]]), t([[2, 0]])
@@ -282,7 +294,7 @@ def test_groups_without_anything_to_learn_are_left_out_of_the_mean(name):
     assert fn(scores, labels, mask).item() == pytest.approx(alone, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", list(DEAD))
 def test_no_contributing_group_gives_a_zero_with_grad(name):
     dead_scores, dead_labels, dead_mask = DEAD[name]
     scores = dead_scores.clone().requires_grad_()
@@ -369,6 +381,8 @@ BAD = [
     ),
     (lambda: margin_mse(S, Y, torch.tensor([[False, True, True]])), r"margin_mse: column 0 \(the positive\)"),
     (lambda: margin_mse(torch.zeros(2, 0), torch.zeros(2, 0)), "margin_mse: needs column 0"),
+    (lambda: nll(S, Y, torch.tensor([[False, True, True]])), r"nll: column 0 \(the positive\) must be valid"),
+    (lambda: nll(t([[float("-inf"), 0.0]]), t([[1, 0]])), r"nll: scores must be finite .* got -inf at \[0, 0\]"),
 ]
 
 

@@ -454,3 +454,31 @@ def test_the_dev_evaluation_runs_in_the_methods_default_dtype(tiny_model_dir, tm
     restored = Reranker("likelihood", model=str(result.model_dir), dtype="bfloat16").score(QUERY, DOCS)
     assert in_bf16 == pytest.approx(restored, abs=1e-6)
     assert len(result.dev) == 1 and 0 <= result.dev[0]["dev_nDCG@10"] <= 1
+
+
+def test_nll_is_the_language_modelling_loss_of_the_query_after_its_positive(tiny_model_dir, tmp_path):
+    """loss nll with group_size 1: each group is the positive alone, and the loss is what transformers' own causal-LM
+    loss gives for the query's tokens after the positive's prompt (labels -100 on the prompt), averaged over groups;
+    training lowers it."""
+    cfg = _config(
+        tiny_model_dir, tmp_path / "nll", method="likelihood", loss="nll", group_size=1, lora=False, max_steps=6
+    )
+    trainer = Trainer(cfg)
+    groups = trainer.groups
+    assert groups and all(len(g.docs) == 1 for g in groups)
+    model = trainer.backend.model
+    model.eval()
+    expected = []
+    for g in groups:
+        (item,) = trainer.ranker.encode(g.query, g.docs)
+        ids = torch.tensor([[*item.prompt, *item.target]])
+        labels = ids.clone()
+        labels[0, : len(item.prompt)] = -100
+        with torch.no_grad():
+            expected.append(model(input_ids=ids, labels=labels).loss.item())
+    with torch.no_grad():
+        before = trainer.batch_loss(groups).item()
+    assert before == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    trainer.train(progress=False)
+    with torch.no_grad():
+        assert trainer.batch_loss(groups).item() < before - 0.1

@@ -48,7 +48,19 @@ def _ranker():
         ({"save_every": 2.0}, ValueError, r"^config: save_every must be an integer, got float 2\.0$"),
         ({"threads": 0}, ValueError, r"^config: threads must be at least 1, got int 0$"),
         ({"threads": "4"}, ValueError, r"^config: threads must be an integer or None, got str '4'$"),
-        ({"group_size": 1}, ValueError, r"^config: group_size must be at least 2, got int 1$"),
+        ({"group_size": 0}, ValueError, r"^config: group_size must be at least 1, got int 0$"),
+        (
+            {"group_size": 1},
+            ValueError,
+            r"^config: group_size must be at least 2 for loss grouped_ce \(a positive and a negative\), got 1; only "
+            r"nll learns from the positive alone$",
+        ),
+        (
+            {"loss": "nll"},
+            ValueError,
+            r"^config: loss nll maximises the positive's score, which only a log-probability bounds: use it with "
+            r"method likelihood, not pointwise$",
+        ),
         ({"top_k": 0}, ValueError, r"^config: top_k must be at least 1, got int 0$"),
         ({"rel": 0}, ValueError, r"^config: rel must be at least 1, got int 0$"),
         ({"max_positives": -1}, ValueError, r"^config: max_positives must be at least 1, got int -1$"),
@@ -88,8 +100,8 @@ def _ranker():
         (
             {"loss": "nope"},
             ValueError,
-            r'^config: loss must be "bce", "grouped_ce", "ranknet", "listnet", "poly1", "listmle", "lambdaloss", '
-            r'"kl" or "margin_mse", got str \'nope\'$',
+            r'^config: loss must be "bce", "grouped_ce", "nll", "ranknet", "listnet", "poly1", "listmle", '
+            r'"lambdaloss", "kl" or "margin_mse", got str \'nope\'$',
         ),
         (
             {"loss_options": {"tau": 1.0}},

@@ -31,6 +31,10 @@ DISTILL_LOSSES = ("kl", "margin_mse")  # losses whose targets are a teacher's sc
 # losses that read any real-valued targets (an order, a distribution), so a teacher's scores or minus its ranks
 # can stand for the labels; bce thresholds labels, grouped_ce needs column 0 on top, lambdaloss gains >= 0
 TEACHER_LOSSES = ("ranknet", "listnet", "listmle", "poly1", *DISTILL_LOSSES)
+# losses that read the positive's score alone: a group may be the positive by itself (group_size 1)
+POSITIVE_ONLY_LOSSES = ("nll",)
+# losses that maximise a score with nothing to compare it with, so only a bounded score (a log-probability) suits
+LOG_PROBABILITY_LOSSES = {"nll": ("likelihood",)}
 
 # What a trained ranker uses unless its config says otherwise: s = z_yes - z_no is what the losses see and what
 # is served; a shorter prompt budget than inference's 512, for training's speed.
@@ -103,7 +107,7 @@ CHECKS: dict[str, Spec] = {
     "data": _rule(str),
     "split": _rule(str),
     "run": _rule(str, _NONE),
-    "group_size": _rule(int, minimum=2),
+    "group_size": _rule(int, minimum=1),
     "top_k": _rule(int, minimum=1),
     "rel": _rule(int, _NONE, minimum=1),
     "unjudged": _rule(bool),
@@ -312,6 +316,16 @@ class TrainConfig:
         _check_loss(self.loss, self.loss_options)
         if self.dev_data is not None and not self.dev_split:
             raise ValueError("config: dev_data names the folder of the dev split: set dev_split too")
+        if self.group_size < 2 and self.loss not in POSITIVE_ONLY_LOSSES:
+            raise ValueError(
+                f"config: group_size must be at least 2 for loss {self.loss} (a positive and a negative), got "
+                f"{self.group_size}; only {', '.join(POSITIVE_ONLY_LOSSES)} learns from the positive alone"
+            )
+        if self.loss in LOG_PROBABILITY_LOSSES and self.method not in LOG_PROBABILITY_LOSSES[self.loss]:
+            raise ValueError(
+                f"config: loss {self.loss} maximises the positive's score, which only a log-probability bounds: use it "
+                f"with method {' or '.join(LOG_PROBABILITY_LOSSES[self.loss])}, not {self.method}"
+            )
         if self.loss in DISTILL_LOSSES and self.target == "labels":
             raise ValueError(f"config: loss {self.loss} distils a teacher: target must be 'teacher' or left out")
         if self.target == "teacher" and self.loss not in TEACHER_LOSSES:

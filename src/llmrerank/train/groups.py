@@ -67,7 +67,8 @@ def build_groups(
     """Build one group per (query, positive); see the module docstring for the rules.
 
     Args:
-        group_size: documents per group (1 positive + ``group_size - 1`` negatives); at least 2.
+        group_size: documents per group (1 positive + ``group_size - 1`` negatives); 1 for a loss that reads the
+            positive alone.
         top_k: negatives come from this many of the run's top documents.
         rel: the grade at or above which a judged document is a positive.
         unjudged: also sample unjudged documents of the run as negatives (after the judged ones).
@@ -78,8 +79,8 @@ def build_groups(
     Returns:
         The groups, in query order, and counts of what was skipped or repeated.
     """
-    if group_size < 2:
-        raise ValueError(f"group_size must be at least 2 (a positive and a negative), got {group_size}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be at least 1 (the positive), got {group_size}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if teacher_mode not in ("scores", "order"):
@@ -113,7 +114,7 @@ def build_groups(
         if unjudged:
             rest = [d for d in candidates if d not in judged]
             pool += rng.sample(rest, len(rest))
-        if not pool:
+        if not pool and group_size > 1:
             stats.queries_without_negative += 1
             continue
         teacher_scores = _teacher_scores(teacher_run, qid, teacher_mode) if teacher_run is not None else None
@@ -143,7 +144,8 @@ def build_groups(
                 )
             )
             # the next positive of this query gets other negatives first: rotate the pool
-            pool = pool[need % len(pool) :] + pool[: need % len(pool)]
+            if pool:
+                pool = pool[need % len(pool) :] + pool[: need % len(pool)]
     stats.groups = len(groups)
     return groups, stats
 

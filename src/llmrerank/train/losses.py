@@ -22,8 +22,8 @@ Inputs are validated up front with a ``ValueError`` naming the problem: both ten
 ``scores`` floating point, ``mask`` bool, no NaN or inf at valid positions, options in range, and each loss's
 own requirements (e.g. ``grouped_ce`` needs column 0 to be the single positive).
 
-``LOSSES`` maps the names the trainer uses (``"bce"``, ``"grouped_ce"``, ``"ranknet"``, ``"listnet"``,
-``"poly1"``, ``"listmle"``, ``"lambdaloss"``, ``"kl"``, ``"margin_mse"``) to these functions.
+``LOSSES`` maps the names the trainer uses (``"bce"``, ``"grouped_ce"``, ``"nll"``, ``"ranknet"``,
+``"listnet"``, ``"poly1"``, ``"listmle"``, ``"lambdaloss"``, ``"kl"``, ``"margin_mse"``) to these functions.
 
 Example::
 
@@ -57,6 +57,7 @@ __all__ = [
     "listmle",
     "listnet",
     "margin_mse",
+    "nll",
     "poly1",
     "ranknet",
 ]
@@ -225,6 +226,32 @@ def grouped_ce(
         )
     per_group = -_log_softmax(scores / temperature, mask)[:, 0]
     return _reduce(per_group, others.any(dim=-1))
+
+
+def nll(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The positive's own score, maximised: no negatives, no labels.
+
+    Formula: ``L_b = -s_b0``.
+
+    Meant for the query-likelihood method, whose score is the (mean) log-probability of the query's tokens given
+    the document: there ``L`` is the language-modelling loss of the query after its positive document's prompt,
+    so training with it teaches the model to write the query that its positive answers (query-generation
+    fine-tuning, as docT5query and the fine-tuned query-likelihood rankers do; Nogueira et al. 2019, "From doc2query
+    to docTTTTTquery"; Zhuang et al. 2021, "Deep Query Likelihood Models for Information Retrieval"). A score that
+    is not a log-probability has no maximum, so the trainer refuses this loss for every other method. Columns after
+    0 are ignored (a group may hold the positive alone).
+
+    Args:
+        scores: ``[B, N]``; column 0 is the positive and must be valid in every group.
+        labels: ``[B, N]``; not read (its shape is checked).
+        mask: bool ``[B, N]``; ``None`` = all real.
+
+    Returns:
+        The mean of ``L_b`` over the groups (every group contributes).
+    """
+    scores, labels, mask = _check("nll", scores, labels, mask)
+    _need_column0("nll", mask)
+    return _reduce(-scores[:, 0], mask[:, 0])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -522,6 +549,7 @@ LossFn = Callable[..., torch.Tensor]
 LOSSES: dict[str, LossFn] = {
     "bce": bce,
     "grouped_ce": grouped_ce,
+    "nll": nll,
     "ranknet": ranknet,
     "listnet": listnet,
     "poly1": poly1,
