@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         delta = value - ev.aggregate["bm25"]["nDCG@10"]
         table.append([name, f"{value:.4f}", f"{delta:+.4f}", str(p_bm25 or "-"), str(p_unfused or "-")])
     report.result["runs"] = rows
+    report.result["query_ids"] = list(ev.query_ids)
     report.result["per_query_nDCG@10"] = {n: [ev.per_query[n]["nDCG@10"][q] for q in ev.query_ids] for n in runs}
     print(f"{len(ev.query_ids)} queries of {split}, {side['ranker']['method']} on {side['ranker']['model']}, "
           f"top {top_k}", file=sys.stderr)
