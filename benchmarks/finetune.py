@@ -201,6 +201,8 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
         settings["learning_rate"] = args.learning_rate
     if args.lora_r is not None:
         settings.update(lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+    if args.full:
+        settings["lora"] = False
     if args.group_size is not None:
         settings["group_size"] = args.group_size
     if args.eval_every is not None:
@@ -743,6 +745,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-best", action="store_true", help="model/ holds the best dev evaluation's weights")
     parser.add_argument("--learning-rate", type=float, default=None, help="of the adapter (default 3e-4 as in BASE)")
     parser.add_argument("--lora-r", type=int, default=None, help="the adapter's rank (default 16; alpha is 2r)")
+    parser.add_argument(
+        "--full", action="store_true", help="full fine-tuning: every weight trained, no LoRA adapter (--lora-r unused)"
+    )
     parser.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default 10)")
     parser.add_argument(
         "--group-size", type=int, default=None, help="documents a group (default 8 as in BASE; 1 for --loss nll)"
@@ -803,6 +808,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.lora_r <= 0:
             parser.error("--lora-r must be positive")
         args.departs.append(f"LoRA r{args.lora_r}/alpha{2 * args.lora_r}")
+    if args.full:
+        if args.lora_r is not None:
+            parser.error("--full trains every weight: --lora-r has no adapter to size")
+        args.departs.append("full fine-tuning")
     if args.group_size is not None:
         if args.group_size <= 0:
             parser.error("--group-size must be positive")
@@ -822,10 +831,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--loss-option {item!r}: KEY=NUMBER, e.g. sigma=5")
     if args.loss_options:
         args.departs.append("loss options " + ", ".join(f"{k}={v:g}" for k, v in args.loss_options.items()))
-    training = (args.learning_rate, args.lora_r, args.loss_options or None, args.group_size, args.eval_every)
+    training = (
+        args.learning_rate,
+        args.lora_r,
+        args.loss_options or None,
+        args.group_size,
+        args.eval_every,
+        args.full or None,
+    )
     if args.variant == "zero-shot" and any(v is not None for v in training):
         parser.error(
-            "--learning-rate, --lora-r, --loss-option, --group-size and --eval-every set training: --variant "
+            "--learning-rate, --lora-r, --loss-option, --group-size, --eval-every and --full set training: --variant "
             "zero-shot trains nothing"
         )
     if args.loss_options:  # refused now, not after the record is started (TrainConfig checks them the same way)
@@ -837,8 +853,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--loss-option: {e}")
     if args.departs and args.tag is None:
         parser.error(
-            "--max-positives, --keep-best, --learning-rate, --lora-r, --group-size, --eval-every and --loss-option "
-            "depart from the variant's settings: name the run with --tag"
+            "--max-positives, --keep-best, --learning-rate, --lora-r, --full, --group-size, --eval-every and "
+            "--loss-option depart from the variant's settings: name the run with --tag"
         )
     base = args.variant + (f"-{args.method}-{args.loss}".replace("_", "-") if args.variant == "distill" else "")
     args.name = base + (f"-{args.tag}" if args.tag else "")

@@ -410,6 +410,11 @@ def test_ranknet_on_the_teachers_order(tiny_model_dir, tmp_path):
         ({"loss": "bce", "target": "teacher"}, ValueError, "loss bce needs graded labels, not a teacher's scores"),
         ({"loss": "grouped_ce", "target": "teacher"}, ValueError, "loss grouped_ce needs graded labels"),
         ({"loss": "lambdaloss", "target": "teacher"}, ValueError, "loss lambdaloss needs graded labels"),
+        (
+            {"loss": "nll", "method": "likelihood", "target": "teacher"},
+            ValueError,
+            "loss nll learns the positive itself .the qrels., not a teacher's scores: leave target out",
+        ),
     ],
 )
 def test_bad_targets_are_refused(tmp_path, given, error, message):

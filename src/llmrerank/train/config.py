@@ -328,6 +328,11 @@ class TrainConfig:
             )
         if self.loss in DISTILL_LOSSES and self.target == "labels":
             raise ValueError(f"config: loss {self.loss} distils a teacher: target must be 'teacher' or left out")
+        if self.target == "teacher" and self.loss in POSITIVE_ONLY_LOSSES:
+            raise ValueError(
+                f"config: loss {self.loss} learns the positive itself (the qrels), not a teacher's scores: leave "
+                "target out or set it to 'labels'"
+            )
         if self.target == "teacher" and self.loss not in TEACHER_LOSSES:
             raise ValueError(
                 f"config: loss {self.loss} needs graded labels, not a teacher's scores; with target = 'teacher' use "
