@@ -746,11 +746,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=None, help="of the adapter (default 3e-4 as in BASE)")
     parser.add_argument("--lora-r", type=int, default=None, help="the adapter's rank (default 16; alpha is 2r)")
     parser.add_argument(
-        "--full", action="store_true", help="full fine-tuning: every weight trained, no LoRA adapter (--lora-r unused)"
+        "--full", action="store_true", help="full fine-tuning: every weight trained, no LoRA adapter (so no --lora-r)"
     )
     parser.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default 10)")
     parser.add_argument(
-        "--group-size", type=int, default=None, help="documents a group (default 8 as in BASE; 1 for --loss nll)"
+        "--group-size",
+        type=int,
+        default=None,
+        help="documents a group (default 8 as in BASE; --loss nll: 1, its only size)",
     )
     parser.add_argument(
         "--loss-option",
@@ -780,6 +783,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"--variant distill needs --synthetic, and --teacher-run for every loss but "
                 f"{' and '.join(SOURCE_LOSSES)}"
             )
+        if args.teacher_run is not None and args.loss in SOURCE_LOSSES:
+            parser.error(f"--loss {args.loss} learns the source passages, not a teacher: leave out --teacher-run")
         args.method = args.method or "likelihood"
         args.synthetic = args.synthetic.resolve()
         args.teacher_run = args.teacher_run.resolve() if args.teacher_run else None
@@ -793,6 +798,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--max-positives must be 0 (all) or more")
     if args.keep_best and args.variant in ("scifact", "zero-shot"):
         parser.error("--keep-best needs a dev split: DL21 and distill variants only")
+    if args.eval_every is not None and (args.variant in ("scifact", "zero-shot") or args.smoke):
+        parser.error("--eval-every needs a dev evaluation: not with --variant scifact or zero-shot, nor --smoke")
+    # what TrainConfig would refuse once the record is started, refused now (its rules, its lists)
+    from llmrerank.train.config import LOG_PROBABILITY_LOSSES, POSITIVE_ONLY_LOSSES
+
+    if args.loss in POSITIVE_ONLY_LOSSES:
+        if args.group_size not in (None, 1):
+            parser.error(f"--loss {args.loss} reads the positive alone: --group-size 1 (its default)")
+        args.group_size = 1
+        if args.method not in LOG_PROBABILITY_LOSSES[args.loss]:
+            parser.error(f"--loss {args.loss} needs --method {' or '.join(LOG_PROBABILITY_LOSSES[args.loss])}")
+    elif args.group_size is not None and args.group_size < 2:
+        parser.error(f"--group-size must be at least 2 for {args.loss or 'the variant'}'s loss (1: --loss nll only)")
     if args.tag is not None and not args.tag.replace("-", "").isalnum():
         parser.error("--tag: letters, digits and - only")
     args.departs = []  # from the shared settings, in words
@@ -812,14 +830,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.lora_r is not None:
             parser.error("--full trains every weight: --lora-r has no adapter to size")
         args.departs.append("full fine-tuning")
-    if args.group_size is not None:
-        if args.group_size <= 0:
-            parser.error("--group-size must be positive")
+    if args.group_size is not None and args.loss not in POSITIVE_ONLY_LOSSES:  # theirs is 1, not a departure
         args.departs.append(f"groups of {args.group_size}")
     if args.eval_every is not None:
         if args.eval_every < 0:
             parser.error("--eval-every must be 0 or more")
-        args.departs.append(f"dev every {args.eval_every} steps")
+        args.departs.append(f"dev every {args.eval_every} steps" if args.eval_every else "dev only at the end")
     args.loss_options = {}
     for item in args.loss_option:
         key, eq, value = item.partition("=")

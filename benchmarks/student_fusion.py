@@ -23,6 +23,7 @@ from llmrerank.evaluate import paired_p
 
 RANKERS = {"student": "smollm2-135m-distilled", "zeroshot": "smollm2-135m likelihood, 256 tokens"}
 CHOICE = ("dl21-train", "dl21-dev")  # the labelled queries W is chosen on
+QUERIES = 53  # DL21 train (42) + dev (11)
 TEACHER = "qwen2.5-0.5b"  # the unfused teacher of the aim
 
 
@@ -44,16 +45,35 @@ def main(argv: list[str] | None = None) -> None:
     teacher_json = json.loads((RESULTS / f"zero_shot-dl19-{TEACHER}.json").read_text())
     teacher = dict(zip(teacher_json["query_ids"], teacher_json["per_query_nDCG@10"]["likelihood"]))
     dl19 = {r: per_query(f"{r}-dl19") for r in RANKERS}
-    table = [["ranker", "W (chosen on DL21, 53 q)", "DL21 53 q", "DL19 nDCG@10", "Δ vs teacher", "p", "Δ vs 135M", "p"]]
+    table = [
+        [
+            "ranker",
+            f"W (chosen on DL21, {QUERIES} q)",
+            f"DL21 {QUERIES} q",
+            "DL19 nDCG@10",
+            "Δ vs teacher",
+            "p",
+            "Δ vs 135M",
+            "p",
+        ]
+    ]
     rows = {}
     for ranker in RANKERS:
-        choice = {}
+        choice: dict[str, dict[str, float]] = {}
         for split in CHOICE:
             for run, values in per_query(f"{ranker}-{split}").items():
-                choice.setdefault(run, []).extend(values.values())
+                choice.setdefault(run, {}).update(values)
         weights = [run for run in choice if run.startswith("W=")]
-        on_dl21 = {run: round(mean(choice[run]), 4) for run in weights}
+        if "W=0" not in weights:
+            raise SystemExit(
+                f"{ranker}: the fusion results hold no W=0 (the unfused run): run fusion.py with 0 in --weights"
+            )
+        counts = {len(choice[run]) for run in weights}
+        if counts != {QUERIES}:
+            raise SystemExit(f"{ranker}: DL21 train + dev should be {QUERIES} distinct queries, found {sorted(counts)}")
+        on_dl21 = {run: mean(list(choice[run].values())) for run in weights}
         best = max(weights, key=lambda run: (on_dl21[run], run == "W=0"))  # a tie keeps the unfused run
+        on_dl21 = {run: round(value, 4) for run, value in on_dl21.items()}
         rows[ranker] = {"dl21_53": on_dl21, "chosen": best, "dl19": {}}
         for run in (best, "W=0") if best != "W=0" else ("W=0",):
             ours = dl19[ranker][run]
@@ -69,10 +89,18 @@ def main(argv: list[str] | None = None) -> None:
                 "p_zeroshot": None if ranker == "zeroshot" and run == "W=0" else p_round(paired_p(values, base), 3),
             }
             rows[ranker]["dl19"][run] = entry
-            table.append([
-                ranker, run, f"{on_dl21[run]:.4f}", f"{entry['nDCG@10']:.4f}", f"{entry['minus_teacher']:+.4f}",
-                str(entry["p_teacher"]), f"{entry['minus_zeroshot']:+.4f}", str(entry["p_zeroshot"] or "-"),
-            ])
+            table.append(
+                [
+                    ranker,
+                    run,
+                    f"{on_dl21[run]:.4f}",
+                    f"{entry['nDCG@10']:.4f}",
+                    f"{entry['minus_teacher']:+.4f}",
+                    str(entry["p_teacher"]),
+                    f"{entry['minus_zeroshot']:+.4f}",
+                    str(entry["p_zeroshot"] or "-"),
+                ]
+            )
     report.result["rankers"] = rows
     report.result["teacher_dl19"] = round(mean(list(teacher.values())), 4)
     print(f"teacher ({TEACHER} likelihood, unfused) on DL19: {report.result['teacher_dl19']}", file=sys.stderr)

@@ -70,6 +70,12 @@ def test_a_group_of_one_is_the_positive_alone(tiny):
     assert [g.doc_ids for g in groups] == [("d1",), ("d4",), ("d5",), ("d6",), ("d9",)]
     assert [g.labels for g in groups] == [(3.0,), (2.0,), (3.0,), (2.0,), (3.0,)]
     assert stats.groups == 5 and stats.negatives_repeated == 0 and stats.negatives_unjudged == 0
+    # a query whose run holds its positive alone: a group of one needs no negative, a group of two skips it
+    alone = {"q1": [("d1", 1.0)]}
+    groups, stats = build_groups(ds.queries, ds.corpus, ds.qrels, alone, group_size=1, max_positives=1)
+    assert [g.doc_ids for g in groups] == [("d1",)] and stats.queries_without_negative == 0
+    groups, stats = build_groups(ds.queries, ds.corpus, ds.qrels, alone, group_size=2, max_positives=1)
+    assert groups == [] and stats.queries_without_negative == 1
 
 
 def test_same_seed_same_groups_and_bad_arguments(tiny):

@@ -411,7 +411,7 @@ def test_ranknet_on_the_teachers_order(tiny_model_dir, tmp_path):
         ({"loss": "grouped_ce", "target": "teacher"}, ValueError, "loss grouped_ce needs graded labels"),
         ({"loss": "lambdaloss", "target": "teacher"}, ValueError, "loss lambdaloss needs graded labels"),
         (
-            {"loss": "nll", "method": "likelihood", "target": "teacher"},
+            {"loss": "nll", "method": "likelihood", "group_size": 1, "target": "teacher"},
             ValueError,
             "loss nll learns the positive itself .the qrels., not a teacher's scores: leave target out",
         ),

@@ -56,7 +56,13 @@ def _ranker():
             r"nll learns from the positive alone$",
         ),
         (
-            {"loss": "nll"},
+            {"loss": "nll", "method": "likelihood"},
+            ValueError,
+            r"^config: loss nll reads the positive alone: set group_size = 1 \(its 7 negatives a group would be "
+            r"scored and never used\)$",
+        ),
+        (
+            {"loss": "nll", "group_size": 1},
             ValueError,
             r"^config: loss nll maximises the positive's score, which only a log-probability bounds: use it with "
             r"method likelihood, not pointwise$",

@@ -321,6 +321,11 @@ class TrainConfig:
                 f"config: group_size must be at least 2 for loss {self.loss} (a positive and a negative), got "
                 f"{self.group_size}; only {', '.join(POSITIVE_ONLY_LOSSES)} learns from the positive alone"
             )
+        if self.group_size > 1 and self.loss in POSITIVE_ONLY_LOSSES:
+            raise ValueError(
+                f"config: loss {self.loss} reads the positive alone: set group_size = 1 (its {self.group_size - 1} "
+                "negatives a group would be scored and never used)"
+            )
         if self.loss in LOG_PROBABILITY_LOSSES and self.method not in LOG_PROBABILITY_LOSSES[self.loss]:
             raise ValueError(
                 f"config: loss {self.loss} maximises the positive's score, which only a log-probability bounds: use it "

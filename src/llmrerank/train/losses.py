@@ -238,12 +238,13 @@ def nll(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = 
     so training with it teaches the model to write the query that its positive answers (query-generation
     fine-tuning, as docT5query and the fine-tuned query-likelihood rankers do; Nogueira et al. 2019, "From doc2query
     to docTTTTTquery"; Zhuang et al. 2021, "Deep Query Likelihood Models for Information Retrieval"). A score that
-    is not a log-probability has no maximum, so the trainer refuses this loss for every other method. Columns after
-    0 are ignored (a group may hold the positive alone).
+    is not a log-probability has no maximum, so the trainer refuses this loss for every other method, and it
+    takes groups of the positive alone (``group_size = 1``). Columns after 0 take no part in the value or the
+    gradient, but are validated like every loss's (finite where the mask says valid).
 
     Args:
         scores: ``[B, N]``; column 0 is the positive and must be valid in every group.
-        labels: ``[B, N]``; not read (its shape is checked).
+        labels: ``[B, N]``; their values take no part (only the common checks: shape, finite where valid).
         mask: bool ``[B, N]``; ``None`` = all real.
 
     Returns:
