@@ -210,6 +210,13 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def zero_shot_per_query(dataset: str, model: str) -> dict[str, float]:
+    """A preset's zero-shot likelihood per-query nDCG@10 on ``dataset`` in the core benchmark's JSON
+    (``zero_shot.py``: BM25 top 20, ``max_length`` 256)."""
+    z = json.loads((RESULTS / f"zero_shot-{dataset}-{model}.json").read_text())
+    return dict(zip(z["query_ids"], z["per_query_nDCG@10"]["likelihood"]))
+
+
 def p_round(p: float | None, digits: int = 3) -> float | None:
     """A p-value to ``digits`` significant digits, None where there is none (no test, or no variance)."""
     return None if p is None or math.isnan(p) else float(f"{p:.{digits}g}")

@@ -55,6 +55,7 @@ from _common import (
     read_json,
     rel,
     rerank_to,
+    zero_shot_per_query,
 )
 
 STAGES = ("generate", "teacher", "filter", "students", "select", "evaluate", "timing", "ship")
@@ -354,12 +355,6 @@ def stage_select(args: argparse.Namespace, bench: Report) -> None:
         "dev": scored,
         "chosen": best,
     }
-
-
-def zero_shot_per_query(dataset: str, model: str) -> dict[str, float]:
-    """A preset's zero-shot likelihood per-query nDCG@10 on ``dataset`` in the core benchmark's JSON."""
-    z = json.loads((RESULTS / f"zero_shot-{dataset}-{model}.json").read_text())
-    return dict(zip(z["query_ids"], z["per_query_nDCG@10"]["likelihood"]))
 
 
 def stage_evaluate(args: argparse.Namespace, bench: Report) -> None:

@@ -17,7 +17,7 @@ dev nDCG@10 on DL21 dev every 10 steps, seed 0):
   filter kept), groups of the source passage and 7 negatives drawn from its BM25 top 20, the loss's targets the
   teacher run's (``--teacher-run``: its scores for ``kl`` and ``margin_mse``, its order for ``ranknet``), or,
   with no teacher, the source passage itself, as InPars trains (``grouped_ce``: the source against its negatives;
-  ``nll``: the likelihood of the query after its source, ``--group-size 1``); dev nDCG@10 on DL21 dev
+  ``nll``: the likelihood of the query after its source, in groups of the source alone); dev nDCG@10 on DL21 dev
   (``dev_data``); with ``--loss`` and ``--method``
 - ``zero-shot``: no training; only the zero-shot likelihood runs (the cached baselines) and their evaluation
 

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from _common import RESULTS, Report, header, markdown_table, p_round
+from _common import RESULTS, Report, header, markdown_table, p_round, zero_shot_per_query
 
 from llmrerank.evaluate import paired_p
 
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     report = Report(RESULTS / "student-fusion.json", header("student_fusion", rankers=RANKERS, chosen_on=CHOICE))
-    teacher_json = json.loads((RESULTS / f"zero_shot-dl19-{TEACHER}.json").read_text())
-    teacher = dict(zip(teacher_json["query_ids"], teacher_json["per_query_nDCG@10"]["likelihood"]))
+    teacher = zero_shot_per_query("dl19", TEACHER)
     dl19 = {r: per_query(f"{r}-dl19") for r in RANKERS}
     table = [
         [
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         best = max(weights, key=lambda run: (on_dl21[run], run == "W=0"))  # a tie keeps the unfused run
         on_dl21 = {run: round(value, 4) for run, value in on_dl21.items()}
         rows[ranker] = {"dl21_53": on_dl21, "chosen": best, "dl19": {}}
-        for run in (best, "W=0") if best != "W=0" else ("W=0",):
+        for run in dict.fromkeys((best, "W=0")):  # the chosen weight, then the unfused run
             ours = dl19[ranker][run]
             qids = sorted(ours)
             values = [ours[q] for q in qids]

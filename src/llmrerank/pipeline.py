@@ -347,11 +347,12 @@ def _previous_run(path: Path, out: Path, settings: Mapping[str, Any]) -> dict[st
     settings, a damaged one, or none."""
     previous = _read_sidecar(path, out)
     # a setting an older sidecar lacks is compared only where absence has a meaning (no fusion)
-    differ = [
-        _differing(k, _comparable(k, previous.get(k)), _comparable(k, v))
+    pairs = {
+        k: (_comparable(k, previous.get(k)), _comparable(k, v))
         for k, v in settings.items()
-        if (k in previous or k in OPTIONAL_SETTINGS) and not _same(_comparable(k, previous.get(k)), _comparable(k, v))
-    ]
+        if k in previous or k in OPTIONAL_SETTINGS
+    }
+    differ = [_differing(k, then, now) for k, (then, now) in pairs.items() if not _same(then, now)]
     before, now = previous.get("backend"), settings.get("backend")
     then = before.get("resolved_dtype") if isinstance(before, dict) else None
     hint = ""
