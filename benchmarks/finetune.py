@@ -18,7 +18,8 @@ dev nDCG@10 on DL21 dev every 10 steps, seed 0):
   teacher run's (``--teacher-run``: its scores for ``kl`` and ``margin_mse``, its order for ``ranknet``), or,
   with no teacher, the source passage itself, as InPars trains (``grouped_ce``: the source against its negatives;
   ``nll``: the likelihood of the query after its source, in groups of the source alone); dev nDCG@10 on DL21 dev
-  (``dev_data``); with ``--loss`` and ``--method``
+  (``dev_data``), or with ``--dev scifact`` on a fixed sample of 50 SciFact *train* queries (a SciFact student's);
+  with ``--loss`` and ``--method``
 - ``zero-shot``: no training; only the zero-shot likelihood runs (the cached baselines) and their evaluation
 
 Evaluation of the trained folder, loaded with ``Reranker(method, model=folder)``:
@@ -33,8 +34,9 @@ and of the fine-tuned run, with paired two-sided t-tests of the fine-tuned run a
 
 Time bound (``--max-minutes``, training only): the number of steps is planned so that the linear learning-rate
 decay ends with the run: a probe trainer scores the dev queries before any training (timed; also the zero-shot
-point of the dev curve, recorded) and runs one optimiser step (timed by a callback, which then stops it), and
-``max_steps`` is the most steps (at most ``--epochs`` epochs) whose estimated time, dev evaluations included,
+point of the dev curve, recorded) and runs two optimiser steps (timed by a callback, which then stops it: the
+first carries one-off warm-up, the second stands for the rest), and ``max_steps`` is the most steps (at most
+``--epochs`` epochs) whose estimated time (the first step, then the second's time each), dev evaluations included,
 fits 90% of what is left of the budget; the real run is then a plain ``Trainer.train``, resumable. A guard
 callback stops the run cleanly past 1.1 x the budget as a last resort (a callback returning
 True: checkpoint, final dev evaluation and ``model/`` as usual) and ``stopped_early`` is recorded. Everything is
@@ -138,6 +140,10 @@ SCIFACT_MAX_LENGTH = 256  # as in the core zero-shot benchmark
 MEASURES = ("nDCG@10", "Judged@10")
 QUERIES_PER_BATCH = 4
 SCIFACT_TRAIN_TOP_K = 100
+# --dev scifact: the dev curve on this many SciFact *train* queries (a fixed sample; never a test query)
+SCIFACT_DEV_QUERIES = 50
+DEV_SETS = ("dl21", "scifact")
+PROBE_STEPS = 2  # the probe times this many optimiser steps: the first, and one after it
 PLAN_SHARE = 0.9  # the planned steps fill this share of the budget left after the probe
 GUARD = 1.1  # the guard stops training past this multiple of the budget
 SAVE_SECONDS = 10.0  # allowance for writing model/ at the end
@@ -146,7 +152,7 @@ BM25, ZERO_SHOT, FINETUNED = "bm25", "zero_shot_likelihood", "finetuned"
 
 
 class _ProbeDone(Exception):
-    """Raised by the probe's callback after its one timed step."""
+    """Raised by the probe's callback after its timed steps."""
 
 
 # --- small helpers ------------------------------------------------------------------------------------------
@@ -189,6 +195,32 @@ def scifact_train_run(data: Path, work: Path) -> Path:
     return path
 
 
+def scifact_dev_run(data: Path, work: Path) -> Path:
+    """The BM25 top 100 of ``SCIFACT_DEV_QUERIES`` SciFact train queries, drawn with a fixed seed from
+    ``scifact_train_run``: the dev curve of a SciFact student (``--dev scifact``), cached as a TREC run."""
+    import random
+
+    from llmrerank.data import load_run, write_run
+
+    path = work / f"scifact-train-dev{SCIFACT_DEV_QUERIES}-bm25-top{SCIFACT_TRAIN_TOP_K}.trec"
+    if path.is_file():
+        return path
+    full = load_run(scifact_train_run(data, work))
+    chosen = sorted(random.Random(0).sample(sorted(full), SCIFACT_DEV_QUERIES))
+    tmp = path.with_name(path.name + ".tmp")
+    write_run(tmp, {q: full[q] for q in chosen}, tag="bm25")
+    tmp.replace(path)
+    return path
+
+
+def dev_settings(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Where a distilled student's dev curve comes from: DL21 dev, or SciFact train queries (``--dev``)."""
+    if args.dev == "scifact":
+        run = scifact_dev_run(args.data, work)
+        return {"dev_data": str(args.data / "scifact"), "dev_split": "train", "dev_run": str(run)}
+    return {"dev_data": str(args.data / "dl21"), "dev_run": str(args.data / "dl21" / "bm25-top100.trec")}
+
+
 def build_config(args: argparse.Namespace, work: Path) -> Any:
     from llmrerank.train.config import TrainConfig
 
@@ -228,8 +260,7 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
             top_k=DISTILL_TOP_K,
             unjudged=True,  # a synthetic query's one judged document is its source passage
             max_positives=1,
-            dev_data=str(args.data / "dl21"),
-            dev_run=str(args.data / "dl21" / "bm25-top100.trec"),
+            **dev_settings(args, work),
         )
         if loss not in SOURCE_LOSSES:  # those learn the source passage (the qrels), no teacher
             settings.update(
@@ -242,7 +273,8 @@ def build_config(args: argparse.Namespace, work: Path) -> Any:
         settings.update(data=str(args.data / "dl21"), split="train", run=str(args.data / "dl21" / "bm25-top100.trec"))
     if args.smoke:
         settings.update(dev_split=None, eval_every=0)
-    settings.update(method=method, options=base_options(method), loss=loss, output_dir=str(work / args.name))
+    options = {**base_options(method), **({"max_length": args.max_length} if args.max_length else {})}
+    settings.update(method=method, options=options, loss=loss, output_dir=str(work / args.name))
     return TrainConfig(**settings)
 
 
@@ -272,21 +304,25 @@ def dev_queries(dev: Any) -> list[str]:
 
 def probe(cfg: Any, groups: list[Any], dev: Any) -> dict[str, Any]:
     """On a throw-away trainer: the dev evaluation before any training (LoRA's B matrices start at zero, so this
-    is the base model: the zero-shot point of the dev curve), timed, then one timed optimiser step."""
+    is the base model: the zero-shot point of the dev curve), timed, then two timed optimiser steps: the first
+    carries one-off work (the first passes' allocations, warm-up), so the second stands for the rest."""
     from llmrerank.train.trainer import Trainer
 
     folder = Path(cfg.output_dir) / "probe"
     shutil.rmtree(folder, ignore_errors=True)
-    marks: dict[str, float] = {}
+    marks: list[float] = []
 
-    def stop_after_first_step(trainer: Any, step: int) -> None:
-        marks["step"] = now()
-        raise _ProbeDone
+    def stop_after_two_steps(trainer: Any, step: int) -> None:
+        marks.append(now())
+        if len(marks) == PROBE_STEPS:
+            raise _ProbeDone
 
-    print("probe: dev evaluation before training, then one timed optimiser step", file=sys.stderr, flush=True)
+    print(
+        f"probe: dev evaluation before training, then {PROBE_STEPS} timed optimiser steps", file=sys.stderr, flush=True
+    )
     t = now()
     trainer = Trainer(
-        replace(cfg, output_dir=str(folder), max_steps=None), groups=groups, dev=dev, callbacks=[stop_after_first_step]
+        replace(cfg, output_dir=str(folder), max_steps=None), groups=groups, dev=dev, callbacks=[stop_after_two_steps]
     )
     load_s = now() - t
     dev_s, before = 0.0, None
@@ -299,13 +335,15 @@ def probe(cfg: Any, groups: list[Any], dev: Any) -> dict[str, Any]:
         trainer.train(resume=False, progress=False)
     except _ProbeDone:
         pass
-    step_s = marks["step"] - t
+    first_s = marks[0] - t
+    step_s = marks[1] - marks[0] if len(marks) > 1 else first_s  # a one-step run has no second step
     del trainer
     free_memory()
     shutil.rmtree(folder, ignore_errors=True)
     out = {
         "load_seconds": round(load_s, 1),
-        "first_step_seconds": round(step_s, 1),
+        "first_step_seconds": round(first_s, 1),
+        "step_seconds": round(step_s, 1),
         "dev_queries": len(dev_queries(dev)),
         "dev_eval_seconds": round(dev_s, 1),
         "dev_nDCG@10_before_training": before,
@@ -314,19 +352,21 @@ def probe(cfg: Any, groups: list[Any], dev: Any) -> dict[str, Any]:
     return out
 
 
-def estimated_seconds(steps: int, step_s: float, dev_s: float, eval_every: int, has_dev: bool) -> float:
-    """Steps, plus the dev evaluations the trainer runs (every ``eval_every`` steps before the last, and at the end)."""
+def estimated_seconds(steps: int, times: tuple[float, float, float], eval_every: int, has_dev: bool) -> float:
+    """The first step, the steps after it, and the dev evaluations the trainer runs (every ``eval_every`` steps
+    before the last, and at the end); ``times``: the probe's first step, later step and dev evaluation seconds."""
+    first_s, step_s, dev_s = times
     evals = 0
     if has_dev:
         evals = 1 + ((steps - 1) // eval_every if eval_every else 0)
-    return steps * step_s + evals * dev_s
+    return first_s + (steps - 1) * step_s + evals * dev_s
 
 
-def plan_steps(most: int, step_s: float, dev_s: float, eval_every: int, has_dev: bool, available: float) -> int:
+def plan_steps(most: int, times: tuple[float, float, float], eval_every: int, has_dev: bool, available: float) -> int:
     """The most steps (1 to ``most``) whose estimated time fits ``available`` seconds; at least 1."""
     best = 1
     for n in range(1, most + 1):
-        if estimated_seconds(n, step_s, dev_s, eval_every, has_dev) > available:
+        if estimated_seconds(n, times, eval_every, has_dev) > available:
             break
         best = n
     return best
@@ -385,9 +425,10 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         "budget_seconds": round(args.max_minutes * 60, 1),
         "guard_seconds": round(args.max_minutes * 60 * GUARD, 1),
         "mechanism": (
-            f"max_steps planned from a probe's timed first step so the run fits {PLAN_SHARE:.0%} of the budget "
-            "left, so the learning-rate decay ends with the run; a guard callback returns True (stop) past "
-            f"{GUARD} x the budget, and the trainer then ends as usual: checkpoint, final dev evaluation, model/"
+            "max_steps planned from a probe's timed first and second steps so the run fits "
+            f"{PLAN_SHARE:.0%} of the budget left, so the learning-rate decay ends with the run; a guard callback "
+            f"returns True (stop) past {GUARD} x the budget, and the trainer then ends as usual: checkpoint, final "
+            "dev evaluation, model/"
         ),
     }
     if args.fresh and out_dir.exists():
@@ -440,10 +481,10 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         info["dev_nDCG@10_before_training"] = measured["dev_nDCG@10_before_training"]
         left = budget - (now() - t0) - measured["load_seconds"] - SAVE_SECONDS
         available = PLAN_SHARE * left
-        step_s, dev_s = measured["first_step_seconds"], measured["dev_eval_seconds"]
-        steps = plan_steps(most, step_s, dev_s, cfg.eval_every, dev is not None, available)
+        times = (measured["first_step_seconds"], measured["step_seconds"], measured["dev_eval_seconds"])
+        steps = plan_steps(most, times, cfg.eval_every, dev is not None, available)
         cfg = replace(cfg, max_steps=steps)
-        est = estimated_seconds(steps, step_s, dev_s, cfg.eval_every, dev is not None)
+        est = estimated_seconds(steps, times, cfg.eval_every, dev is not None)
         bound.update(
             how="probe",
             probe=measured,
@@ -453,7 +494,7 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
             estimated_seconds=round(est, 1),
             limited_by="epochs" if steps == most else "time",
         )
-        if estimated_seconds(1, step_s, dev_s, cfg.eval_every, dev is not None) > available:
+        if estimated_seconds(1, times, cfg.eval_every, dev is not None) > available:
             bound["warning"] = "even one step does not fit the budget by the estimate; training one step anyway"
     bench.result["config"] = json_round(cfg.to_dict())
     bench.result["status"] = "training"
@@ -661,7 +702,7 @@ class Bench(Report):
                 "top_k": TOP_K,
                 "measures": list(MEASURES),
                 "significance": f"paired two-sided t-test on per-query nDCG@10, p < {LEVEL}",
-                "max_length": {"dl19": MAX_LENGTH, "scifact": SCIFACT_MAX_LENGTH},
+                "max_length": {"dl19": args.max_length or MAX_LENGTH, "scifact": SCIFACT_MAX_LENGTH},
                 "zero_shot": "likelihood ranker of the base model, same top 20 and max_length as the fine-tuned run",
             },
             "datasets": {},
@@ -750,6 +791,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default 10)")
     parser.add_argument(
+        "--dev",
+        choices=DEV_SETS,
+        default=None,
+        help=f"--variant distill: the dev curve's queries: DL21 dev (default) or {SCIFACT_DEV_QUERIES} SciFact train "
+        "queries (a SciFact student's)",
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=None, help=f"tokens a prompt in training (default {MAX_LENGTH} as in BASE)"
+    )
+    parser.add_argument(
         "--group-size",
         type=int,
         default=None,
@@ -790,8 +841,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.teacher_run = args.teacher_run.resolve() if args.teacher_run else None
     elif args.loss is not None or args.method is not None:
         parser.error("--loss and --method are for --variant scifact and distill; variants a-e fix their own")
-    if args.variant != "distill" and (args.synthetic is not None or args.teacher_run is not None):
-        parser.error("--synthetic and --teacher-run are for --variant distill")
+    if args.variant != "distill" and (args.synthetic is not None or args.teacher_run is not None or args.dev):
+        parser.error("--synthetic, --teacher-run and --dev are for --variant distill")
     if args.max_minutes <= 0:
         parser.error("--max-minutes must be positive")
     if args.max_positives is not None and args.max_positives < 0:
@@ -832,6 +883,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.departs.append("full fine-tuning")
     if args.group_size is not None and args.loss not in POSITIVE_ONLY_LOSSES:  # theirs is 1, not a departure
         args.departs.append(f"groups of {args.group_size}")
+    if args.dev == "scifact":
+        args.departs.append(f"dev: {SCIFACT_DEV_QUERIES} SciFact train queries")
+    args.dev = args.dev or "dl21"
+    if args.max_length is not None:
+        if args.max_length < 32:
+            parser.error("--max-length must be at least 32")
+        args.departs.append(f"max_length {args.max_length}")
     if args.eval_every is not None:
         if args.eval_every < 0:
             parser.error("--eval-every must be 0 or more")
@@ -854,10 +912,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.group_size,
         args.eval_every,
         args.full or None,
+        args.max_length,
     )
     if args.variant == "zero-shot" and any(v is not None for v in training):
         parser.error(
-            "--learning-rate, --lora-r, --loss-option, --group-size, --eval-every and --full set training: --variant "
+            "--learning-rate, --lora-r, --loss-option, --group-size, --eval-every, --full and --max-length set "
+            "training: --variant "
             "zero-shot trains nothing"
         )
     if args.loss_options:  # refused now, not after the record is started (TrainConfig checks them the same way)
@@ -869,8 +929,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--loss-option: {e}")
     if args.departs and args.tag is None:
         parser.error(
-            "--max-positives, --keep-best, --learning-rate, --lora-r, --full, --group-size, --eval-every and "
-            "--loss-option depart from the variant's settings: name the run with --tag"
+            "--max-positives, --keep-best, --learning-rate, --lora-r, --full, --group-size, --eval-every, --dev, "
+            "--max-length and --loss-option depart from the variant's settings: name the run with --tag"
         )
     base = args.variant + (f"-{args.method}-{args.loss}".replace("_", "-") if args.variant == "distill" else "")
     args.name = base + (f"-{args.tag}" if args.tag else "")
