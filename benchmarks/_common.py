@@ -217,6 +217,25 @@ def zero_shot_per_query(dataset: str, model: str) -> dict[str, float]:
     return dict(zip(z["query_ids"], z["per_query_nDCG@10"]["likelihood"]))
 
 
+def student_rows(per: Mapping[str, Mapping[str, float]], qids: list[str], student: str) -> dict[str, Any]:
+    """Each run's mean nDCG@10 over ``qids`` (``per``: run -> query -> nDCG@10), and for every run but
+    ``student`` the student's difference, paired two-sided t-test p, wins and losses against it."""
+    from llmrerank.evaluate import paired_p
+
+    ours = [per[student][q] for q in qids]
+    rows: dict[str, Any] = {}
+    for name, values in per.items():
+        theirs = [values[q] for q in qids]
+        row: dict[str, Any] = {"nDCG@10": round(sum(theirs) / len(theirs), 4)}
+        if name != student:
+            row["student_minus_this"] = round((sum(ours) - sum(theirs)) / len(qids), 4)
+            row["p"] = p_round(paired_p(ours, theirs), 3)
+            row["wins"] = sum(a > b for a, b in zip(ours, theirs))
+            row["losses"] = sum(a < b for a, b in zip(ours, theirs))
+        rows[name] = row
+    return rows
+
+
 def p_round(p: float | None, digits: int = 3) -> float | None:
     """A p-value to ``digits`` significant digits, None where there is none (no test, or no variance)."""
     return None if p is None or math.isnan(p) else float(f"{p:.{digits}g}")

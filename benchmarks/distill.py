@@ -55,6 +55,7 @@ from _common import (
     read_json,
     rel,
     rerank_to,
+    student_rows,
     zero_shot_per_query,
 )
 
@@ -358,8 +359,6 @@ def stage_select(args: argparse.Namespace, bench: Report) -> None:
 
 
 def stage_evaluate(args: argparse.Namespace, bench: Report) -> None:
-    from llmrerank.evaluate import paired_p
-
     chosen = bench.result["stages"]["select"]["chosen"]
     result = read_json(student_json(args, chosen)) or {}
     if set(result.get("datasets", {})) != {"dl19", "scifact"} or result.get("status") != "complete":
@@ -371,17 +370,7 @@ def stage_evaluate(args: argparse.Namespace, bench: Report) -> None:
         per = {run_name: dict(zip(qids, values)) for run_name, values in entry["per_query_nDCG@10"].items()}
         for run_name, model in ZERO_SHOT.items():
             per[run_name] = zero_shot_per_query(name, model)
-        student = [per["finetuned"][q] for q in qids]
-        rows = {}
-        for run_name, values in per.items():
-            ours = [values[q] for q in qids]
-            row: dict[str, Any] = {"nDCG@10": round(sum(ours) / len(ours), 4)}
-            if run_name != "finetuned":
-                row["student_minus_this"] = round(sum(student) / len(student) - row["nDCG@10"], 4)
-                row["p"] = p_round(paired_p(student, ours), 3)
-                row["wins"] = sum(a > b for a, b in zip(student, ours))
-                row["losses"] = sum(a < b for a, b in zip(student, ours))
-            rows[run_name] = row
+        rows = student_rows(per, qids, "finetuned")
         table[name] = {"queries": len(qids), "rerank": entry.get("rerank", {}), "runs": rows}
     bench.result["stages"]["evaluate"] = {
         "student": chosen,
