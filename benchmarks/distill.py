@@ -22,7 +22,8 @@ wall time (``benchmarks/results/distill-dl21.json``):
    queries.
 7. ``timing``: seconds per query of the teacher (0.5B likelihood, float32 as in its DL19 figure) and the student,
    side by side in this process, on the first ``--timing-queries`` DL19 queries (``--timing-dtype float32 auto``:
-   in each dtype in turn; ``auto`` is likelihood's default).
+   in each dtype in turn; ``auto`` is likelihood's default; ``--timing-compile``: both rankers with the ``compile``
+   option).
 8. ``ship``: the chosen student's adapter folder copied to ``src/llmrerank/presets/smollm2-135m-distilled``.
 
 Usage (from the repository root)::
@@ -393,11 +394,14 @@ def stage_timing(args: argparse.Namespace, bench: Report) -> None:
                          "smollm2-135m-distilled holds its adapter)")
     data = load_dataset("dl19", args.data, TOP_K, args.timing_queries)
     first = " (the fused teacher's first member)" if args.fuse_teacher else ""
+    compiled = ", compile" if args.timing_compile else ""
     makers = {
         dtype: (
-            (f"teacher: {args.teacher} {args.teacher_method}, {dtype}{first}",
-             lambda d=dtype: Reranker(args.teacher_method, model=args.teacher, max_length=256, dtype=d)),
-            (f"student: {chosen}, {dtype}", lambda d=dtype: Reranker(model=student, dtype=d)),
+            (f"teacher: {args.teacher} {args.teacher_method}, {dtype}{compiled}{first}",
+             lambda d=dtype: Reranker(args.teacher_method, model=args.teacher, max_length=256, dtype=d,
+                                      compile=args.timing_compile)),
+            (f"student: {chosen}, {dtype}{compiled}",
+             lambda d=dtype: Reranker(model=student, dtype=d, compile=args.timing_compile)),
         )
         for dtype in args.timing_dtype
     }  # fmt: skip
@@ -431,6 +435,7 @@ def stage_timing(args: argparse.Namespace, bench: Report) -> None:
         "dataset": "dl19",
         "top_k": TOP_K,
         "student": rel(student) if Path(student).is_dir() else student,
+        "compile": args.timing_compile,
         "dtypes": dtypes,
     }
 
@@ -545,6 +550,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--timing-queries", type=int, default=8)
     parser.add_argument("--timing-dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16", "auto"),
                         help="of both rankers in the timing stage, each in turn (default float32, as recorded)")
+    parser.add_argument("--timing-compile", action="store_true",
+                        help="both rankers of the timing stage with the compile option (fused feed-forward and norms)")
     parser.add_argument("--timing-student", default=None,
                         help="the student the timing stage runs (default the chosen student's folder)")
     parser.add_argument(
