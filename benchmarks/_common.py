@@ -115,6 +115,29 @@ def plot_options(description: str, png: str, argv: list[str] | None) -> argparse
     return parser.parse_args(argv)
 
 
+def ndcg_bars(
+    ax: Any,
+    datasets: Mapping[str, Mapping[str, Any]],
+    bars: Iterable[tuple[str, str]],
+    title: str,
+    legend: str = "upper left",
+) -> None:
+    """Grouped bars of nDCG@10 on ``ax``: a group a dataset (``{name: {"queries": n, "runs": {key: {"nDCG@10":
+    v}}}}``), a bar a run (``bars``: (key, label)), each labelled with its value."""
+    bars = list(bars)
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(datasets))]
+        drawn = ax.bar(xs, [entry["runs"][key]["nDCG@10"] for entry in datasets.values()], width, label=label)
+        ax.bar_label(drawn, fmt="%.3f", fontsize=7 if len(bars) < 5 else 6)
+    ax.set_xticks(range(len(datasets)), [f"{name} ({e['queries']} q)" for name, e in datasets.items()])
+    ax.set_ylim(0.4, 0.72)
+    ax.set_ylabel("nDCG@10 (BM25 top 20 reranked)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc=legend)
+    ax.grid(alpha=0.3, axis="y")
+
+
 def save_png(fig: Any, path: Path, dpi: int) -> Path:
     """Save a matplotlib figure as a PNG at ``path`` (its folder made if need be) and say so."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from _common import plot_options, save_png
+from _common import ndcg_bars, plot_options, save_png
 
 # the teacher's (0.5B zero-shot likelihood, float32, max_length 256) DL21 dev nDCG@10 over the same 11 queries and
 # BM25 top 20: benchmarks/results/fusion-dl21-dev-qwen2.5-0.5b-likelihood.json, W = 0
@@ -39,19 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     left.legend(fontsize=7)
     left.grid(alpha=0.3)
 
-    datasets = stages["evaluate"]["datasets"]
-    width = 0.2
-    for i, (key, label) in enumerate(BARS):
-        xs = [j + (i - 1.5) * width for j in range(len(datasets))]
-        values = [entry["runs"][key]["nDCG@10"] for entry in datasets.values()]
-        bars = right.bar(xs, values, width, label=label)
-        right.bar_label(bars, fmt="%.3f", fontsize=7)
-    right.set_xticks(range(len(datasets)), [f"{name} ({e['queries']} q)" for name, e in datasets.items()])
-    right.set_ylim(0.4, 0.72)
-    right.set_ylabel("nDCG@10 (BM25 top 20 reranked)")
-    right.set_title(f"chosen student: {stages['select']['chosen']}")
-    right.legend(fontsize=7, loc="upper left")
-    right.grid(alpha=0.3, axis="y")
+    ndcg_bars(right, stages["evaluate"]["datasets"], BARS, f"chosen student: {stages['select']['chosen']}")
     fig.tight_layout()
     save_png(fig, args.out, dpi=110)
 

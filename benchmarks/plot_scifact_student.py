@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from _common import plot_options, save_png
+from _common import ndcg_bars, plot_options, save_png
 
 BARS = (
     ("BM25", "BM25"),
@@ -49,17 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     left.grid(alpha=0.3)
 
     datasets = {name: result[name] for name in ("scifact", "dl19")}
-    width = 0.16
-    for i, (key, label) in enumerate(BARS):
-        xs = [j + (i - (len(BARS) - 1) / 2) * width for j in range(len(datasets))]
-        bars = right.bar(xs, [entry["runs"][key]["nDCG@10"] for entry in datasets.values()], width, label=label)
-        right.bar_label(bars, fmt="%.3f", fontsize=6)
-    right.set_xticks(range(len(datasets)), [f"{name} ({e['queries']} q)" for name, e in datasets.items()])
-    right.set_ylim(0.4, 0.72)
-    right.set_ylabel("nDCG@10 (BM25 top 20 reranked)")
-    right.set_title(f"chosen: {result['chosen']}")
-    right.legend(fontsize=7, loc="upper right")
-    right.grid(alpha=0.3, axis="y")
+    ndcg_bars(right, datasets, BARS, f"chosen: {result['chosen']}", legend="upper right")
     fig.tight_layout()
     save_png(fig, args.out, dpi=110)
 
