@@ -136,6 +136,32 @@ def test_each_query_is_its_passages_own_sample_and_a_resume_writes_the_same(labe
         synthetic.generate(qwen_backend, ds.corpus, examples, out, other, progress=False)
 
 
+def test_a_run_grows_to_more_passages_keeping_the_queries_it_has(labelled, tmp_path, qwen_backend):
+    ds = load_beir(labelled, split="train")
+    examples = synthetic.few_shot_examples(ds, 1, seed=0)
+    small = GenerationSettings(passages=4, examples=1, max_new_tokens=4, temperature=1.0, top_p=1.0, min_words=1)
+    large = replace(small, passages=6)
+    out = tmp_path / "grow"
+    synthetic.generate(qwen_backend, ds.corpus, examples, out, small, batch_size=4, progress=False)
+    had = (out / synthetic.GENERATED).read_text()
+    grown = synthetic.generate(qwen_backend, ds.corpus, examples, out, large, batch_size=4, progress=False)
+    assert (out / synthetic.GENERATED).read_text().startswith(had)  # the first four kept, two added
+    assert len(grown) == 6 and json.loads((out / synthetic.SETTINGS).read_text())["settings"]["passages"] == 6
+    fresh = synthetic.generate(qwen_backend, ds.corpus, examples, tmp_path / "fresh", large, progress=False)
+    assert grown == fresh  # what a run of six from the start writes
+    with pytest.raises(ValueError, match="holds queries of 6 passages: a run grows but does not shrink; ask for 6"):
+        synthetic.generate(qwen_backend, ds.corpus, examples, out, small, progress=False)
+    # a folder holding a passage that the larger sample leaves out cannot grow to it
+    example_docs = [d for d, doc in ds.corpus.items() if doc.text == examples[0][2]]
+    eight = synthetic.sample_passages(ds.corpus, 8, 0, example_docs)
+    stray = next(d for d in ds.corpus if d not in eight)
+    with open(out / synthetic.GENERATED, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"passage_id": stray, "seed": 0, "query": "q", "raw": "q"}) + "\n")
+    with pytest.raises(ValueError, match=f"the sample of 8 leaves out 1 of them \\(e.g. {stray}\\)"):
+        synthetic.generate(qwen_backend, ds.corpus, examples, out, replace(small, passages=8), progress=False)
+    assert json.loads((out / synthetic.SETTINGS).read_text())["settings"]["passages"] == 6  # refused: unchanged
+
+
 def test_the_folder_its_filters_and_the_consistency_filter(labelled, tmp_path):
     corpus = load_corpus(labelled / "corpus.jsonl")
     generated = {

@@ -18,7 +18,11 @@ def add_parser(subparsers: Any) -> None:
         help="generate one query per sampled passage (few-shot, sampled), filter them, write a BEIR folder",
     )
     p.add_argument("--data", required=True, help="BEIR folder whose corpus the passages are drawn from")
-    p.add_argument("--out", required=True, help="the BEIR folder to write (resumable: run again to continue)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the BEIR folder to write (resumable: run again to continue, or with more --passages to grow it)",
+    )
     p.add_argument("--model", default="default", help="the generating model: a preset or a Hugging Face folder")
     p.add_argument("--passages", type=positive_int, required=True, help="passages to write a query for")
     p.add_argument("--examples", type=nonnegative_int, default=3, help="few-shot examples in the prompt (3)")

@@ -187,7 +187,9 @@ def generate(
     """Write one generated query per sampled passage to ``out/generated.jsonl``, resuming what it holds.
 
     ``out/generate.json`` records the settings and the examples; a folder written with other settings is
-    refused (start over in another folder). Returns the records by passage id, in sampling order."""
+    refused (start over in another folder), except that a run may grow to more passages when the larger sample
+    holds every passage it has (each passage's query depends on its own seed alone, so they are kept). Returns
+    the records by passage id, in sampling order."""
     from tqdm.auto import tqdm
 
     from ..backends.base import Sampling
@@ -198,17 +200,20 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     record = {"settings": asdict(settings), "examples": [qid for qid, _, _ in examples]}
     side = out / SETTINGS
+    done = read_generated(out / GENERATED)
     if side.exists():
         before = json.loads(side.read_text(encoding="utf-8"))
         if before != json.loads(json.dumps(record)):
             differ = sorted(k for k in record["settings"] if before.get("settings", {}).get(k) != record["settings"][k])
-            what = ", ".join(differ) if differ else "examples"
-            raise ValueError(f"{out} holds queries generated with other {what}; use another --out")
+            if differ != ["passages"] or before.get("examples") != record["examples"]:
+                what = ", ".join(differ) if differ else "examples"
+                raise ValueError(f"{out} holds queries generated with other {what}; use another --out")
+            _check_growth(out, before["settings"]["passages"], settings.passages, set(done) - set(ids))
+            write_atomic(side, json.dumps(record, indent=2) + "\n", "generation settings")
     else:
         write_atomic(side, json.dumps(record, indent=2) + "\n", "generation settings")
     tokenizer = backend.tokenizer
     shots = [(q, cut(tokenizer, p, settings.example_tokens)) for _, q, p in examples]
-    done = read_generated(out / GENERATED)
     todo = [d for d in ids if d not in done]
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="generate", unit="passage", disable=not progress,
                file=sys.stderr)
@@ -277,6 +282,21 @@ def write_dataset(
     report = {"settings": asdict(settings), "counts": counts, "consistency": None}
     write_atomic(out / REPORT, json.dumps(report, indent=2) + "\n", "report")
     return report
+
+
+def _check_growth(out: Path, had: int, asked: int, outside: set[str]) -> None:
+    """A run of ``had`` passages asked for ``asked``: refused unless it grows and the larger sample holds every
+    passage generated so far (``outside``: those it does not)."""
+    if asked < had:
+        raise ValueError(
+            f"{out} holds queries of {had} passages: a run grows but does not shrink; ask for {had} or more, or "
+            "use another --out"
+        )
+    if outside:
+        raise ValueError(
+            f"{out} holds queries of {had} passages, and the sample of {asked} leaves out {len(outside)} of them "
+            f"(e.g. {sorted(outside)[0]}): it cannot grow to that size; use another --out"
+        )
 
 
 def generated_sources(out: Path) -> dict[str, str]:
