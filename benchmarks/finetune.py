@@ -35,8 +35,8 @@ and of the fine-tuned run, with paired two-sided t-tests of the fine-tuned run a
 Time bound (``--max-minutes``, training only): the number of steps is planned so that the linear learning-rate
 decay ends with the run: a probe trainer scores the dev queries before any training (timed; also the zero-shot
 point of the dev curve, recorded) and runs two optimiser steps (timed by a callback, which then stops it: the
-first carries one-off warm-up, the second stands for the rest), and ``max_steps`` is the most steps (at most
-``--epochs`` epochs) whose estimated time (the first step, then the second's time each), dev evaluations included,
+first carries the process's one-off warm-up, so the second's time stands for every step of the real run), and
+``max_steps`` is the most steps (at most ``--epochs`` epochs) whose estimated time, dev evaluations included,
 fits 90% of what is left of the budget; the real run is then a plain ``Trainer.train``, resumable. A guard
 callback stops the run cleanly past 1.1 x the budget as a last resort (a callback returning
 True: checkpoint, final dev evaluation and ``model/`` as usual) and ``stopped_early`` is recorded. Everything is
@@ -305,7 +305,8 @@ def dev_queries(dev: Any) -> list[str]:
 def probe(cfg: Any, groups: list[Any], dev: Any) -> dict[str, Any]:
     """On a throw-away trainer: the dev evaluation before any training (LoRA's B matrices start at zero, so this
     is the base model: the zero-shot point of the dev curve), timed, then two timed optimiser steps: the first
-    carries one-off work (the first passes' allocations, warm-up), so the second stands for the rest."""
+    carries the process's one-off warm-up (the real run, started after it, does not repeat it), so the second's
+    time stands for every step."""
     from llmrerank.train.trainer import Trainer
 
     folder = Path(cfg.output_dir) / "probe"
@@ -352,21 +353,19 @@ def probe(cfg: Any, groups: list[Any], dev: Any) -> dict[str, Any]:
     return out
 
 
-def estimated_seconds(steps: int, times: tuple[float, float, float], eval_every: int, has_dev: bool) -> float:
-    """The first step, the steps after it, and the dev evaluations the trainer runs (every ``eval_every`` steps
-    before the last, and at the end); ``times``: the probe's first step, later step and dev evaluation seconds."""
-    first_s, step_s, dev_s = times
+def estimated_seconds(steps: int, step_s: float, dev_s: float, eval_every: int, has_dev: bool) -> float:
+    """Steps, plus the dev evaluations the trainer runs (every ``eval_every`` steps before the last, and at the end)."""
     evals = 0
     if has_dev:
         evals = 1 + ((steps - 1) // eval_every if eval_every else 0)
-    return first_s + (steps - 1) * step_s + evals * dev_s
+    return steps * step_s + evals * dev_s
 
 
-def plan_steps(most: int, times: tuple[float, float, float], eval_every: int, has_dev: bool, available: float) -> int:
+def plan_steps(most: int, step_s: float, dev_s: float, eval_every: int, has_dev: bool, available: float) -> int:
     """The most steps (1 to ``most``) whose estimated time fits ``available`` seconds; at least 1."""
     best = 1
     for n in range(1, most + 1):
-        if estimated_seconds(n, times, eval_every, has_dev) > available:
+        if estimated_seconds(n, step_s, dev_s, eval_every, has_dev) > available:
             break
         best = n
     return best
@@ -425,7 +424,7 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         "budget_seconds": round(args.max_minutes * 60, 1),
         "guard_seconds": round(args.max_minutes * 60 * GUARD, 1),
         "mechanism": (
-            "max_steps planned from a probe's timed first and second steps so the run fits "
+            "max_steps planned from a probe's second timed step (its first carries warm-up) so the run fits "
             f"{PLAN_SHARE:.0%} of the budget left, so the learning-rate decay ends with the run; a guard callback "
             f"returns True (stop) past {GUARD} x the budget, and the trainer then ends as usual: checkpoint, final "
             "dev evaluation, model/"
@@ -481,10 +480,10 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
         info["dev_nDCG@10_before_training"] = measured["dev_nDCG@10_before_training"]
         left = budget - (now() - t0) - measured["load_seconds"] - SAVE_SECONDS
         available = PLAN_SHARE * left
-        times = (measured["first_step_seconds"], measured["step_seconds"], measured["dev_eval_seconds"])
-        steps = plan_steps(most, times, cfg.eval_every, dev is not None, available)
+        step_s, dev_s = measured["step_seconds"], measured["dev_eval_seconds"]
+        steps = plan_steps(most, step_s, dev_s, cfg.eval_every, dev is not None, available)
         cfg = replace(cfg, max_steps=steps)
-        est = estimated_seconds(steps, times, cfg.eval_every, dev is not None)
+        est = estimated_seconds(steps, step_s, dev_s, cfg.eval_every, dev is not None)
         bound.update(
             how="probe",
             probe=measured,
@@ -494,7 +493,7 @@ def train(args: argparse.Namespace, cfg: Any, bench: Bench) -> tuple[Any, Path, 
             estimated_seconds=round(est, 1),
             limited_by="epochs" if steps == most else "time",
         )
-        if estimated_seconds(1, times, cfg.eval_every, dev is not None) > available:
+        if estimated_seconds(1, step_s, dev_s, cfg.eval_every, dev is not None) > available:
             bound["warning"] = "even one step does not fit the budget by the estimate; training one step anyway"
     bench.result["config"] = json_round(cfg.to_dict())
     bench.result["status"] = "training"
