@@ -160,6 +160,9 @@ def test_a_run_grows_to_more_passages_keeping_the_queries_it_has(labelled, tmp_p
     with pytest.raises(ValueError, match=f"the sample of 8 leaves out 1 of them \\(e.g. {stray}\\)"):
         synthetic.generate(qwen_backend, ds.corpus, examples, out, replace(small, passages=8), progress=False)
     assert json.loads((out / synthetic.SETTINGS).read_text())["settings"]["passages"] == 6  # refused: unchanged
+    other = next(e for seed in range(1, 20) if (e := synthetic.few_shot_examples(ds, 1, seed=seed)) != examples)
+    with pytest.raises(ValueError, match="generated with other passages, examples; use another --out"):
+        synthetic.generate(qwen_backend, ds.corpus, other, out, replace(small, passages=8), progress=False)
 
 
 def test_the_folder_its_filters_and_the_consistency_filter(labelled, tmp_path):

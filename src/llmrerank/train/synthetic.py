@@ -205,9 +205,9 @@ def generate(
         before = json.loads(side.read_text(encoding="utf-8"))
         if before != json.loads(json.dumps(record)):
             differ = sorted(k for k in record["settings"] if before.get("settings", {}).get(k) != record["settings"][k])
-            if differ != ["passages"] or before.get("examples") != record["examples"]:
-                what = ", ".join(differ) if differ else "examples"
-                raise ValueError(f"{out} holds queries generated with other {what}; use another --out")
+            differ += ["examples"] if before.get("examples") != record["examples"] else []
+            if differ != ["passages"]:  # only the number of passages may change: the run grows
+                raise ValueError(f"{out} holds queries generated with other {', '.join(differ)}; use another --out")
             _check_growth(out, before["settings"]["passages"], settings.passages, set(done) - set(ids))
             write_atomic(side, json.dumps(record, indent=2) + "\n", "generation settings")
     else:
