@@ -234,3 +234,8 @@ def test_the_command_with_a_teacher(labelled, tmp_path, tiny_model_dir, capsys):
         assert "it ran in bfloat16: the dtype option bfloat16 continues it" in capsys.readouterr().err
     assert main([*args, "--examples-split", "test"]) == 2
     assert "never a test split" in capsys.readouterr().err
+    # grown to 6 passages against the teacher run of the first 4: the new queries are named as dropped, not lost quietly
+    grown = [a if a != "4" else "6" for a in args]
+    assert main([*grown, "--teacher-run", str(out / "teacher-likelihood.trec"), "--consistency-k", "2"]) == 0
+    missing = json.loads((out / synthetic.REPORT).read_text())["consistency"]["not_in_teacher_run"]
+    assert missing > 0 and f"({missing} not in the teacher run, dropped: rerank them" in capsys.readouterr().err

@@ -118,8 +118,10 @@ def run(args: argparse.Namespace) -> None:
             return
         report = synthetic.consistency_filter(out, load_run(teacher_run), args.consistency_k)
         c = report["consistency"]
+        missing = c["not_in_teacher_run"]
+        unranked = f" ({missing} not in the teacher run, dropped: rerank them with the teacher)" if missing else ""
         print(
-            f"consistency (source in the teacher's top {c['k']}): kept {c['kept']} of {c['checked']}; "
+            f"consistency (source in the teacher's top {c['k']}): kept {c['kept']} of {c['checked']}{unranked}; "
             f"wrote {out} (split 'train'; teacher run {teacher_run})",
             file=sys.stderr,
         )
