@@ -402,6 +402,41 @@ def test_ranknet_on_the_teachers_order(tiny_model_dir, tmp_path):
     assert json.loads((result.model_dir / "llmrerank.json").read_text())["trained_with"]["loss"] == "ranknet"
 
 
+@pytest.mark.parametrize("loss", ["kl", "margin_mse"])
+def test_kl_and_margin_mse_learn_the_teachers_scores(tiny_model_dir, tmp_path, loss):
+    """target = "teacher" with its scores (the default mode): each group's targets are the teacher run's own
+    scores of its documents, the loss is the named distillation loss of the inference scores against them, and
+    training moves the student towards them."""
+    from llmrerank.data import load_beir, load_run
+    from llmrerank.train import losses
+
+    qrels = load_beir(TINY, split="test").qrels
+    lines, given = [], {}
+    for qid, items in load_run(TINY / "run.trec").items():
+        docs = [d for d, _ in items] + [d for d in qrels.get(qid, {}) if d not in dict(items)]
+        for r, d in enumerate(sorted(docs), start=1):  # an order of its own: by document id, scores 3.0, 2.5, ...
+            given[(qid, d)] = 3.5 - 0.5 * r
+            lines.append(f"{qid} Q0 {d} {r} {given[(qid, d)]} teacher")
+    teacher = tmp_path / "teacher.trec"
+    teacher.write_text("\n".join(lines) + "\n")
+    cfg = _config(tiny_model_dir, tmp_path / "run", loss=loss, target="teacher", teacher_run=str(teacher),
+                  max_steps=6, grad_accum=1, groups_per_batch=2, learning_rate=1e-2)
+    trainer = Trainer(cfg)
+    groups = trainer.groups[:2]
+    for g in groups:
+        assert list(g.teacher) == [given[(g.qid, d)] for d in g.doc_ids]  # the run's scores, as written
+    items = [e for g in groups for e in trainer.ranker.encode(g.query, g.docs)]
+    with torch.no_grad():
+        scores = trainer.ranker.score_encoded(items).view(len(groups), -1)
+        want = getattr(losses, loss)(scores, torch.tensor([g.teacher for g in groups]))
+        before = trainer.batch_loss(groups).item()
+    assert before == pytest.approx(want.item(), abs=1e-5)
+    result = trainer.train(progress=False)
+    with torch.no_grad():
+        assert trainer.batch_loss(groups).item() < before
+    assert json.loads((result.model_dir / "llmrerank.json").read_text())["trained_with"]["loss"] == loss
+
+
 @pytest.mark.parametrize(
     ("given", "error", "message"),
     [
