@@ -29,6 +29,7 @@ SCIFACT_SAMPLE = 100
 SCIFACT_SEED = 0
 DL_RUN = "bm25-top100.trec"  # the distributed BM25 run of the DL folders
 MEASURE = "nDCG@10"
+STOPPED = 3  # the exit status of an llmrerank command that stopped at its --max-minutes
 
 
 # --- the command line and the machine ----------------------------------------------------------------------
@@ -447,5 +448,8 @@ def rerank_to(out: Path, options: list[str]) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "llmrerank.cli", "rerank", *options, "--out", str(out)]
         started = out.is_file() or partial_path(out).exists()  # a killed run leaves its partial file: resume it
         print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-        subprocess.run([*cmd, *(["--resume"] if started else [])], cwd=REPO, check=True)
+        done = subprocess.run([*cmd, *(["--resume"] if started else [])], cwd=REPO)
+        if done.returncode == STOPPED:
+            raise SystemExit(STOPPED)  # its --max-minutes: it said how far it got; running this again goes on
+        done.check_returncode()
     return read_json(sidecar) or {}

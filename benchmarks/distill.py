@@ -48,6 +48,7 @@ from _common import (
     DATA,
     REPO,
     RESULTS,
+    STOPPED,
     Report,
     header,
     load_dataset,
@@ -69,11 +70,20 @@ TOP_K = 20
 
 
 def run(cmd: list[str]) -> float:
-    """Run a command from the repository root, its output passed through; its wall seconds. Failure stops."""
+    """Run a command from the repository root, its output passed through; its wall seconds. Failure stops, and
+    so does a command stopped at its --max-minutes (``--stage-minutes``), with the same status: run again."""
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
+    done = subprocess.run(cmd, cwd=REPO)
+    if done.returncode == STOPPED:
+        raise SystemExit(STOPPED)
+    done.check_returncode()
     return round(time.perf_counter() - t, 1)
+
+
+def bound(args: argparse.Namespace) -> list[str]:
+    """``--max-minutes`` for a stage's command, from ``--stage-minutes``."""
+    return [] if args.stage_minutes is None else ["--max-minutes", f"{args.stage_minutes:g}"]
 
 
 def llmrerank(*args: str) -> list[str]:
@@ -139,7 +149,7 @@ def stage_generate(args: argparse.Namespace, bench: Report) -> None:
         for name in ("generated.jsonl", "generate.json"):
             shutil.copy(seed / name, args.synthetic / name)
         bench.result["stages"]["generate"] = {"started_from": rel(str(seed))}
-    seconds = run(llmrerank(*generate_args(args)))
+    seconds = run(llmrerank(*generate_args(args), *bound(args)))
     report = read_json(args.synthetic / "report.json") or {}
     bench.result["stages"].setdefault("generate", {}).update(seconds=seconds, counts=report.get("counts"))
 
@@ -187,7 +197,7 @@ def rerank_member(args: argparse.Namespace, model: str, method: str) -> dict[str
         "--quiet",
     ]
     seeded = seed_member(args, model, method)
-    sidecar = rerank_to(out, options)
+    sidecar = rerank_to(out, [*options, *bound(args)])
     report = sidecar.get("report", {})
     last = report.get("queries")  # the queries the last invocation scored (a resumed run scored the rest before)
     return {
@@ -547,6 +557,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--epochs", type=int, default=2, help="at most this many epochs a student (default 2)")
     parser.add_argument("--max-minutes", type=float, default=12.0, help="training budget a student (default 12)")
+    parser.add_argument(
+        "--stage-minutes",
+        type=float,
+        default=None,
+        help="bound the generate and teacher stages (their commands' --max-minutes): one stopped there ends this "
+        "run with status 3, and the same command goes on (default: no bound)",
+    )
     parser.add_argument("--timing-queries", type=int, default=8)
     parser.add_argument("--timing-dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16", "auto"),
                         help="of both rankers in the timing stage, each in turn (default float32, as recorded)")

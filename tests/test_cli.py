@@ -91,6 +91,23 @@ def test_resume_flag(tmp_path, tiny_model_dir):
     assert set(meta["report"]["per_query"]) == {"q1", "q2", "q3"}  # the kept queries' accounting survives
 
 
+def test_max_minutes_stops_with_status_3_and_says_how_to_go_on(tmp_path, tiny_model_dir, capsys):
+    out, whole = tmp_path / "r.trec", tmp_path / "whole.trec"
+    base = ["rerank", "--data", str(TINY), "--model", str(tiny_model_dir), "--quiet", "--run", str(TINY / "run.trec")]
+    base += ["--method", "likelihood", "--queries-per-batch", "1"]
+    assert main([*base, "--out", str(whole)]) == 0
+    capsys.readouterr()
+    assert main([*base, "--out", str(out), "--max-minutes", "1e-9"]) == 3
+    err = capsys.readouterr().err
+    assert "stopped at --max-minutes 1e-09 with 2 queries left" in err and "go on with: llmrerank rerank" in err
+    assert err.rstrip().endswith("--resume") and not out.exists()
+    assert main([*base, "--out", str(out), "--max-minutes", "1e-9", "--resume"]) == 3  # one query a call
+    assert main([*base, "--out", str(out), "--max-minutes", "60", "--resume"]) == 0
+    assert out.read_text() == whole.read_text()
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(out), "--max-minutes", "0"])
+
+
 def test_console_script_runs():
     exe = shutil.which("llmrerank")
     cmd = [exe] if exe else [sys.executable, "-m", "llmrerank.cli"]

@@ -219,3 +219,42 @@ def test_a_resume_compares_the_dtype_a_run_ran_in_not_the_option_that_chose_it(t
     with pytest.raises(ValueError, match=r"other backend \(.*resolved_dtype: 'float32' then, 'bfloat16' now\).*"
                                          r"\(it ran in float32: the dtype option float32 continues it\)"):
         rerank_run(default, ds.queries, ds.corpus, run, out, top_k=3, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(("per_batch", "first"), [(1, 1), (2, 2)])
+def test_a_time_bound_stops_at_a_batch_end_and_a_resume_ends_as_an_uninterrupted_run(
+    tmp_path, qwen_backend, per_batch, first
+):
+    """max_seconds stops the run after the first batch that ends past it: its queries are in the partial file,
+    whose sidecar says stopped and holds their report; out is not written; a resume writes the same file, byte for
+    byte, as a run that never stopped, with every query's report."""
+    from llmrerank.outputs import partial_path
+
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    ranker = LikelihoodRanker(qwen_backend)
+    fresh = tmp_path / "fresh.trec"
+    rerank_run(ranker, ds.queries, ds.corpus, run, fresh, top_k=3, queries_per_batch=per_batch, progress=False)
+    out = tmp_path / "out.trec"
+    report = rerank_run(ranker, ds.queries, ds.corpus, run, out, top_k=3, queries_per_batch=per_batch,
+                        progress=False, max_seconds=1e-9)
+    assert (report.queries, report.queries_left) == (first, len(run) - first)
+    assert "stopped at the time bound with" in report.summary()
+    assert not out.exists() and list(load_run(partial_path(out))) == list(run)[:first]
+    meta = json.loads(sidecar_path(partial_path(out)).read_text())
+    assert meta["status"] == "stopped" and list(meta["report"]["per_query"]) == list(run)[:first]
+    report = rerank_run(ranker, ds.queries, ds.corpus, run, out, top_k=3, queries_per_batch=per_batch,
+                        progress=False, resume=True, max_seconds=3600)
+    assert (report.queries_skipped_resume, report.queries, report.queries_left) == (first, len(run) - first, 0)
+    assert out.read_text() == fresh.read_text() and not partial_path(out).exists()
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["status"] == "complete" and set(meta["report"]["per_query"]) == set(run)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True, "5", float("nan")])
+def test_a_time_bound_must_be_a_positive_number(tmp_path, qwen_backend, bad):
+    ds = load_beir(TINY)
+    with pytest.raises(ValueError, match="max_seconds must be a positive number of seconds"):
+        rerank_run(LikelihoodRanker(qwen_backend), ds.queries, ds.corpus, load_run(TINY / "run.trec"),
+                   tmp_path / "o.trec", progress=False, max_seconds=bad)
+    assert not (tmp_path / "o.trec").exists()

@@ -239,3 +239,33 @@ def test_the_command_with_a_teacher(labelled, tmp_path, tiny_model_dir, capsys):
     assert main([*grown, "--teacher-run", str(out / "teacher-likelihood.trec"), "--consistency-k", "2"]) == 0
     missing = json.loads((out / synthetic.REPORT).read_text())["consistency"]["not_in_teacher_run"]
     assert missing > 0 and f"({missing} not in the teacher run, dropped: rerank them" in capsys.readouterr().err
+
+
+def test_max_minutes_stops_generation_and_the_teacher_and_the_same_command_goes_on(
+    labelled, tmp_path, tiny_model_dir, capsys
+):
+    """--max-minutes stops after a batch, with status 3 and the command to run again; run again (bounded each
+    time) it goes on, stage after stage, to the folder an unbounded run writes."""
+    from llmrerank.cli import main
+
+    def command(out):
+        args = ["generate-queries", "--data", str(labelled), "--model", str(tiny_model_dir), "--passages", "4"]
+        args += ["--examples", "1", "--max-new-tokens", "5", "--min-words", "1", "--out", str(out), "--quiet"]
+        return [*args, "--teacher-model", str(tiny_model_dir), "--teacher-top-k", "3", "--batch-size", "2"]
+
+    assert main(command(tmp_path / "whole")) == 0
+    capsys.readouterr()
+    bounded = [*command(tmp_path / "gen"), "--max-minutes", "1e-9"]
+    assert main(bounded) == 3
+    err = capsys.readouterr().err
+    assert "stopped at --max-minutes 1e-09: 2 of 4 passages have their query; go on with: llmrerank" in err
+    assert len(synthetic.read_generated(tmp_path / "gen" / synthetic.GENERATED)) == 2
+    said = []
+    for _ in range(10):  # generation's second batch, then the teacher a query at a time (its batches of 4 queries)
+        status = main(bounded)
+        said.append(capsys.readouterr().err)
+        if status != 3:
+            break
+    assert status == 0 and any("the teacher's run is not finished" in e for e in said)
+    for name in (synthetic.GENERATED, "teacher-likelihood.trec", "qrels/train.tsv"):
+        assert (tmp_path / "gen" / name).read_text() == (tmp_path / "whole" / name).read_text()

@@ -202,6 +202,7 @@ class RerankReport:
     queries_skipped_resume: int = 0
     queries_redone_resume: int = 0  # found in the output being resumed but not kept (cut short, mixed, edited)
     queries_not_loaded: int = 0  # in the run but not among the loaded queries (another split)
+    queries_left: int = 0  # not reranked yet: the run stopped at its time bound (max_seconds); a resume goes on
     documents: int = 0
     seconds: float = 0.0
     # The rankers' per-query accounting (Ranking.metadata numbers: tokens, truncated, LLM calls, ...), kept
@@ -241,6 +242,7 @@ class RerankReport:
             + (f"; {self.queries_skipped_resume} queries already done (resume)" if self.queries_skipped_resume else "")
             + (f"; {self.queries_redone_resume} unfinished or damaged, redone" if self.queries_redone_resume else "")
             + (f"; {self.queries_not_loaded} run queries not in the split, left out" if self.queries_not_loaded else "")
+            + (f"; stopped at the time bound with {self.queries_left} queries left" if self.queries_left else "")
         )
 
 
@@ -457,6 +459,7 @@ def rerank_run(
     sidecar: Mapping[str, Any] | None = None,
     engine: Any = None,
     fuse: Fusion | None = None,
+    max_seconds: float | None = None,
 ) -> RerankReport:
     """Rerank the top ``top_k`` of each query in ``run`` with ``ranker`` and write a TREC run to ``out``.
 
@@ -481,10 +484,20 @@ def rerank_run(
     With ``fuse`` (a :class:`~llmrerank.fusion.Fusion`), each query's reranked head is reordered by the fused
     score (:func:`~llmrerank.fusion.fuse_ranking`: the reranker's and the input run's scores, each min-max
     normalised per query, weighted); the tail stays below it. The fusion is a setting a resume must share.
+
+    With ``max_seconds``, the run stops at the end of the first batch that ends past that many seconds of
+    reranking: what it reranked stays in ``<out>.partial`` (its sidecar says ``"status": "stopped"`` and holds
+    the report so far), ``out`` is not written, and the report's ``queries_left`` says how many are left; a
+    resume goes on from there and ends with the file an uninterrupted run writes. Local engine only.
     """
     from tqdm.auto import tqdm
 
     check_arguments(queries, corpus, run, top_k, queries_per_batch)
+    if max_seconds is not None:
+        if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
+            raise ValueError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
+        if engine is not None:
+            raise ValueError("max_seconds bounds a run on the local engine; a Ray run is bounded by its workers")
     out = check_writable(out, "output run")
     if engine is None and isinstance(ranker, Mapping):
         raise TypeError("a ranker config (a mapping) is ranked only with an engine; build it: Reranker.from_config")
@@ -531,6 +544,7 @@ def rerank_run(
         start = time.perf_counter()
         bar = tqdm(total=len(todo), desc="rerank", unit="q", disable=not progress, file=sys.stderr)
         written = [q for q in qids if q in done]
+        batch_ends = {group[-1] for group in batches(qids, queries_per_batch)}  # a stop keeps whole batches
         with _open_for_append(partial) as f, bar:  # the bar ends its line however the loop ends
             for qid, ranking in rankings:
                 written.append(qid)
@@ -545,8 +559,16 @@ def rerank_run(
                 else:
                     elapsed = time.perf_counter() - start
                     bar.set_postfix(docs_s=f"{report.documents / elapsed:.1f}", tok_s=f"{report.tokens / elapsed:.0f}")
-        report.queries = len(todo)
+                if (max_seconds is not None and qid in batch_ends and len(written) < len(qids)
+                        and time.perf_counter() - start >= max_seconds):
+                    report.queries_left = len(qids) - len(written)
+                    break
+        report.queries = len(written) - len(done)
         report.seconds = time.perf_counter() - start
+        if report.queries_left:  # stopped: the partial file is what a resume picks up, with this report
+            _write_sidecar(partial, {**base, "status": "stopped", "report": report.to_dict(),
+                                     "backend_stats": stats.since(before) if stats else None})
+            return report
         # kept queries that do not all come before the new ones, or batches that finished out of order (an
         # engine with several workers): put the file in run order
         if written != qids:

@@ -33,6 +33,7 @@ SUBCOMMANDS = (retrieve, rerank, evaluate, train, generate_queries, serve, demo,
 
 BAD_INPUT = 2  # the input (a file, an option, a model) is wrong: fix it and run again
 FAILED = 1  # anything else: the environment (disk, memory, a lock) or a bug
+STOPPED = 3  # stopped at its time bound (--max-minutes): what it did is kept, and running again goes on from there
 DEBUG_ENV = "LLMRERANK_DEBUG"
 
 
@@ -101,10 +102,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status: 0, 2 for bad input, 1 for
-    another failure, 130 after Ctrl-C, 143 after SIGTERM."""
+    another failure, 3 when a command stopped at its ``--max-minutes`` (to be run again), 130 after Ctrl-C, 143
+    after SIGTERM."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # for a command that says how to go on (resume_command)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None

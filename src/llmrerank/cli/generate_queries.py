@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import Spec
-from .argtypes import nonnegative_int, positive_int, spec_type
+from .argtypes import nonnegative_int, positive_float, positive_int, spec_type
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,6 +50,12 @@ def add_parser(subparsers: Any) -> None:
         help="the teacher's dtype (default: its method's, as llmrerank rerank: auto for likelihood)",
     )
     g.add_argument("--consistency-k", type=positive_int, default=3, help="the source must be in the top k (3)")
+    p.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        help="stop after the batch (of passages, or of the teacher's queries) that ends past this many minutes, "
+        "keeping what is done (exit status 3); the same command goes on",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -62,11 +68,14 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> None:
-    """Generate, filter and write the folder; then, with a teacher, the consistency filter."""
+def run(args: argparse.Namespace) -> int:
+    """Generate, filter and write the folder; then, with a teacher, the consistency filter. Returns 3
+    (``STOPPED``) when ``--max-minutes`` stopped it first."""
+    import time
+
     from ..backends.hf import HFBackend
     from ..data import load_beir, load_corpus, load_run
-    from ..outputs import OutputLock, check_writable
+    from ..outputs import OutputLock, check_writable, partial_path
     from ..train import synthetic
 
     if args.teacher_run and args.teacher_model:
@@ -98,10 +107,15 @@ def run(args: argparse.Namespace) -> None:
     with OutputLock(out / "generated.jsonl", "generated queries"):
         examples = synthetic.few_shot_examples(labelled, args.examples, args.seed) if labelled is not None else []
         backend = HFBackend.load(args.model, dtype=args.dtype, threads=args.threads)
+        deadline = None if args.max_minutes is None else time.perf_counter() + args.max_minutes * 60
+        had = len(synthetic.read_generated(out / synthetic.GENERATED))
         generated = synthetic.generate(
-            backend, corpus, examples, out, settings, batch_size=args.batch_size, progress=not args.quiet
+            backend, corpus, examples, out, settings, batch_size=args.batch_size, progress=not args.quiet,
+            max_seconds=None if deadline is None else deadline - time.perf_counter(),
         )
         del backend
+        if len(generated) < settings.passages:
+            return _stopped(args, f"{len(generated)} of {settings.passages} passages have their query")
         report = synthetic.write_dataset(out, data / "corpus.jsonl", corpus, generated, settings, not args.quiet)
         counts = report["counts"]
         print(
@@ -111,11 +125,17 @@ def run(args: argparse.Namespace) -> None:
         )
         if args.teacher_model:
             teacher_run = out / f"teacher-{args.teacher_method}.trec"
-            _teacher(args, out, teacher_run)
+            left = None if deadline is None else deadline - time.perf_counter()
+            if left is not None and left <= 0:
+                if len(generated) > had:  # this call has done some work: the teacher starts in the next one
+                    return _stopped(args, "the queries are written; the teacher has not started")
+                left = 1e-9  # a call always makes progress: one batch of the teacher's at least
+            if not _teacher(args, out, teacher_run, left):
+                return _stopped(args, f"the teacher's run is not finished ({partial_path(teacher_run)} so far)")
         if teacher_run is None:
             synthetic.write_qrels(out / "qrels" / "train.tsv", synthetic.generated_sources(out))
             print(f"wrote {out} (split 'train': every kept query; no consistency filter)", file=sys.stderr)
-            return
+            return 0
         report = synthetic.consistency_filter(out, load_run(teacher_run), args.consistency_k)
         c = report["consistency"]
         missing = c["not_in_teacher_run"]
@@ -125,10 +145,20 @@ def run(args: argparse.Namespace) -> None:
             f"wrote {out} (split 'train'; teacher run {teacher_run})",
             file=sys.stderr,
         )
+    return 0
 
 
-def _teacher(args: argparse.Namespace, out: Path, teacher_run: Path) -> None:
-    """The teacher's rerank of the generated split's BM25 candidates (resumable, as ``llmrerank rerank``)."""
+def _stopped(args: argparse.Namespace, what: str) -> int:
+    from . import STOPPED, resume_command
+
+    print(f"stopped at --max-minutes {args.max_minutes:g}: {what}; go on with: {resume_command(args.argv)}",
+          file=sys.stderr)
+    return STOPPED
+
+
+def _teacher(args: argparse.Namespace, out: Path, teacher_run: Path, max_seconds: float | None = None) -> bool:
+    """The teacher's rerank of the generated split's BM25 candidates (resumable, as ``llmrerank rerank``); False
+    when ``max_seconds`` stopped it first."""
     from ..data import load_beir, load_run
     from ..outputs import partial_path
     from ..pipeline import rerank_run
@@ -141,7 +171,7 @@ def _teacher(args: argparse.Namespace, out: Path, teacher_run: Path) -> None:
         args.teacher_method, model=args.teacher_model, max_length=args.teacher_max_length, threads=args.threads,
         **dtype,
     )
-    rerank_run(
+    report = rerank_run(
         ranker,
         ds.queries,
         ds.corpus,
@@ -151,4 +181,6 @@ def _teacher(args: argparse.Namespace, out: Path, teacher_run: Path) -> None:
         resume=teacher_run.exists() or partial_path(teacher_run).exists(),
         progress=not args.quiet,
         sidecar={"data": str(out.resolve()), "split": "generated"},
+        max_seconds=max_seconds,
     )
+    return not report.queries_left

@@ -30,6 +30,12 @@ def add_parser(subparsers: Any) -> None:
         help="order the reranked top k by W x the first stage's score + (1 - W) x the reranker's, each min-max "
         "normalised per query (W in [0, 1])",
     )
+    p.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        help="stop after the batch that ends past this many minutes of reranking, keeping what is done (exit "
+        "status 3); the same command with --resume goes on",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p, "pointwise")
     add_engine_args(p)
@@ -104,8 +110,9 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     return f"the queries finished so far are kept in {partial}; resume with: {resume_command(argv, add=['--resume'])}"
 
 
-def run(args: argparse.Namespace) -> None:
-    """Rerank the input run and write the output run with its sidecar."""
+def run(args: argparse.Namespace) -> int:
+    """Rerank the input run and write the output run with its sidecar; 3 (``STOPPED``) when ``--max-minutes``
+    stopped it first."""
     from ..data import load_beir, load_run
     from ..outputs import OutputLock, check_writable
     from ..pipeline import check_resumable, rerank_run
@@ -139,5 +146,18 @@ def run(args: argparse.Namespace) -> None:
             fuse=args.fuse,
             # resolved: the same files spelled another way still resume
             sidecar={"data": str(Path(args.data).resolve()), "split": args.split, "input_run": str(run_path.resolve())},
+            max_seconds=args.max_minutes * 60 if args.max_minutes is not None else None,
         )
+    if report.queries_left:
+        from ..outputs import partial_path
+        from . import STOPPED, resume_command
+
+        print(
+            f"stopped at --max-minutes {args.max_minutes:g} with {report.queries_left} queries left "
+            f"({report.summary()}); kept in {partial_path(out)}; go on with: "
+            f"{resume_command(args.argv, add=['--resume'])}",
+            file=sys.stderr,
+        )
+        return STOPPED
     print(f"wrote {out}: {report.summary()}", file=sys.stderr)
+    return 0

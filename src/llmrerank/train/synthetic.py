@@ -183,13 +183,18 @@ def generate(
     settings: GenerationSettings,
     batch_size: int = 8,
     progress: bool = True,
+    max_seconds: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Write one generated query per sampled passage to ``out/generated.jsonl``, resuming what it holds.
 
     ``out/generate.json`` records the settings and the examples; a folder written with other settings is
     refused (start over in another folder), except that a run may grow to more passages when the larger sample
     holds every passage it has (each passage's query depends on its own seed alone, so they are kept). Returns
-    the records by passage id, in sampling order."""
+    the records by passage id, in sampling order. With ``max_seconds``, it stops after the first batch that ends
+    past that many seconds and returns the records written so far (fewer than ``settings.passages``); running
+    it again goes on."""
+    import time
+
     from tqdm.auto import tqdm
 
     from ..backends.base import Sampling
@@ -218,8 +223,11 @@ def generate(
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="generate", unit="passage", disable=not progress,
                file=sys.stderr)
     stops = set(backend.stop_ids()) | newline_ids(tokenizer)  # a query is one line: stop at its end
+    began = time.perf_counter()
     with open(out / GENERATED, "a", encoding="utf-8") as f, bar:
         for start in range(0, len(todo), batch_size):
+            if max_seconds is not None and start and time.perf_counter() - began >= max_seconds:
+                break
             batch = todo[start : start + batch_size]
             prompts = [build_prompt(shots, cut(tokenizer, corpus[d].text, settings.passage_tokens)) for d in batch]
             seeds = tuple(passage_seed(settings.seed, d) for d in batch)
@@ -235,7 +243,7 @@ def generate(
             f.flush()
             fsync_file(f)
             bar.update(len(batch))
-    return {d: done[d] for d in ids}
+    return {d: done[d] for d in ids if d in done}
 
 
 def write_dataset(
