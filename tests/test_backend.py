@@ -392,3 +392,23 @@ def test_the_head_gets_a_contiguous_slice_so_a_frozen_model_scores_as_a_trainabl
     torch.testing.assert_close(backend.last_logits(prompts), HFBackend(trainable, tokenizer).last_logits(prompts),
                                atol=atol, rtol=0)
     assert seen and all(seen)
+
+
+def test_a_huge_document_is_cut_to_max_length_and_scored_within_the_pass_budget(tiny_model_dir):
+    """A document of over a million characters costs what any document past ``max_length`` costs: its prompt is
+    cut (keeping the document's start), every pass stays within the budget, and its score is that of its cut."""
+    from llmrerank import Reranker
+
+    words = "honey bees make honey from flower nectar".split()
+    huge = " ".join(words[i % len(words)] for i in range(250_000))
+    head = " ".join(words[i % len(words)] for i in range(200))  # its first 200 words, already past the cut
+    docs = [huge, head, "why does a volcano erupt", "the cat sat on the mat"]
+    assert len(huge) > 1_000_000
+    ranker = Reranker("pointwise", model=str(tiny_model_dir), dtype="float32", max_length=96, batch_size=4,
+                      batch_tokens=192)
+    prompts = [e.prompt for e in ranker.encode("how do bees make honey", docs)]
+    assert max(len(p) for p in prompts) == 96 and prompts[0] == prompts[1]
+    for p in ranker.backend.plan(prompts):
+        assert len(p.rows) <= 4 and len(p.rows) * max(len(prompts[i]) - p.prefix for i in p.rows) <= 192
+    scores = ranker.score("how do bees make honey", docs)
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5) and all(s == s for s in scores)
