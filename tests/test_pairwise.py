@@ -304,6 +304,23 @@ def test_tiny_model_batching_invariance(tiny, tok, aggregation):
         }
 
 
+@pytest.mark.parametrize(
+    ("method", "options"), [("pairwise", {}), ("setwise", {"sort_top_k": 3, "set_size": 2})]
+)
+def test_a_reused_prefix_keeps_the_comparison_scores(tiny, tok, method, options):
+    """The comparison prompts of one query share the instruction and the query: computed once and reused, the
+    comparisons give the plain path's scores (within 1e-4) and the same order."""
+    docs = [Document(t) for t in ("honey bees make honey", "why does a volcano erupt", "the cat sat", "bread", "d7")]
+    docs += [Document(f"d{i} d{i + 1} honey") for i in range(10, 17)]  # heapsort's first rounds compare several sets
+    reused = HFBackend(tiny.model, tok, batch_size=4, reuse_prefix=True)
+    plain = HFBackend(tiny.model, tok, batch_size=4, reuse_prefix=False)
+    query = " ".join([QUERY] * 8)  # a prefix long enough to be worth sharing between a round's two prompts
+    got = Reranker(method, backend=reused, **options).rank(query, docs)
+    want = Reranker(method, backend=plain, **options).rank(query, docs)
+    assert reused.stats.reused_tokens > 0 and plain.stats.reused_tokens == 0
+    assert got.indices == want.indices and got.scores == pytest.approx(want.scores, abs=1e-4)
+
+
 # --- runs and cascades --------------------------------------------------------------------------------------
 
 
