@@ -18,8 +18,10 @@ is its own:
 - the roofline: this CPU's matrix-multiply FLOP/s in float32 and bfloat16 on the model's own linear-layer
   shapes (``--roofline-tokens`` rows), the tokens/s that allows (FLOP/s ÷ (2 × non-embedding parameters)), and
   each contestant's fraction of it, counting every prompt token as served (a reused prefix's tokens included);
-- other methods (llmrerank defaults, each method's own max_length, ``--other-queries`` queries at top 20): query
-  likelihood (tokens/s), listwise generation (generated tokens/s) and setwise comparisons (comparisons/s).
+- other methods (llmrerank defaults, each method's own max_length and dtype, ``--other-queries`` queries at top
+  20, since pairwise compares every ordered pair): query likelihood (tokens/s), listwise generation (generated
+  tokens/s), setwise and pairwise comparisons (comparisons/s), each with its fraction of the roofline in its dtype
+  (every prompt token as served and every generated token, each worth 2 x the non-embedding parameters).
 
     python benchmarks/throughput.py                       # writes benchmarks/results/throughput-smollm2-135m.json
     python benchmarks/throughput.py --queries 1 --no-others --out results/smoke.json
@@ -74,10 +76,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 BGE_ROW = "llmrerank defaults, BGE prompt and Yes logit"
 FAMILY_ROW = "llmrerank defaults, family bge-reranker-v2-gemma"
+FAMILY_BF16_ROW = "llmrerank bfloat16, family bge-reranker-v2-gemma"
+OTHERS = ("likelihood", "listwise", "setwise", "pairwise")  # at top 20: pairwise scores every ordered pair
 PEERS = {
     "FlagLLMReranker float32": ["--peer", "flag_llm"],
     "FlagLLMReranker use_bf16": ["--peer", "flag_llm", "--bf16"],
     "CrossEncoder float32": ["--peer", "cross_encoder"],
+    "CrossEncoder bfloat16": ["--peer", "cross_encoder", "--bf16"],
     "transformers loop float32": ["--peer", "transformers_loop"],
     "transformers loop bfloat16": ["--peer", "transformers_loop", "--bf16"],
 }
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--roofline-tokens", type=int, default=2048)
-    ap.add_argument("--other-queries", type=int, default=2)
+    ap.add_argument("--other-queries", type=int, default=5)
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-others", action="store_true")
     ap.add_argument("--only", nargs="*", default=None, help="run only the contestants whose names contain these")
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
         "weights": str(folder),
         "data": {"dataset": "dl19", "queries": len(ds.qids), "top_k": args.top_k, "max_length": args.max_length,
-                 "batch_size": args.batch_size, "threads": args.threads},
+                 "batch_size": args.batch_size, "threads": args.threads, "other_queries": args.other_queries},
         "rows": {},
     }
     if out.exists():  # resume: keep the rows of an earlier run with the same settings
@@ -304,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     contestants.append((BGE_ROW, ["--child", "llmrerank", *common, "--options", json.dumps(bge)], None, None))
     family = {"family": "bge-reranker-v2-gemma"}  # FlagLLMReranker's prompt and score, token for token (issue 15)
     contestants.append((FAMILY_ROW, ["--child", "llmrerank", *common, "--options", json.dumps(family)], None, None))
+    family_bf16 = json.dumps({**family, "dtype": "bfloat16"})
+    contestants.append((FAMILY_BF16_ROW, ["--child", "llmrerank", *common, "--options", family_bf16], None, None))
     if not args.no_peers:
         peer_common = ["--model", str(folder), "--data", str(args.data / "dl19"), "--queries", str(args.queries),
                        "--top-k", str(args.top_k), "--max-length", str(args.max_length), "--batch-size",
@@ -319,9 +326,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name} ...", flush=True)
         rows[name] = run_child(argv_, python or sys.executable, script)
         write_json(out, result)
-    if not args.no_others and not result.get("others"):
-        result["others"] = {}
-        for method in ("likelihood", "listwise", "setwise"):
+    if not args.no_others:
+        result["others"] = {k: v for k, v in (result.get("others") or {}).items() if "error" not in v}
+        for method in OTHERS:
+            if method in result["others"]:
+                continue
             print(f"{method} ...", flush=True)
             result["others"][method] = run_child(["--child", "other", "--method", method, "--data", str(args.data),
                                                   "--model", args.model, "--queries", str(args.other_queries),
@@ -349,11 +358,21 @@ def main(argv: list[str] | None = None) -> None:
         if reference and "scores" in row and "512" not in name:
             s["agreement_with_earlier_defaults"] = agreement(ds, reference["scores"], row["scores"])
         summary[name] = s
-    for row_name, key in ((BGE_ROW, "bge_prompt_vs"), (FAMILY_ROW, "bge_family_vs")):
+    for row_name, key in ((BGE_ROW, "bge_prompt_vs"), (FAMILY_ROW, "bge_family_vs"),
+                          (FAMILY_BF16_ROW, "bge_family_bf16_vs")):
         mine = ok.get(row_name)
-        for peer in ("FlagLLMReranker float32", fastest_peer):
+        for peer in dict.fromkeys(("FlagLLMReranker float32", "FlagLLMReranker use_bf16", fastest_peer)):
             if mine and peer in peers and "scores" in peers[peer]:
                 summary[f"{key} {peer}"] = agreement(ds, peers[peer]["scores"], mine["scores"])
+    for row in (result.get("others") or {}).values():
+        if "error" in row or "error" in roof:
+            continue
+        # every token the model ran over, as served: the prompts' (a reused prefix's included) and the generated
+        # ones (each a pass of its own, fed back one at a time), each worth 2 x the non-embedding parameters
+        served = row["served_tokens"] + row["generated_tokens"]
+        dtype = "bfloat16" if row.get("resolved_dtype") == "bfloat16" else "float32"
+        row["roofline_dtype"] = dtype
+        row["fraction_of_roofline"] = served / row["seconds"] / roof[dtype]["tokens_per_s_allowed"]
     result["summary"] = summary
     result["finished"] = stamp()
     write_json(out, result)
@@ -376,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{method}: error {row['error']}")
         else:
             print(f"{method}: {row['docs_per_s']:.2f} docs/s, {row['prompt_tokens_per_s']:.0f} prompt tok/s, "
-                  f"{row['generated_tokens_per_s']:.1f} generated tok/s, {row['comparisons_per_s']:.2f} comparisons/s")
+                  f"{row['generated_tokens_per_s']:.1f} generated tok/s, {row['comparisons_per_s']:.2f} comparisons/s"
+                  f", {row.get('fraction_of_roofline', 0):.0%} of the {row.get('roofline_dtype', '?')} roofline")
 
 
 if __name__ == "__main__":
