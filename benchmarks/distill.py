@@ -576,6 +576,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--out", type=Path, default=None, help="the JSON (default results/distill-dl21[-TAG].json)")
     args = parser.parse_args(argv)
+    if args.stage_minutes is not None and not args.stage_minutes > 0:
+        parser.error(f"--stage-minutes must be a positive number of minutes, got {args.stage_minutes:g}")
     members(args)  # a --fuse-teacher that is not MODEL:METHOD is refused before any stage runs
     if args.out is None:
         args.out = RESULTS / f"distill-dl21{'-' + args.tag if args.tag else ''}.json"

@@ -10,7 +10,7 @@ bounded by the pass budget (``batch_tokens`` padded tokens and ``batch_size`` ro
 ``max_length``), not by how many candidates there are or how long they are: the rows with 200 candidates and with
 a document of a million characters show it, and those with other budgets show what the budget moves.
 
-    python benchmarks/memory.py                 # benchmarks/results/memory-smollm2-135m.json, ~5 minutes here
+    python benchmarks/memory.py                 # benchmarks/results/memory-smollm2-135m.json, ~8 minutes here
     python benchmarks/memory.py --model qwen2.5-0.5b --only defaults
 """
 

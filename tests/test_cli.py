@@ -99,7 +99,8 @@ def test_max_minutes_stops_with_status_3_and_says_how_to_go_on(tmp_path, tiny_mo
     capsys.readouterr()
     assert main([*base, "--out", str(out), "--max-minutes", "1e-9"]) == 3
     err = capsys.readouterr().err
-    assert "stopped at --max-minutes 1e-09 with 2 queries left" in err and "go on with: llmrerank rerank" in err
+    assert "stopped at --max-minutes 1e-09 (1 queries, " in err and "go on with: llmrerank rerank" in err
+    assert "stopped at the time bound with 2 queries left" in err
     assert err.rstrip().endswith("--resume") and not out.exists()
     assert main([*base, "--out", str(out), "--max-minutes", "1e-9", "--resume"]) == 3  # one query a call
     assert main([*base, "--out", str(out), "--max-minutes", "60", "--resume"]) == 0

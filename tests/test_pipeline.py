@@ -258,3 +258,29 @@ def test_a_time_bound_must_be_a_positive_number(tmp_path, qwen_backend, bad):
         rerank_run(LikelihoodRanker(qwen_backend), ds.queries, ds.corpus, load_run(TINY / "run.trec"),
                    tmp_path / "o.trec", progress=False, max_seconds=bad)
     assert not (tmp_path / "o.trec").exists()
+
+
+def test_a_slice_killed_after_a_stop_keeps_the_earlier_slices_accounting(tmp_path, qwen_backend):
+    """A resumed slice's partial sidecar carries the kept queries' per-query report from the start, so a slice
+    that dies keeps the earlier slices' accounting for the next resume (only its own queries' is lost)."""
+    from llmrerank.outputs import partial_path
+
+    ds = load_beir(TINY)
+    run = load_run(TINY / "run.trec")
+    out = tmp_path / "out.trec"
+    args = (ds.queries, ds.corpus, run, out)
+    rerank_run(LikelihoodRanker(qwen_backend), *args, top_k=3, progress=False, max_seconds=1e-9)  # q1
+
+    class DiesAtQ3(LikelihoodRanker):
+        def rank_many(self, queries, docs):
+            if ds.queries["q3"] in queries:
+                raise RuntimeError("killed")
+            return super().rank_many(queries, docs)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        rerank_run(DiesAtQ3(qwen_backend), *args, top_k=3, progress=False, resume=True)  # q2, then dies
+    meta = json.loads(sidecar_path(partial_path(out)).read_text())
+    assert meta["status"] == "running" and list(meta["report"]["per_query"]) == ["q1"]
+    rerank_run(LikelihoodRanker(qwen_backend), *args, top_k=3, progress=False, resume=True)
+    per_query = json.loads(sidecar_path(out).read_text())["report"]["per_query"]
+    assert set(per_query) == {"q1", "q3"}  # q2's accounting died with its slice; q1's did not

@@ -261,7 +261,7 @@ def test_max_minutes_stops_generation_and_the_teacher_and_the_same_command_goes_
     assert "stopped at --max-minutes 1e-09: 2 of 4 passages have their query; go on with: llmrerank" in err
     assert len(synthetic.read_generated(tmp_path / "gen" / synthetic.GENERATED)) == 2
     said = []
-    for _ in range(10):  # generation's second batch, then the teacher a query at a time (its batches of 4 queries)
+    for _ in range(10):  # generation's second batch, then the teacher a query at a time
         status = main(bounded)
         said.append(capsys.readouterr().err)
         if status != 3:

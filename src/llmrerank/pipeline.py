@@ -535,7 +535,8 @@ def rerank_run(
         base = {"run": str(out), **settings, "engine": getattr(ranker, "engine_info", {"name": "local"})}
 
         make_parent(out, "output run")
-        _write_sidecar(partial, {**base, "status": "running"})
+        # the kept queries' accounting rides along, so that a run killed in this slice loses only its own
+        _write_sidecar(partial, {**base, "status": "running", "report": {"per_query": dict(report.per_query)}})
         # the partial file starts as exactly the kept queries, written beside it and renamed: nothing is lost if
         # this run dies before it has reranked anything
         write_atomic(partial, "".join(done[q] for q in qids if q in done), "output run")

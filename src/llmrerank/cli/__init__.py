@@ -2,7 +2,8 @@
 public API.
 
 Each subcommand is one module with ``add_parser(subparsers)``, which adds its subparser and sets ``func`` to its
-``run(args)``, which may return an exit status (``check-model`` returns 1 when a check failed); a module that can
+``run(args)``, which may return an exit status (``check-model`` returns 1 when a check failed; ``rerank`` and
+``generate-queries`` return 3, :data:`STOPPED`, when their ``--max-minutes`` stopped them); a module that can
 pick up where an interrupted run stopped also has ``resume_hint(args, argv)``.
 A ``run`` that finds the arguments inconsistent raises ``argparse.ArgumentError(None, message)``, reported like
 a parse error.

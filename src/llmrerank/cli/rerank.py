@@ -153,9 +153,8 @@ def run(args: argparse.Namespace) -> int:
         from . import STOPPED, resume_command
 
         print(
-            f"stopped at --max-minutes {args.max_minutes:g} with {report.queries_left} queries left "
-            f"({report.summary()}); kept in {partial_path(out)}; go on with: "
-            f"{resume_command(args.argv, add=['--resume'])}",
+            f"stopped at --max-minutes {args.max_minutes:g} ({report.summary()}); kept in {partial_path(out)}; "
+            f"go on with: {resume_command(args.argv, add=['--resume'])}",
             file=sys.stderr,
         )
         return STOPPED
