@@ -135,6 +135,24 @@ def test_a_reused_prefix_gives_the_scores_of_the_plain_path(backend, primitive):
     assert reused.stats.reused_tokens == 2 * 5 * 30
 
 
+def test_a_pass_reads_the_prefix_cache_without_keeping_its_own_keys(backend):
+    """A pass after a shared prefix joins its keys to the prefix's in every layer but stores none of them: the
+    cache holds the prefix alone when the pass ends, and the logits are the plain path's."""
+    every = _shared_prefix_prompts()
+    seqs = [s for s in every if s[:30] == every[0][:30]]  # one group: the prompts of one head
+    reused = HFBackend(backend.model, backend.tokenizer, batch_size=8)
+    assert {p.prefix for p in reused.plan(seqs)} == {30}
+    with torch.inference_mode():
+        cache = reused._prefix_cache(seqs[0][:30])
+        inputs = reused._inputs(seqs, (30, cache))
+        rows = inputs[reused._cache_arg]
+        logits = backend.model(**inputs, logits_to_keep=1, use_cache=True).logits[:, -1, :]
+    assert rows.get_seq_length() == 30 and all(layer.keys.shape[-2] == 30 for layer in rows.layers)
+    assert cache.get_seq_length() == 30  # the group's own cache is untouched for its next pass
+    plain = HFBackend(backend.model, backend.tokenizer, batch_size=8, reuse_prefix=False)
+    torch.testing.assert_close(logits.float(), plain.last_logits(seqs), atol=1e-4, rtol=0)
+
+
 def test_a_reused_prefix_gives_the_target_logprobs_of_the_plain_path(backend):
     prompts = _shared_prefix_prompts()
     targets = [list(range(7, 8 + i % 4)) for i in range(len(prompts))]

@@ -381,6 +381,7 @@ class HFBackend:
         positions = (full.cumsum(-1) - 1).clamp(min=0)[:, length:]
         rows = copy.deepcopy(cache)
         rows.batch_repeat_interleave(len(seqs))
+        read_only(rows)
         self.stats.reused_tokens += len(seqs) * length
         return {"input_ids": ids.to(self.device), "attention_mask": full.to(self.device),
                 "position_ids": positions.to(self.device), self._cache_arg: rows}
@@ -564,6 +565,34 @@ class HFBackend:
         # A generation pass runs one forward step per new token, so its fixed cost is that many times a prompt
         # pass's: generation fills its passes rather than cut them by the prompt pass cost.
         return self._run(sequences, fn, grad=False, reuse=False, fill=True)
+
+
+_READ_ONLY: dict[type, type] = {}
+
+
+def read_only(cache: Any) -> Any:
+    """Make a prefix's cache read-only for the pass that reads it: each layer's ``update`` returns the prefix's
+    keys and values joined to the pass's own, as before, but stores nothing, so a pass holds the joined keys of one
+    layer at a time instead of every layer's until it ends (in float32, 360 MiB for 16 rows × 512 tokens of the
+    135M). Only transformers' plain ``DynamicLayer`` is changed; any other kind of layer (a sliding window, say)
+    keeps its own ``update``."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # another transformers: the cache stays as it is
+        return cache
+    for layer in getattr(cache, "layers", ()):
+        if type(layer) is DynamicLayer:
+            if DynamicLayer not in _READ_ONLY:
+
+                class ReadOnlyLayer(DynamicLayer):
+                    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                        keys = torch.cat([self.keys, key_states], dim=-2)
+                        return keys, torch.cat([self.values, value_states], dim=-2)
+
+                _READ_ONLY[DynamicLayer] = ReadOnlyLayer
+            layer.__class__ = _READ_ONLY[DynamicLayer]
+    return cache
 
 
 def _cache_of(out: Any) -> Any:
