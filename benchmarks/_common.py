@@ -53,17 +53,54 @@ def stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _status_mib(field: str) -> float | None:
+    """A memory line of /proc/self/status (``VmHWM``, ``VmRSS``) in MiB; None where there is none (not Linux)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def peak_rss_mib() -> float:
     """The process's peak resident memory so far: ``VmHWM`` of /proc/self/status on Linux (the peak of this
     program's own memory), else ``ru_maxrss`` (which on Linux also counts the parent's resident memory at the
     fork that started a child, so a child of a large process would report the parent's size)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(kib / 1024 if sys.platform != "darwin" else kib / 2**20, 1)
+
+
+def resident_mib() -> float:
+    """The process's resident memory now (``VmRSS``), MiB; NaN where /proc is not there."""
+    now = _status_mib("VmRSS")
+    return float("nan") if now is None else now
+
+
+def run_child(script: Path, argv: list[str], python: str | Path = sys.executable, isolated: bool = False
+              ) -> dict[str, Any]:
+    """Run ``python script ARGV --out FILE`` from the repository root and read the JSON it writes to FILE; on a
+    failure, ``{"error": [its last lines], "returncode": ...}``. The child sees this checkout's ``src`` first on
+    its path, or, ``isolated`` (a peer's own virtualenv), none of llmrerank's packages."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        env = dict(os.environ)
+        if isolated:
+            env.pop("PYTHONPATH", None)
+        else:
+            env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+        done = subprocess.run([str(python), str(script), *argv, "--out", str(result)], capture_output=True, text=True,
+                              cwd=REPO, env=env)
+        if done.returncode != 0 or not result.exists():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            return {"error": tail or ["failed"], "returncode": done.returncode}
+        return json.loads(result.read_text())
 
 
 def environment() -> dict[str, Any]:

@@ -19,21 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from _common import (
-    REPO,
     RESULTS,
     add_data_option,
     command_line,
     environment,
     load_dataset,
     peak_rss_mib,
+    resident_mib,
+    run_child,
     stamp,
     write_json,
 )
@@ -49,14 +47,6 @@ CONFIGS: dict[str, tuple[dict[str, Any], int, bool]] = {
     "defaults, batch_tokens 16384, batch_size 32": ({"batch_tokens": 16384, "batch_size": 32}, 100, False),
 }
 HUGE = 1_000_000
-
-
-def resident_mib() -> float:
-    """The process's resident memory now (``VmRSS``), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 def long_documents(texts: list[str], count: int, min_chars: int) -> list[str]:
@@ -157,17 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         if name in rows or (args.only is not None and not any(s in name for s in args.only)):
             continue
         print(f"{name} ...", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "row.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--config", name, "--data", str(args.data),
-                   "--model", args.model, "--max-length", str(args.max_length), "--min-chars", str(args.min_chars),
-                   "--threads", str(args.threads), "--out", str(path)]
-            env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-            if done.returncode != 0 or not path.exists():
-                rows[name] = {"error": (done.stderr or done.stdout).strip().splitlines()[-3:] or ["failed"]}
-            else:
-                rows[name] = json.loads(path.read_text())
+        rows[name] = run_child(Path(__file__).resolve(), [
+            "--config", name, "--data", str(args.data), "--model", args.model, "--max-length", str(args.max_length),
+            "--min-chars", str(args.min_chars), "--threads", str(args.threads)])
         write_json(out, result)
     result["finished"] = stamp()
     write_json(out, result)

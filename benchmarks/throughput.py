@@ -34,13 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import _common
 from _common import (
     REPO,
     RESULTS,
@@ -208,21 +207,10 @@ def child_roofline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_child(argv: list[str], python: str | Path = sys.executable, script: Path | None = None) -> dict[str, Any]:
-    """Run a child (this script's, or the peers' in their virtualenv) and read the JSON it writes to the file
-    given as ``--out``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "result.json"
-        cmd = [str(python), str(script or Path(__file__).resolve()), *argv, "--out", str(result)]
-        env = dict(os.environ)
-        if script is None:
-            env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-        else:  # the peers' environment must not see llmrerank's packages
-            env.pop("PYTHONPATH", None)
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-        if done.returncode != 0 or not result.exists():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            return {"error": tail or ["failed"], "returncode": done.returncode}
-        return json.loads(result.read_text())
+    """A child: this script's (``script`` None), or the peers' in their own virtualenv."""
+    if script is None:
+        return _common.run_child(Path(__file__).resolve(), argv)
+    return _common.run_child(script, argv, python, isolated=True)
 
 
 def agreement(ds: Any, a: dict[str, list], b: dict[str, list]) -> dict[str, float]:

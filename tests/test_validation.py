@@ -358,6 +358,14 @@ def test_good_arguments_still_work():
             ["rerank", "--compile", "perhaps"],
             "argument --compile: 'perhaps' is not one of true/false, on/off, yes/no, 1/0",
         ),
+        (["rerank", "--max-minutes", "0"], "argument --max-minutes: must be positive, got 0"),
+        (["rerank", "--max-minutes", "-2"], "argument --max-minutes: must be positive, got -2"),
+        (["rerank", "--max-minutes", "abc"], "argument --max-minutes: must be a number, got 'abc'"),
+        (["rerank", "--max-minutes", "nan"], "argument --max-minutes: must be a finite number, got 'nan'"),
+        (
+            ["generate-queries", "--data", "d", "--model", "m", "--passages", "1", "--out", "o", "--max-minutes", "0"],
+            "argument --max-minutes: must be positive, got 0",
+        ),
     ],
 )
 def test_a_bad_number_on_the_command_line_is_a_parse_error(argv, message, capsys):

@@ -4,6 +4,7 @@ padding that does not change scores."""
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -567,32 +568,35 @@ class HFBackend:
         return self._run(sequences, fn, grad=False, reuse=False, fill=True)
 
 
-_READ_ONLY: dict[type, type] = {}
+@functools.cache
+def _read_only_layer() -> type | None:
+    """transformers' plain ``DynamicLayer`` with an ``update`` that returns the stored keys and values joined to
+    the new ones and stores nothing (None where transformers has no ``DynamicLayer``)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class ReadOnlyLayer(DynamicLayer):
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return ReadOnlyLayer
 
 
-def read_only(cache: Any) -> Any:
+def read_only(cache: Any) -> None:
     """Make a prefix's cache read-only for the pass that reads it: each layer's ``update`` returns the prefix's
     keys and values joined to the pass's own, as before, but stores nothing, so a pass holds the joined keys of one
     layer at a time instead of every layer's until it ends (in float32, 360 MiB for 16 rows × 512 tokens of the
     135M). Only transformers' plain ``DynamicLayer`` is changed; any other kind of layer (a sliding window, say)
     keeps its own ``update``."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # another transformers: the cache stays as it is
-        return cache
+    layer_class = _read_only_layer()
+    if layer_class is None:
+        return
     for layer in getattr(cache, "layers", ()):
-        if type(layer) is DynamicLayer:
-            if DynamicLayer not in _READ_ONLY:
-
-                class ReadOnlyLayer(DynamicLayer):
-                    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-                               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-                        keys = torch.cat([self.keys, key_states], dim=-2)
-                        return keys, torch.cat([self.values, value_states], dim=-2)
-
-                _READ_ONLY[DynamicLayer] = ReadOnlyLayer
-            layer.__class__ = _READ_ONLY[DynamicLayer]
-    return cache
+        if type(layer) is layer_class.__base__:
+            layer.__class__ = layer_class
 
 
 def _cache_of(out: Any) -> Any:

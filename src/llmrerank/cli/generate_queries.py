@@ -107,11 +107,12 @@ def run(args: argparse.Namespace) -> int:
     with OutputLock(out / "generated.jsonl", "generated queries"):
         examples = synthetic.few_shot_examples(labelled, args.examples, args.seed) if labelled is not None else []
         backend = HFBackend.load(args.model, dtype=args.dtype, threads=args.threads)
-        deadline = None if args.max_minutes is None else time.perf_counter() + args.max_minutes * 60
+        budget = None if args.max_minutes is None else args.max_minutes * 60
+        deadline = None if budget is None else time.perf_counter() + budget
         had = len(synthetic.read_generated(out / synthetic.GENERATED))
         generated = synthetic.generate(
             backend, corpus, examples, out, settings, batch_size=args.batch_size, progress=not args.quiet,
-            max_seconds=None if deadline is None else deadline - time.perf_counter(),
+            max_seconds=budget,
         )
         del backend
         if len(generated) < settings.passages:
